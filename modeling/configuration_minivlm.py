@@ -1,0 +1,136 @@
+"""MiniVLM fusion-transformer configuration.
+
+Remote-code file: imports only transformers / huggingface_hub and sibling files (flat relative imports).
+"""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .configuration_minivlm_tee import TEEConfig
+
+
+@strict
+class MiniVLMConfig(PreTrainedConfig):
+    r"""
+    Configuration of the MiniVLM fusion transformer (an OSCAR-style single-stream BERT over text tokens,
+    object-tag tokens and region features), optionally with its TEE region extractor.
+
+    The defaults are the paper's fusion model: MiniLM shape (12 layers, hidden 384, 12 heads, FFN 1536,
+    BERT-uncased vocabulary) over 1024-d TEE region features plus 6-d box geometry.
+
+    Args:
+        vision_config (`TEEConfig` or `dict`, *optional*):
+            The TEE region extractor. `None` builds a model for precomputed region features only.
+        vocab_size, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, hidden_act,
+        hidden_dropout_prob, attention_probs_dropout_prob, max_position_embeddings, type_vocab_size,
+        initializer_range, layer_norm_eps, pad_token_id:
+            As in `BertConfig`.
+        region_feature_size (`int`, defaults to 1024):
+            Size of one region feature (1024 for TEE, 2048 for OSCAR/VinVL Faster R-CNN features).
+        box_feature_size (`int`, defaults to 6):
+            Size of the box geometry appended to each region feature:
+            `[x1, y1, x2, y2, w, h]`, normalised by the image size.
+        use_image_layer_norm (`bool`, defaults to `True`):
+            LayerNorm after the region projection (OSCAR's `img_layer_norm`).
+        freeze_vision_model (`bool`, defaults to `True`):
+            Run the TEE inside the fusion model as a frozen extractor (eval mode, no gradients), as OSCAR uses its
+            detector. Train the TEE on its own with `TEEForObjectDetection`.
+        max_regions (`int`, defaults to 50): regions fed to the encoder at most.
+        max_text_length (`int`, defaults to 40): text tokens at most, [CLS] and [SEP] included. In captioning the
+            caption segment is padded to this length, so tags always start at position `max_text_length`.
+        max_tag_length (`int`, defaults to 30): tag tokens at most, the closing [SEP] included.
+        tag_score_threshold (`float`, defaults to 0.2): a TEE region becomes a tag when its score is at least this.
+        tag_token_ids (`dict[int, list[int]]`, *optional*): word-piece ids of every TEE class name, used to turn
+            the TEE's detected labels into tag tokens when the model runs the TEE itself. Filled by
+            `MiniVLMProcessor.prepare_config` / `minivlm_hf.init_fusion_from_bert`.
+        num_contrastive_labels (`int`, defaults to 3): 3 = matched / tags polluted / caption polluted, 2 = matched
+            / polluted.
+        caption_label_smoothing (`float`, defaults to 0.1): label smoothing of the captioning loss.
+        vqa_classifier (`str`, defaults to `"mlp"`): `"mlp"` (h → 2h → answers, as OSCAR) or `"linear"`.
+        classifier_dropout (`float`, *optional*): dropout before the classification heads.
+        mask_token_id, cls_token_id, sep_token_id: special token ids (BERT uncased by default).
+    """
+
+    model_type = "minivlm"
+    sub_configs_defaults = {"vision_config": SubConfigSpec(TEEConfig, optional=True)}
+
+    vision_config: dict | PreTrainedConfig | None = None
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 1536
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float | int = 0.1
+    attention_probs_dropout_prob: float | int = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    region_feature_size: int = 1024
+    box_feature_size: int = 6
+    use_image_layer_norm: bool = True
+    freeze_vision_model: bool = True
+    max_regions: int = 50
+    max_text_length: int = 40
+    max_tag_length: int = 30
+    tag_score_threshold: float | int = 0.2
+    tag_token_ids: dict | None = None
+    num_contrastive_labels: int = 3
+    caption_label_smoothing: float | int = 0.1
+    vqa_classifier: str = "mlp"
+    classifier_dropout: float | int | None = None
+    pad_token_id: int | None = 0
+    cls_token_id: int = 101
+    sep_token_id: int = 102
+    mask_token_id: int = 103
+    bos_token_id: int | None = 101
+    eos_token_id: int | list[int] | None = 102
+    use_cache: bool = True
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.tag_token_ids is not None:
+            # JSON turns int keys into strings.
+            self.tag_token_ids = {int(k): [int(t) for t in v] for k, v in self.tag_token_ids.items()}
+        self._check()
+
+    def _check(self):
+        def fail(field, why):
+            raise ValueError(f"MiniVLMConfig.{field}: {why}")
+
+        for field in (
+            "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "region_feature_size", "max_regions", "max_text_length", "max_tag_length", "max_position_embeddings",
+        ):
+            if getattr(self, field) <= 0:
+                fail(field, f"must be positive, got {getattr(self, field)}")
+        if self.hidden_size % self.num_attention_heads:
+            fail("num_attention_heads", f"hidden_size {self.hidden_size} is not a multiple of {self.num_attention_heads}")
+        if self.box_feature_size not in (4, 6):
+            fail("box_feature_size", f"must be 4 (xyxy) or 6 (xyxy + w, h), got {self.box_feature_size}")
+        if self.max_text_length + self.max_tag_length > self.max_position_embeddings:
+            fail("max_tag_length", "max_text_length + max_tag_length exceeds max_position_embeddings")
+        if self.num_contrastive_labels not in (2, 3):
+            fail("num_contrastive_labels", f"must be 2 or 3, got {self.num_contrastive_labels}")
+        if self.vqa_classifier not in ("mlp", "linear"):
+            fail("vqa_classifier", f"must be 'mlp' or 'linear', got {self.vqa_classifier!r}")
+        if not 0.0 <= self.tag_score_threshold <= 1.0:
+            fail("tag_score_threshold", f"must be in [0, 1], got {self.tag_score_threshold}")
+        if not 0.0 <= self.caption_label_smoothing < 1.0:
+            fail("caption_label_smoothing", f"must be in [0, 1), got {self.caption_label_smoothing}")
+        if self.type_vocab_size < 2:
+            fail("type_vocab_size", "needs 2 token types (0 = text, 1 = tags)")
+        if self.vision_config is not None and self.vision_config.box_head_dim != self.region_feature_size:
+            fail(
+                "region_feature_size",
+                f"{self.region_feature_size} differs from the TEE's region feature size "
+                f"vision_config.box_head_dim={self.vision_config.box_head_dim}",
+            )
+
+
+__all__ = ["MiniVLMConfig"]

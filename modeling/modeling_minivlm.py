@@ -1,0 +1,727 @@
+"""MiniVLM fusion transformer: a BERT/MiniLM-layout single-stream encoder over text, object tags and regions.
+
+Sequence layout (OSCAR): ``[CLS] text [SEP]`` (token type 0) · ``tags [SEP]`` (token type 1) · regions (no position
+or token-type embedding). Text positions start at 0; tag positions always start at ``config.max_text_length`` so a
+sample's encoding does not depend on how much the batch was padded.
+
+In captioning mode (``attention_mode="caption"``) the sequence is laid out as ``tags · regions · caption`` instead:
+caption tokens attend causally to earlier caption tokens and fully to tags and regions, while tags and regions never
+see caption tokens. Their states therefore never change while a caption grows, which is what lets generation encode
+the image prefix once and cache it (see ``modeling_minivlm_captioning.py``).
+
+Module and parameter names follow ``BertModel`` (``embeddings.word_embeddings``, ``encoder.layer.N.attention.self.query``
+…) so that BERT / MiniLM / OSCAR checkpoints map onto it directly.
+
+Remote-code file: imports only torch, transformers and sibling files (flat relative imports).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput, logging
+
+from .configuration_minivlm import MiniVLMConfig
+from .modeling_minivlm_tee import TEEModel
+
+logger = logging.get_logger(__name__)
+
+BOX_TOLERANCE = 1e-3
+
+
+@dataclass
+class MiniVLMModelOutput(ModelOutput):
+    r"""
+    Output of [`MiniVLMModel`].
+
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+        Hidden states of the last layer. Bidirectional mode: ``[text, tags, regions]``; caption mode:
+        ``[tags, regions, caption]`` (see `text_slice`).
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+        tanh(dense([CLS])) in bidirectional mode.
+    attention_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+        Which positions of `last_hidden_state` are real tokens / regions.
+    text_slice (`slice`): where the `input_ids` tokens sit in `last_hidden_state`.
+    tag_slice (`slice`): where the tag tokens sit.
+    region_slice (`slice`): where the region tokens sit.
+    prefix_attention_mask (`torch.LongTensor` of shape `(batch_size, num_tags + num_regions)`):
+        Validity of the cached image prefix in caption mode (used by generation).
+    cache (`Cache`): key/value cache (caption mode with `use_cache=True`).
+    region_boxes, region_scores, region_labels, region_mask, tag_ids:
+        The TEE's regions and the tag ids derived from them, when the model ran the TEE on `pixel_values`.
+    hidden_states, attentions: per-layer outputs when requested (attentions need `attn_implementation="eager"`).
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    attention_mask: torch.LongTensor | None = None
+    text_slice: slice | None = None
+    tag_slice: slice | None = None
+    region_slice: slice | None = None
+    prefix_attention_mask: torch.LongTensor | None = None
+    cache: Cache | None = None
+    region_boxes: torch.FloatTensor | None = None
+    region_scores: torch.FloatTensor | None = None
+    region_labels: torch.LongTensor | None = None
+    region_mask: torch.BoolTensor | None = None
+    tag_ids: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class MiniVLMEmbeddings(nn.Module):
+    """Word + position + token-type embeddings, as BERT (same parameter names)."""
+
+    def __init__(self, config: MiniVLMConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.LongTensor, token_type_ids: torch.LongTensor, position_ids: torch.LongTensor):
+        embeddings = (
+            self.word_embeddings(input_ids)
+            + self.token_type_embeddings(token_type_ids)
+            + self.position_embeddings(position_ids)
+        )
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class MiniVLMRegionEmbeddings(nn.Module):
+    """Linear(region feature ⊕ box geometry → hidden), LayerNorm, dropout. No position or token-type embedding."""
+
+    def __init__(self, config: MiniVLMConfig):
+        super().__init__()
+        self.projection = nn.Linear(config.region_feature_size + config.box_feature_size, config.hidden_size)
+        self.LayerNorm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.use_image_layer_norm else nn.Identity()
+        )
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.box_feature_size = config.box_feature_size
+
+    def forward(self, region_features: torch.FloatTensor, region_boxes: torch.FloatTensor) -> torch.FloatTensor:
+        geometry = region_boxes
+        if self.box_feature_size == 6:
+            wh = region_boxes[..., 2:4] - region_boxes[..., 0:2]
+            geometry = torch.cat([region_boxes, wh], dim=-1)
+        features = torch.cat([region_features, geometry.to(region_features.dtype)], dim=-1)
+        return self.dropout(self.LayerNorm(self.projection(features)))
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+):
+    """Plain softmax attention; `attention_mask` is additive, broadcastable to (batch, heads, q, k)."""
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = nn.functional.softmax(weights, dim=-1)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return output, weights
+
+
+class MiniVLMSelfAttention(nn.Module):
+    def __init__(self, config: MiniVLMConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.num_attention_heads = config.num_attention_heads
+        self.attention_head_size = config.hidden_size // config.num_attention_heads
+        self.scaling = self.attention_head_size**-0.5
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.is_causal = False  # masks are always explicit
+        self.layer_idx = layer_idx
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        cache_commit_length: int | None = None,
+        output_attentions: bool = False,
+    ):
+        shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
+        query = self.query(hidden_states).view(shape).transpose(1, 2)
+        key = self.key(hidden_states).view(shape).transpose(1, 2)
+        value = self.value(hidden_states).view(shape).transpose(1, 2)
+        if cache is not None:
+            # Only the first `cache_commit_length` tokens are stored; the rest (the [MASK] query of captioning) is
+            # transient and attends to the cache without being remembered.
+            n = key.shape[2] if cache_commit_length is None else cache_commit_length
+            cached_key, cached_value = cache.update(key[:, :, :n], value[:, :, :n], self.layer_idx)
+            key = torch.cat([cached_key, key[:, :, n:]], dim=2)
+            value = torch.cat([cached_value, value[:, :, n:]], dim=2)
+        interface: Callable = eager_attention_forward
+        if not output_attentions:  # attention weights exist only in eager mode
+            interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        output, weights = interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.dropout.p if self.training else 0.0,
+            scaling=self.scaling,
+            is_causal=False,
+        )
+        return output.reshape(*hidden_states.shape[:-1], -1).contiguous(), weights
+
+
+class MiniVLMSelfOutput(nn.Module):
+    def __init__(self, config: MiniVLMConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class MiniVLMAttention(nn.Module):
+    def __init__(self, config: MiniVLMConfig, layer_idx: int):
+        super().__init__()
+        self.self = MiniVLMSelfAttention(config, layer_idx)
+        self.output = MiniVLMSelfOutput(config)
+
+    def forward(self, hidden_states, attention_mask=None, cache=None, cache_commit_length=None, output_attentions=False):
+        attention, weights = self.self(hidden_states, attention_mask, cache, cache_commit_length, output_attentions)
+        return self.output(attention, hidden_states), weights
+
+
+class MiniVLMIntermediate(nn.Module):
+    def __init__(self, config: MiniVLMConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class MiniVLMOutput(nn.Module):
+    def __init__(self, config: MiniVLMConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class MiniVLMLayer(GradientCheckpointingLayer):
+    def __init__(self, config: MiniVLMConfig, layer_idx: int):
+        super().__init__()
+        self.attention = MiniVLMAttention(config, layer_idx)
+        self.intermediate = MiniVLMIntermediate(config)
+        self.output = MiniVLMOutput(config)
+
+    def forward(self, hidden_states, attention_mask=None, cache=None, cache_commit_length=None, output_attentions=False):
+        attention_output, weights = self.attention(
+            hidden_states, attention_mask, cache, cache_commit_length, output_attentions
+        )
+        layer_output = self.output(self.intermediate(attention_output), attention_output)
+        return layer_output, weights
+
+
+class MiniVLMEncoder(nn.Module):
+    def __init__(self, config: MiniVLMConfig):
+        super().__init__()
+        self.layer = nn.ModuleList([MiniVLMLayer(config, i) for i in range(config.num_hidden_layers)])
+
+    def forward(
+        self,
+        hidden_states,
+        attention_mask=None,
+        cache=None,
+        cache_commit_length=None,
+        output_attentions=False,
+        output_hidden_states=False,
+    ):
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layer:
+            hidden_states, weights = layer(
+                hidden_states,
+                attention_mask,
+                cache=cache,
+                cache_commit_length=cache_commit_length,
+                output_attentions=output_attentions,
+            )
+            if output_hidden_states:
+                all_hidden = all_hidden + (hidden_states,)
+            if output_attentions:
+                all_attentions = all_attentions + (weights,)
+        return hidden_states, all_hidden, all_attentions
+
+
+class MiniVLMPooler(nn.Module):
+    def __init__(self, config: MiniVLMConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden_states[:, 0]))
+
+
+class MiniVLMPreTrainedModel(PreTrainedModel):
+    config: MiniVLMConfig
+    config_class = MiniVLMConfig
+    base_model_prefix = "minivlm"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_attention_backend = False
+    _no_split_modules = ["MiniVLMLayer", "MiniVLMEmbeddings", "MiniVLMRegionEmbeddings"]
+    # Every head's loss is a per-batch mean: the Trainer must not rescale it (HF_NOTES §3).
+    accepts_loss_kwargs = False
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, MiniVLMLMPredictionHead):
+            init.zeros_(module.bias)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # The TEE inside a fusion model is a frozen feature extractor: keep it producing inference regions.
+        vision = getattr(self.base_model, "vision_model", None)
+        if vision is not None and self.config.freeze_vision_model:
+            vision.eval()
+        return self
+
+
+class MiniVLMPredictionHeadTransform(nn.Module):
+    def __init__(self, config: MiniVLMConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform_act_fn = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
+
+
+class MiniVLMLMPredictionHead(nn.Module):
+    """BERT's masked-LM head; the decoder is tied to the word embeddings (OSCAR's `cls.predictions`)."""
+
+    def __init__(self, config: MiniVLMConfig):
+        super().__init__()
+        self.transform = MiniVLMPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(hidden_states)) + self.bias
+
+
+class MiniVLMOnlyMLMHead(nn.Module):
+    def __init__(self, config: MiniVLMConfig):
+        super().__init__()
+        self.predictions = MiniVLMLMPredictionHead(config)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.predictions(hidden_states)
+
+
+class MiniVLMPreTrainingHeads(nn.Module):
+    """Masked-token head + contrastive (matched / polluted) head on the pooled [CLS] (OSCAR's `cls`)."""
+
+    def __init__(self, config: MiniVLMConfig):
+        super().__init__()
+        self.predictions = MiniVLMLMPredictionHead(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, config.num_contrastive_labels)
+
+    def forward(self, sequence_output: torch.Tensor, pooled_output: torch.Tensor):
+        return self.predictions(sequence_output), self.seq_relationship(pooled_output)
+
+
+def region_geometry_check(region_features, region_boxes, region_mask, config):
+    """Validate precomputed region inputs and return them truncated to `config.max_regions`."""
+    if region_boxes is None:
+        raise ValueError("region_features were given without region_boxes (normalised xyxy, shape (batch, regions, 4))")
+    if region_features.dim() != 3:
+        raise ValueError(f"region_features must have shape (batch, regions, features), got {tuple(region_features.shape)}")
+    if region_features.shape[-1] != config.region_feature_size:
+        raise ValueError(
+            f"region_features have {region_features.shape[-1]} features per region but the model expects "
+            f"config.region_feature_size={config.region_feature_size}"
+        )
+    if region_boxes.shape[:2] != region_features.shape[:2] or region_boxes.shape[-1] != 4:
+        raise ValueError(
+            f"region_boxes must have shape {tuple(region_features.shape[:2]) + (4,)} (normalised xyxy), "
+            f"got {tuple(region_boxes.shape)}"
+        )
+    if region_mask is None:
+        region_mask = torch.ones(region_features.shape[:2], dtype=torch.bool, device=region_features.device)
+    elif region_mask.shape != region_features.shape[:2]:
+        raise ValueError(f"region_mask must have shape {tuple(region_features.shape[:2])}, got {tuple(region_mask.shape)}")
+    region_mask = region_mask.bool()
+    real = region_boxes[region_mask]
+    if real.numel():
+        if not torch.isfinite(real).all():
+            raise ValueError("region_boxes contain NaN or inf")
+        if real.min() < -BOX_TOLERANCE or real.max() > 1 + BOX_TOLERANCE:
+            raise ValueError(
+                "region_boxes must be normalised xyxy in [0, 1] (divide pixel boxes by the image width/height); "
+                f"got values in [{real.min().item():.3f}, {real.max().item():.3f}]"
+            )
+        if (real[:, 2:] < real[:, :2] - BOX_TOLERANCE).any():
+            raise ValueError("region_boxes must be xyxy with x2 >= x1 and y2 >= y1")
+    if not torch.isfinite(region_features[region_mask]).all():
+        raise ValueError("region_features contain NaN or inf")
+    limit = config.max_regions
+    return region_features[:, :limit], region_boxes[:, :limit].clamp(0, 1), region_mask[:, :limit]
+
+
+class MiniVLMModel(MiniVLMPreTrainedModel):
+    """
+    The MiniVLM fusion encoder, optionally with the TEE region extractor (`config.vision_config`).
+
+    Give it either `pixel_values` (+ `pixel_mask`): the TEE runs inside, its regions are embedded and its detected
+    classes become the tag tokens; or precomputed `region_features` + `region_boxes` (+ `region_mask`), OSCAR-style.
+    """
+
+    def __init__(self, config: MiniVLMConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = MiniVLMEmbeddings(config)
+        self.region_embeddings = MiniVLMRegionEmbeddings(config)
+        self.encoder = MiniVLMEncoder(config)
+        self.pooler = MiniVLMPooler(config) if add_pooling_layer else None
+        self.vision_model = TEEModel(config.vision_config) if config.vision_config is not None else None
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Inputs → embeddings
+    # ----------------------------------------------------------------------------------------------------------
+    def extract_regions(self, pixel_values: torch.FloatTensor, pixel_mask: torch.LongTensor | None = None) -> dict:
+        """Run the TEE and return its regions (features, boxes, scores, labels, mask), at most `max_regions`."""
+        if self.vision_model is None:
+            raise ValueError(
+                "pixel_values were given but this model has no vision_config (it was built for precomputed "
+                "region features): pass region_features and region_boxes instead"
+            )
+        grad = torch.is_grad_enabled() and not self.config.freeze_vision_model
+        with torch.set_grad_enabled(grad):
+            out = self.vision_model(pixel_values=pixel_values, pixel_mask=pixel_mask)
+        limit = self.config.max_regions
+        return {
+            "region_features": out.region_features[:, :limit],
+            "region_boxes": out.region_boxes[:, :limit],
+            "region_scores": out.region_scores[:, :limit],
+            "region_labels": out.region_labels[:, :limit],
+            "region_mask": out.region_mask[:, :limit].bool(),
+        }
+
+    def tags_from_regions(self, region_labels, region_scores, region_mask) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """Detected classes → tag word pieces `[tag … SEP]` (token type 1), most confident first, no repeats."""
+        if not self.config.tag_token_ids:
+            raise ValueError(
+                "the model cannot turn detected classes into tag tokens: config.tag_token_ids is empty. Build it with "
+                "MiniVLMProcessor.prepare_config(model.config) (it needs the tokenizer), or pass tag_ids explicitly"
+            )
+        batch = region_labels.shape[0]
+        rows = []
+        for b in range(batch):
+            keep = region_mask[b] & (region_scores[b] >= self.config.tag_score_threshold)
+            order = torch.argsort(region_scores[b].masked_fill(~keep, -1.0), descending=True)
+            seen, pieces = set(), []
+            for idx in order[: int(keep.sum())].tolist():
+                label = int(region_labels[b, idx])
+                if label in seen:
+                    continue
+                seen.add(label)
+                pieces.extend(self.config.tag_token_ids.get(label, []))
+            rows.append(pieces[: self.config.max_tag_length - 1] + [self.config.sep_token_id])
+        length = max(len(r) for r in rows)
+        device = region_labels.device
+        tag_ids = torch.full((batch, length), self.config.pad_token_id or 0, dtype=torch.long, device=device)
+        tag_mask = torch.zeros((batch, length), dtype=torch.long, device=device)
+        for b, row in enumerate(rows):
+            tag_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long, device=device)
+            tag_mask[b, : len(row)] = 1
+        return tag_ids, tag_mask
+
+    def _embed_tokens(self, ids, token_type, position_start, position_ids=None):
+        if position_ids is None:
+            position_ids = torch.arange(ids.shape[1], device=ids.device) + position_start
+            position_ids = position_ids.unsqueeze(0).expand(ids.shape[0], -1)
+        if position_ids.numel() and int(position_ids.max()) >= self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence too long: position {int(position_ids.max())} >= "
+                f"max_position_embeddings={self.config.max_position_embeddings}"
+            )
+        token_type_ids = token_type if torch.is_tensor(token_type) else torch.full_like(ids, token_type)
+        return self.embeddings(ids, token_type_ids, position_ids)
+
+    @staticmethod
+    def _additive(allowed: torch.BoolTensor, dtype: torch.dtype) -> torch.Tensor:
+        """Boolean (batch, q, k) → additive (batch, 1, q, k) mask."""
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
+        return mask.unsqueeze(1)
+
+    # ----------------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        tag_ids: torch.LongTensor | None = None,
+        tag_attention_mask: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        pixel_mask: torch.LongTensor | None = None,
+        region_features: torch.FloatTensor | None = None,
+        region_boxes: torch.FloatTensor | None = None,
+        region_mask: torch.BoolTensor | None = None,
+        attention_mode: str = "bidirectional",
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        prefix_attention_mask: torch.LongTensor | None = None,
+        append_mask_token: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MiniVLMModelOutput | tuple:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`):
+                `[CLS] text [SEP]` word pieces (tags may also be folded in with `token_type_ids` 1). In caption mode:
+                the caption tokens.
+            attention_mask (`torch.LongTensor` of shape `(batch_size, text_length)`): 1 for real tokens. With a
+                cache, it covers the cached caption tokens too (generate's convention).
+            token_type_ids (`torch.LongTensor` of shape `(batch_size, text_length)`): 0 = text, 1 = tags.
+            position_ids (`torch.LongTensor` of shape `(batch_size, text_length)`): default `0 … text_length-1`.
+            tag_ids (`torch.LongTensor` of shape `(batch_size, tag_length)`): `tag … [SEP]` word pieces (segment 1).
+                When `pixel_values` are given and neither `tag_ids` nor segment-1 tokens are, the TEE's detections
+                become the tags.
+            tag_attention_mask (`torch.LongTensor` of shape `(batch_size, tag_length)`).
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`), pixel_mask: images for the
+                TEE (from `MiniVLMImageProcessor`).
+            region_features (`torch.FloatTensor` of shape `(batch_size, num_regions, region_feature_size)`),
+            region_boxes (`torch.FloatTensor` of shape `(batch_size, num_regions, 4)`, normalised xyxy in [0, 1]),
+            region_mask (`torch.BoolTensor` of shape `(batch_size, num_regions)`): precomputed regions.
+            attention_mode (`str`): `"bidirectional"` or `"caption"` (see the module docstring).
+            cache (`Cache`), use_cache (`bool`): key/value cache for caption-mode decoding.
+            prefix_attention_mask (`torch.LongTensor` of shape `(batch_size, prefix_length)`): validity of the
+                cached tags + regions when decoding with a cache (returned by the prefill call).
+            append_mask_token (`bool`): caption mode: append a `[MASK]` query after the caption whose state
+                predicts the next word; it attends to everything and is never cached.
+        """
+        output_attentions = bool(output_attentions)
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if attention_mode not in ("bidirectional", "caption"):
+            raise ValueError(f"attention_mode must be 'bidirectional' or 'caption', got {attention_mode!r}")
+        if input_ids is None:
+            raise ValueError("input_ids are required (at least [CLS] … [SEP])")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
+        batch, text_length = input_ids.shape
+        device = input_ids.device
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        cached = cache is not None and cache.get_seq_length() > 0
+        if cached and attention_mode != "caption":
+            raise ValueError("a non-empty cache is only supported in attention_mode='caption'")
+
+        vision = {}
+        if not cached:
+            for name, tensor in (("pixel_values", pixel_values), ("region_features", region_features)):
+                if tensor is not None and tensor.shape[0] != batch:
+                    raise ValueError(f"batch size mismatch: {name} has {tensor.shape[0]} rows, input_ids {batch}")
+            if pixel_values is not None and region_features is not None:
+                raise ValueError("pass either pixel_values or region_features, not both")
+            if pixel_values is not None:
+                vision = self.extract_regions(pixel_values, pixel_mask)
+                region_features, region_boxes, region_mask = (
+                    vision["region_features"], vision["region_boxes"], vision["region_mask"]
+                )
+                folded_tags = token_type_ids is not None and bool((token_type_ids == 1).any())
+                if tag_ids is None and not folded_tags:
+                    tag_ids, tag_attention_mask = self.tags_from_regions(
+                        vision["region_labels"], vision["region_scores"], region_mask
+                    )
+                    vision["tag_ids"] = tag_ids
+            elif region_features is not None:
+                region_features, region_boxes, region_mask = region_geometry_check(
+                    region_features, region_boxes, region_mask, self.config
+                )
+            if tag_ids is not None:
+                if tag_ids.shape[0] != batch:
+                    raise ValueError(f"batch size mismatch: tag_ids has {tag_ids.shape[0]} rows, input_ids {batch}")
+                if tag_attention_mask is None:
+                    tag_attention_mask = torch.ones_like(tag_ids)
+
+        # --- prefix (tags + regions): encoded unless already cached --------------------------------------------------
+        pieces, masks = [], []
+        if not cached:
+            if tag_ids is not None:
+                pieces.append(self._embed_tokens(tag_ids, 1, self.config.max_text_length))
+                masks.append(tag_attention_mask.long())
+            if region_features is not None:
+                region_features = region_features.to(self.embeddings.word_embeddings.weight.dtype)
+                pieces.append(self.region_embeddings(region_features, region_boxes))
+                masks.append(region_mask.long())
+        num_tags = tag_ids.shape[1] if (tag_ids is not None and not cached) else 0
+        num_regions = region_features.shape[1] if (region_features is not None and not cached) else 0
+
+        # --- text / caption tokens ----------------------------------------------------------------------------------
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if position_ids is None and cached:
+            past_caption = attention_mask.shape[1] - text_length
+            position_ids = (torch.arange(text_length, device=device) + past_caption).unsqueeze(0).expand(batch, -1)
+        text_embeddings = self._embed_tokens(input_ids, token_type_ids, 0, position_ids)
+        mask_embeddings = None
+        if append_mask_token:
+            if attention_mode != "caption":
+                raise ValueError("append_mask_token is only used in attention_mode='caption'")
+            next_position = (position_ids[:, -1:] + 1) if position_ids is not None else None
+            mask_ids = torch.full((batch, 1), self.config.mask_token_id, dtype=torch.long, device=device)
+            mask_embeddings = self._embed_tokens(mask_ids, 0, text_length, next_position)
+
+        dtype = text_embeddings.dtype
+        if attention_mode == "bidirectional":
+            hidden = torch.cat([text_embeddings] + pieces, dim=1)
+            valid = torch.cat([attention_mask.long()] + masks, dim=1).bool()
+            allowed = valid[:, None, :].expand(-1, valid.shape[1], -1)
+            text_slice = slice(0, text_length)
+            tag_slice = slice(text_length, text_length + num_tags)
+            region_slice = slice(text_length + num_tags, text_length + num_tags + num_regions)
+            commit, prefix_valid = None, None
+        else:
+            hidden, allowed, prefix_valid = self._caption_layout(
+                text_embeddings, mask_embeddings, pieces, masks, attention_mask, prefix_attention_mask, cached, cache
+            )
+            prefix_length = 0 if cached else num_tags + num_regions
+            tag_slice = slice(0, num_tags)
+            region_slice = slice(num_tags, prefix_length)
+            text_slice = slice(prefix_length, prefix_length + text_length)
+            commit = prefix_length + text_length if cache is not None else None
+            valid = None
+
+        if cache is None and use_cache and attention_mode == "caption":
+            from transformers.cache_utils import DynamicCache
+
+            cache = DynamicCache(config=self.config)
+            commit = hidden.shape[1] - (1 if append_mask_token else 0)
+
+        additive = self._additive(allowed, dtype)
+        sequence_output, all_hidden, all_attentions = self.encoder(
+            hidden,
+            additive,
+            cache=cache,
+            cache_commit_length=commit,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        pooled = self.pooler(sequence_output) if (self.pooler is not None and attention_mode == "bidirectional") else None
+        if valid is None:  # caption mode: report validity of the visible sequence
+            key_valid = allowed.any(dim=1)
+            valid = key_valid[:, -hidden.shape[1] :]
+        output = MiniVLMModelOutput(
+            last_hidden_state=sequence_output,
+            pooler_output=pooled,
+            attention_mask=valid.long(),
+            text_slice=text_slice,
+            tag_slice=tag_slice,
+            region_slice=region_slice,
+            prefix_attention_mask=prefix_valid,
+            cache=cache if (use_cache or cached) else None,
+            region_boxes=vision.get("region_boxes"),
+            region_scores=vision.get("region_scores"),
+            region_labels=vision.get("region_labels"),
+            region_mask=vision.get("region_mask"),
+            tag_ids=vision.get("tag_ids"),
+            hidden_states=all_hidden,
+            attentions=all_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _caption_layout(self, text_embeddings, mask_embeddings, pieces, masks, attention_mask, prefix_mask, cached, cache):
+        """Caption-mode sequence `[tags, regions, caption, ([MASK])]` and its (batch, q, k) boolean visibility."""
+        batch, text_length = text_embeddings.shape[:2]
+        device = text_embeddings.device
+        if cached:
+            if prefix_mask is None:
+                raise ValueError("decoding with a cache needs the prefix_attention_mask returned by the first call")
+            prefix_valid = prefix_mask.bool()
+        else:
+            prefix_valid = (
+                torch.cat(masks, dim=1).bool() if masks else torch.zeros((batch, 0), dtype=torch.bool, device=device)
+            )
+        prefix_length = prefix_valid.shape[1]
+        # attention_mask covers all caption tokens so far (cached ones + these).
+        caption_valid = attention_mask.bool()
+        past = caption_valid.shape[1] - text_length
+        if past < 0:
+            raise ValueError("attention_mask is shorter than input_ids")
+        queries = [text_embeddings] + ([mask_embeddings] if mask_embeddings is not None else [])
+        query_hidden = torch.cat(queries, dim=1)
+        n_query = query_hidden.shape[1]
+        # Keys: prefix, all caption tokens (past + current), then the transient [MASK] if any.
+        key_valid = torch.cat(
+            [prefix_valid, caption_valid]
+            + ([torch.ones((batch, 1), dtype=torch.bool, device=device)] if mask_embeddings is not None else []),
+            dim=1,
+        )
+        n_key = key_valid.shape[1]
+        caption_start = prefix_length
+        # Query i of the caption (absolute caption index past + i) sees prefix keys and caption keys ≤ its index.
+        q_index = torch.arange(n_query, device=device) + past  # the [MASK] gets index past + text_length
+        k_index = torch.arange(n_key, device=device) - caption_start
+        causal = k_index[None, :] <= q_index[:, None]
+        is_prefix_key = torch.arange(n_key, device=device) < caption_start
+        query_allowed = (causal | is_prefix_key[None, :])[None] & key_valid[:, None, :]
+        if cached:
+            return query_hidden, query_allowed, prefix_valid
+        # Prefix queries see only the prefix.
+        prefix_allowed = (is_prefix_key[None, None, :] & key_valid[:, None, :]).expand(-1, prefix_length, -1)
+        prefix_allowed = prefix_allowed | (
+            ~prefix_valid[:, :, None] & torch.eye(prefix_length, n_key, dtype=torch.bool, device=device)[None]
+        )  # padded prefix rows attend to themselves only (keeps softmax finite; their output is never used)
+        hidden = torch.cat(pieces + [query_hidden], dim=1)
+        allowed = torch.cat([prefix_allowed, query_allowed], dim=1)
+        return hidden, allowed, prefix_valid
+
+
+__all__ = [
+    "MiniVLMPreTrainedModel",
+    "MiniVLMModel",
+    "MiniVLMModelOutput",
+    "MiniVLMOnlyMLMHead",
+    "MiniVLMPreTrainingHeads",
+]

@@ -1,0 +1,1 @@
+"""minivlm-hf (registration is enabled once the TEE files land)."""

@@ -1,0 +1,1 @@
+"""minivlm_hf.hub"""
