@@ -144,7 +144,8 @@ class HubError(Exception):
 
 
 class _Store:
-    """Thread-safe repo storage. All public methods take the lock; records are plain JSON-able dicts.
+    """Repo storage. Mutating methods take ``lock`` (an RLock); readers hold it while they look at a record.
+    Records are plain JSON-able dicts, persisted after every mutation.
 
     Repo record::
 
@@ -559,7 +560,7 @@ class HubServer(ThreadingHTTPServer):
         return f"{self.url}/_lfs/{sha256}?sig={sig}"
 
     def claim_upload(self, sig: str, sha256: str) -> int:
-        """Check a PUT href signature; returns the announced size. The signature is consumed by ``consume``."""
+        """Check a PUT href signature; returns the announced size (``consume_upload`` spends it once stored)."""
         with self._uploads_lock:
             pending = self._pending_uploads.get(sig)
         if pending is None or pending[0] != sha256:
@@ -577,7 +578,9 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
     server: HubServer
     protocol_version = "HTTP/1.1"  # keep-alive; every response carries Content-Length
     server_version = "MiniHub/1.0"
-    sys_version = ""
+
+    def version_string(self) -> str:
+        return self.server_version
 
     # -- plumbing ------------------------------------------------------------------------------------------------
 
@@ -633,6 +636,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         except Exception:  # noqa: BLE001 - a server bug: answer 500 and keep the traceback for the test to show
             tb = traceback.format_exc()
             self.server.errors.append(tb)
+            self.close_connection = True  # the response may have been half-written: do not reuse the connection
             self._send_error(HubError(500, f"Internal error in test hub server:\n{tb}"))
 
     def _send(
@@ -966,10 +970,14 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             repo = store.get(repo_type, repo_id)
             data: dict[str, Any] = {
                 "branches": [
-                    {"name": n, "ref": f"refs/heads/{n}", "targetCommit": c} for n, c in sorted(repo["branches"].items())
+                    {"name": name, "ref": f"refs/heads/{name}", "targetCommit": commit}
+                    for name, commit in sorted(repo["branches"].items())
                 ],
                 "converts": [],
-                "tags": [{"name": n, "ref": f"refs/tags/{n}", "targetCommit": c} for n, c in sorted(repo["tags"].items())],
+                "tags": [
+                    {"name": name, "ref": f"refs/tags/{name}", "targetCommit": commit}
+                    for name, commit in sorted(repo["tags"].items())
+                ],
             }
             if _truthy(self.query.get("include_prs", "")):
                 data["pullRequests"] = [
@@ -1077,7 +1085,11 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
                         "size": size,
                         "authenticated": True,
                         "actions": {
-                            "upload": {"href": self.server.new_upload_href(oid, size), "header": {}, "expires_in": 3600},
+                            "upload": {
+                                "href": self.server.new_upload_href(oid, size),
+                                "header": {},  # no "chunk_size": the client does a single-part PUT
+                                "expires_in": 3600,
+                            },
                             "verify": {"href": verify_href, "header": {}},
                         },
                     }

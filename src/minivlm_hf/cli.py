@@ -12,6 +12,8 @@ import sys
 
 COMMAND_MODULES = [
     "detect",
+    "caption",
+    "answer",
     "data",
 ]
 

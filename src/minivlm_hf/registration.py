@@ -18,6 +18,7 @@ from transformers import (
     AutoModelForVisualQuestionAnswering,
     AutoProcessor,
 )
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .modeling.configuration_minivlm import MiniVLMConfig
 from .modeling.configuration_minivlm_tee import TEEConfig
@@ -32,6 +33,7 @@ from .modeling.modeling_minivlm_tasks import (
     MiniVLMForVisualReasoning,
 )
 from .modeling.modeling_minivlm_tee import TEEForObjectDetection, TEEModel
+from .modeling.pipeline_minivlm_vqa import MiniVLMVQAPipeline
 from .modeling.processing_minivlm import MiniVLMProcessor
 
 # Classes without a transformers Auto class of their own are loaded with AutoModel under remote code.
@@ -66,6 +68,12 @@ def register_auto_classes() -> None:
     for config_class in (TEEConfig, MiniVLMConfig):
         AutoImageProcessor.register(config_class, image_processor_classes=backends, exist_ok=True)
     AutoProcessor.register(MiniVLMConfig, MiniVLMProcessor, exist_ok=True)
+    PIPELINE_REGISTRY.register_pipeline(
+        "minivlm-vqa",
+        pipeline_class=MiniVLMVQAPipeline,
+        pt_model=AutoModelForVisualQuestionAnswering,
+        type="multimodal",
+    )
 
     TEEConfig.register_for_auto_class("AutoConfig")
     MiniVLMConfig.register_for_auto_class("AutoConfig")

@@ -49,6 +49,17 @@ def _file_sizes(folder: Path) -> dict[str, int]:
     }
 
 
+def save_quietly(dataset: datasets.DatasetDict | datasets.Dataset, path: str | Path) -> None:
+    """``save_to_disk`` without progress bars (restoring the previous setting)."""
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        dataset.save_to_disk(str(path))
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
 class CorruptCacheError(ValueError):
     """A cache folder exists but does not hold a complete dataset for its key."""
 
@@ -107,7 +118,7 @@ def cached_build(
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-{key}-", dir=root))
     try:
         dataset = build()
-        dataset.save_to_disk(str(tmp))
+        save_quietly(dataset, tmp)
         manifest = {
             "key": key,
             "params": params,

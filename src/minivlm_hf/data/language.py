@@ -211,21 +211,22 @@ def _q_size(rng, objects):
 
 
 def _q_count(rng, objects):
-    form = int(rng.integers(4))
-    if form == 0:
-        return "how many objects are there?", str(len(objects))
-    # Half of the time the attribute is taken from a present object, so that 0 does not dominate.
-    anchor = _pick(rng, objects) if rng.random() < 0.5 else None
-    if form == 1:
-        shape = anchor.shape_name if anchor else _pick(rng, SHAPES)
-        return f"how many {SHAPE_PLURALS[shape]} are there?", str(sum(o.shape_name == shape for o in objects))
-    if form == 2:
-        color = anchor.color_name if anchor else _pick(rng, COLORS)
-        return f"how many {color} objects are there?", str(sum(o.color_name == color for o in objects))
-    # A colour-shape pair that is present, so that the answer is not almost always 0.
-    o = _pick(rng, objects)
-    n = sum(p.color == o.color and p.shape == o.shape for p in objects)
-    return f"how many {o.color_name} {SHAPE_PLURALS[o.shape_name]} are there?", str(n)
+    """A counting question; the answer value is drawn uniformly among the values the scene allows (so that
+    "1" and "0" do not dominate), then a question with that answer."""
+    by_answer: dict[int, list[str]] = {len(objects): ["how many objects are there?"]}
+    for shape in SHAPES:
+        n = sum(o.shape_name == shape for o in objects)
+        by_answer.setdefault(n, []).append(f"how many {SHAPE_PLURALS[shape]} are there?")
+    for color in COLORS:
+        n = sum(o.color_name == color for o in objects)
+        by_answer.setdefault(n, []).append(f"how many {color} objects are there?")
+    for o in objects:
+        n = sum(p.color == o.color and p.shape == o.shape for p in objects)
+        text = f"how many {o.color_name} {SHAPE_PLURALS[o.shape_name]} are there?"
+        if text not in by_answer.setdefault(n, []):
+            by_answer[n].append(text)
+    answer = _pick(rng, sorted(by_answer))
+    return _pick(rng, by_answer[answer]), str(answer)
 
 
 _EXIST_FORMS = (

@@ -97,7 +97,7 @@ def _cross(arm: float = 0.17) -> np.ndarray:
 
 #: Unit outlines (centred at 0, extent at most 1) of the polygonal shapes; circle and ring are ellipses.
 _POLYGONS: dict[str, np.ndarray] = {
-    "square": np.array([(-0.43, -0.43), (0.43, -0.43), (0.43, 0.43), (-0.43, 0.43)]),
+    "square": np.array([(-0.45, -0.45), (0.45, -0.45), (0.45, 0.45), (-0.45, 0.45)]),
     "triangle": np.array([(0.0, -0.47), (0.5, 0.4), (-0.5, 0.4)]),
     "star": _star(),
     "heart": _heart(),

@@ -70,6 +70,8 @@ NLVR_FEATURES = Features(
         "sentence": Value("string"),
         "label": ClassLabel(names=["false", "true"]),
         "statement_type": Value("string"),
+        "left_objects": OBJECT_FEATURES,
+        "right_objects": OBJECT_FEATURES,
     }
 )
 
@@ -176,6 +178,8 @@ def _nlvr_rows(
                 "sentence": sentence,
                 "label": label,
                 "statement_type": stype,
+                "left_objects": objects_to_columns(left),
+                "right_objects": objects_to_columns(right),
             }
 
 

@@ -1,0 +1,110 @@
+"""``minivlm-hf data``: build the synthetic datasets and save them with ``save_to_disk``.
+
+    minivlm-hf data scenes --out DIR [--num-train N] [--num-validation N] [--num-test N] [--seed S]
+    minivlm-hf data nlvr   --out DIR [--num-train N] [--num-validation N] [--num-test N] [--seed S]
+
+The saved folder loads back with ``datasets.load_from_disk(DIR)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+from pathlib import Path
+
+
+def _add_common(parser: argparse.ArgumentParser, defaults: tuple[int, int, int], unit: str) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="folder to save the DatasetDict into")
+    parser.add_argument("--num-train", type=int, default=defaults[0], help=f"{unit} in train (default {defaults[0]})")
+    parser.add_argument(
+        "--num-validation", type=int, default=defaults[1], help=f"{unit} in validation (default {defaults[1]})"
+    )
+    parser.add_argument("--num-test", type=int, default=defaults[2], help=f"{unit} in test (default {defaults[2]})")
+    parser.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
+    parser.add_argument("--min-size", type=int, default=160, help="smallest image side in pixels (default 160)")
+    parser.add_argument("--max-size", type=int, default=320, help="largest image side in pixels (default 320)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "data", help="build the synthetic datasets", description="Build the synthetic datasets (saved with save_to_disk)."
+    )
+    sub = parser.add_subparsers(dest="data_command", metavar="DATASET")
+    sub.required = True
+    scenes = sub.add_parser(
+        "scenes",
+        help="scenes with boxes, captions and VQA questions",
+        description="Synthetic scenes: detection boxes, 5 captions and 4-6 VQA questions per image.",
+    )
+    _add_common(scenes, (2000, 200, 200), "images")
+    scenes.set_defaults(func=_run_scenes)
+    nlvr = sub.add_parser(
+        "nlvr",
+        help="NLVR2-style image pairs with true/false statements",
+        description="Pairs of synthetic scenes, each with 2 statements (one true, one false).",
+    )
+    _add_common(nlvr, (1000, 100, 100), "image pairs")
+    nlvr.set_defaults(func=_run_nlvr)
+
+
+def _prepare_out(args) -> None:
+    out: Path = args.out
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not args.overwrite:
+            raise ValueError(f"output folder {out} exists and is not empty (use --overwrite to replace it)")
+
+
+def _save(dataset, out: Path) -> None:
+    import shutil
+
+    from minivlm_hf.data.cache import save_quietly
+
+    if out.is_dir():
+        shutil.rmtree(out)
+    elif out.exists():
+        out.unlink()
+    save_quietly(dataset, out)
+
+
+def _run_scenes(args) -> int:
+    from minivlm_hf.data import load_scenes
+
+    _prepare_out(args)
+    start = time.perf_counter()
+    dataset = load_scenes(
+        num_train=args.num_train, num_validation=args.num_validation, num_test=args.num_test, seed=args.seed,
+        min_size=args.min_size, max_size=args.max_size, use_cache=False,
+    )
+    elapsed = time.perf_counter() - start
+    _save(dataset, args.out)
+    total = sum(split.num_rows for split in dataset.values())
+    print(f"saved synthetic scenes to {args.out} ({total} images in {elapsed:.1f}s, {total / max(elapsed, 1e-9):.0f} images/s)")
+    for name, split in dataset.items():
+        meta = split.select_columns(["objects", "questions", "question_types"])
+        objects = sum(len(o["category_id"]) for o in meta["objects"])
+        questions = Counter(t for types in meta["question_types"] for t in types)
+        print(
+            f"  {name}: {split.num_rows} images, {objects} objects, {5 * split.num_rows} captions, "
+            f"{sum(questions.values())} questions ({', '.join(f'{k} {v}' for k, v in sorted(questions.items()))})"
+        )
+    return 0
+
+
+def _run_nlvr(args) -> int:
+    from minivlm_hf.data import load_nlvr
+
+    _prepare_out(args)
+    start = time.perf_counter()
+    dataset = load_nlvr(
+        num_train=args.num_train, num_validation=args.num_validation, num_test=args.num_test, seed=args.seed,
+        min_size=args.min_size, max_size=args.max_size, use_cache=False,
+    )
+    elapsed = time.perf_counter() - start
+    _save(dataset, args.out)
+    print(f"saved NLVR pairs to {args.out} (built in {elapsed:.1f}s)")
+    for name, split in dataset.items():
+        labels = Counter(split["label"])
+        print(f"  {name}: {split.num_rows} statements, {labels.get(1, 0)} true / {labels.get(0, 0)} false")
+    return 0
