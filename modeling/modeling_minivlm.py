@@ -31,7 +31,9 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
 from .configuration_minivlm import MiniVLMConfig
+from .modeling_minivlm_heads import MiniVLMLMPredictionHead, MiniVLMOnlyMLMHead, MiniVLMPreTrainingHeads
 from .modeling_minivlm_tee import TEEModel
+from .remote_code_minivlm import MiniVLMRemoteCodeMixin  # minivlm-hf hub: complete auto_map on save
 
 logger = logging.get_logger(__name__)
 
@@ -287,7 +289,7 @@ class MiniVLMPooler(nn.Module):
         return self.activation(self.dense(hidden_states[:, 0]))
 
 
-class MiniVLMPreTrainedModel(PreTrainedModel):
+class MiniVLMPreTrainedModel(MiniVLMRemoteCodeMixin, PreTrainedModel):  # mixin: see remote_code_minivlm.py
     config: MiniVLMConfig
     config_class = MiniVLMConfig
     base_model_prefix = "minivlm"
@@ -312,51 +314,6 @@ class MiniVLMPreTrainedModel(PreTrainedModel):
         if vision is not None and self.config.freeze_vision_model:
             vision.eval()
         return self
-
-
-class MiniVLMPredictionHeadTransform(nn.Module):
-    def __init__(self, config: MiniVLMConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.transform_act_fn = ACT2FN[config.hidden_act]
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
-
-
-class MiniVLMLMPredictionHead(nn.Module):
-    """BERT's masked-LM head; the decoder is tied to the word embeddings (OSCAR's `cls.predictions`)."""
-
-    def __init__(self, config: MiniVLMConfig):
-        super().__init__()
-        self.transform = MiniVLMPredictionHeadTransform(config)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.transform(hidden_states)) + self.bias
-
-
-class MiniVLMOnlyMLMHead(nn.Module):
-    def __init__(self, config: MiniVLMConfig):
-        super().__init__()
-        self.predictions = MiniVLMLMPredictionHead(config)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.predictions(hidden_states)
-
-
-class MiniVLMPreTrainingHeads(nn.Module):
-    """Masked-token head + contrastive (matched / polluted) head on the pooled [CLS] (OSCAR's `cls`)."""
-
-    def __init__(self, config: MiniVLMConfig):
-        super().__init__()
-        self.predictions = MiniVLMLMPredictionHead(config)
-        self.seq_relationship = nn.Linear(config.hidden_size, config.num_contrastive_labels)
-
-    def forward(self, sequence_output: torch.Tensor, pooled_output: torch.Tensor):
-        return self.predictions(sequence_output), self.seq_relationship(pooled_output)
 
 
 def region_geometry_check(region_features, region_boxes, region_mask, config):
@@ -722,6 +679,4 @@ __all__ = [
     "MiniVLMPreTrainedModel",
     "MiniVLMModel",
     "MiniVLMModelOutput",
-    "MiniVLMOnlyMLMHead",
-    "MiniVLMPreTrainingHeads",
 ]

@@ -23,7 +23,8 @@ from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
 
 from .configuration_minivlm import MiniVLMConfig
-from .modeling_minivlm import MiniVLMModel, MiniVLMOnlyMLMHead, MiniVLMPreTrainedModel
+from .modeling_minivlm import MiniVLMModel, MiniVLMPreTrainedModel
+from .modeling_minivlm_heads import MiniVLMOnlyMLMHead
 
 
 @dataclass

@@ -15,7 +15,8 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .configuration_minivlm import MiniVLMConfig
-from .modeling_minivlm import MiniVLMModel, MiniVLMPreTrainedModel, MiniVLMPreTrainingHeads
+from .modeling_minivlm import MiniVLMModel, MiniVLMPreTrainedModel
+from .modeling_minivlm_heads import MiniVLMPreTrainingHeads
 
 _REGION_INPUTS = (
     "pixel_values", "pixel_mask", "region_features", "region_boxes", "region_mask", "tag_ids", "tag_attention_mask",

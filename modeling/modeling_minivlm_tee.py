@@ -30,6 +30,7 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_minivlm_tee import TEEConfig
+from .remote_code_minivlm import MiniVLMRemoteCodeMixin  # minivlm-hf hub: complete auto_map on save
 
 
 # Largest log-scale a box delta may apply (boxes at most ~62x bigger than their anchor / proposal).
@@ -525,7 +526,7 @@ class TEERegionPredictor(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class TEEPreTrainedModel(PreTrainedModel):
+class TEEPreTrainedModel(MiniVLMRemoteCodeMixin, PreTrainedModel):  # mixin: see remote_code_minivlm.py
     config: TEEConfig
     config_class = TEEConfig
     base_model_prefix = "tee"
@@ -815,7 +816,14 @@ class TEEForObjectDetection(TEEPreTrainedModel):
             height, width = image_sizes[index].tolist()
             scale = boxes.new_tensor([width, height, width, height])
             boxes_xyxy = _cxcywh_to_xyxy(boxes) * scale
+            if not torch.isfinite(boxes).all():
+                raise ValueError(f"labels[{index}]['boxes'] contains NaN or infinite values.")
             attributes = self._attribute_targets(target.get("attribute_labels"), classes.shape[0], index, device)
+            # Boxes without area cannot be matched by IoU: drop them (with their class and attributes).
+            keep = (boxes_xyxy[:, 2] > boxes_xyxy[:, 0]) & (boxes_xyxy[:, 3] > boxes_xyxy[:, 1])
+            if not bool(keep.all()):
+                classes, boxes_xyxy = classes[keep], boxes_xyxy[keep]
+                attributes = attributes[keep] if attributes is not None else None
             targets.append({"class_labels": classes, "boxes": boxes_xyxy, "attributes": attributes})
         return targets
 
@@ -975,7 +983,7 @@ class TEEForObjectDetection(TEEPreTrainedModel):
                 `"boxes"` (`FloatTensor` `(n, 4)`, normalised `(cx, cy, w, h)` relative to the unpadded image) and
                 optionally `"attribute_labels"`: attribute ids (`LongTensor` `(n, k)` or `(n,)`, negative values
                 are padding) or a bool / float multi-hot `(n, num_attributes)`. `n` may be 0. Objects without any
-                attribute do not enter the attribute loss.
+                attribute do not enter the attribute loss; boxes without area are ignored.
             output_hidden_states (`bool`, *optional*):
                 Also return the BiFPN maps as `feature_maps`.
             return_dict (`bool`, *optional*):

@@ -15,6 +15,9 @@ COMMAND_MODULES = [
     "caption",
     "answer",
     "data",
+    "init",
+    "push",
+    "train",
 ]
 
 

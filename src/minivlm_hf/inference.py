@@ -19,6 +19,9 @@ TASK_AUTO_CLASSES = {
 }
 
 
+_HEADS_WITHOUT_AUTO_CLASS = {"retrieval": "MiniVLMForImageTextRetrieval", "nlvr": "MiniVLMForVisualReasoning"}
+
+
 def open_image(source) -> Image.Image:
     """A path or PIL image → RGB PIL image, with errors that name the file."""
     if isinstance(source, Image.Image):
@@ -48,6 +51,13 @@ def load(task: str, model_id: str, revision: str | None = None, trust_remote_cod
         raise FileNotFoundError(f"model folder not found (and not a Hub id 'namespace/name'): {model_id}")
     auto = getattr(transformers, TASK_AUTO_CLASSES[task])
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+    if task in _HEADS_WITHOUT_AUTO_CLASS and not trust_remote_code:
+        # transformers has no Auto class for these heads (AutoModel gives the bare encoder): use the saved architecture.
+        config = transformers.AutoConfig.from_pretrained(model_id, revision=revision)
+        architecture = (config.architectures or [""])[0]
+        if architecture != _HEADS_WITHOUT_AUTO_CLASS[task]:
+            raise ValueError(f"{model_id} holds a {architecture or 'model without architectures'}, not a {task} model")
+        auto = getattr(minivlm_hf, architecture)
     model = auto.from_pretrained(model_id, **kwargs).eval()
     if task == "detect":
         processor = transformers.AutoImageProcessor.from_pretrained(model_id, **kwargs)

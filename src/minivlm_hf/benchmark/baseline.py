@@ -269,10 +269,12 @@ def _build(num_regions, feature_dim, num_classes, min_size, max_size, backbone_n
 
 
 def build_baseline_fusion_config() -> dict:
-    """BERT-base-shaped fusion settings of OSCAR-B (to pass to the MiniVLM fusion config).
+    """BERT-base-shaped fusion settings of OSCAR-B, as ``MiniVLMConfig`` keyword arguments.
 
-    Standard BERT keys plus the region-input sizes: 2048-d region features + the 6-d box encoding
-    (2054-d region input, OSCAR's ``img_feature_dim``), 50 regions.
+    12 layers, hidden 768, 12 heads, FFN 3072 (BERT-base), and the OSCAR-B region input: 2048-d
+    region features + the 6-d box encoding (2054-d, OSCAR's ``img_feature_dim``), 50 regions.
+    Keys follow ``minivlm_hf.modeling.configuration_minivlm.MiniVLMConfig``
+    (``region_feature_size``, ``box_feature_size``, ``max_regions``).
     """
     return {
         "vocab_size": 30522,
@@ -286,8 +288,7 @@ def build_baseline_fusion_config() -> dict:
         "max_position_embeddings": 512,
         "type_vocab_size": 2,
         "layer_norm_eps": 1e-12,
-        "region_feature_dim": 2048,
-        "region_box_dim": 6,
-        "img_feature_dim": 2048 + 6,
+        "region_feature_size": 2048,
+        "box_feature_size": 6,
         "max_regions": 50,
     }

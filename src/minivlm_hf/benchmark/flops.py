@@ -36,6 +36,8 @@ def count_flops(
     ``rpn``, ``roi_heads``; ``depth=0``: the outermost modules themselves, by class name; ``depth=2``:
     ``backbone.body``, ...) to their FLOPs. When one outermost module ran, its name is dropped from
     the keys; when several did (``fn`` calls two models) keys keep it (``ClassName.child``).
+    A deeper module that ran without its depth-``depth`` ancestor's own forward running (a driver
+    that calls ``roi_heads.box_head`` directly) is attributed to that ancestor's path.
     FLOPs spent outside modules of that depth are reported under ``"(other)"`` when non-zero, so
     the values always sum to the total. ``depth`` is keyword-only; to pass a ``depth`` argument to
     ``fn``, wrap it in ``functools.partial``.
@@ -49,11 +51,24 @@ def count_flops(
     total = int(counter.get_total_flops())
     counts = {name: int(sum(ops.values())) for name, ops in counter.get_flop_counts().items() if name != "Global"}
     roots = {name for name in counts if _module_depth(name) == 0}
+
+    def has_counted_ancestor(name: str) -> bool:
+        # An ancestor at depth >= `depth` whose FLOPs already include this module's.
+        parts = name.split(".")
+        return any(".".join(parts[:i]) in counts for i in range(depth + 1, len(parts)))
+
     per_module: dict[str, int] = {}
     for name, flops in counts.items():
-        if _module_depth(name) != depth:
+        d = _module_depth(name)
+        if d < depth:
             continue
-        key = name.split(".", 1)[1] if (len(roots) == 1 and depth > 0) else name
+        prefix = ".".join(name.split(".")[: depth + 1])
+        if d > depth and (prefix in counts or has_counted_ancestor(name)):
+            continue  # already inside a counted module
+        # d == depth, or a deeper module called directly (its depth-`depth` ancestor never ran
+        # its own forward, e.g. a stage-by-stage driver calling roi_heads.box_head): attribute
+        # it to that ancestor's path.
+        key = prefix.split(".", 1)[1] if (len(roots) <= 1 and depth > 0) else prefix
         per_module[key] = per_module.get(key, 0) + flops
     attributed = sum(per_module.values())
     if total - attributed > 0:

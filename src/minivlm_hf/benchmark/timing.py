@@ -30,6 +30,8 @@ class TimingStats:
     runs: list[float] = field(default_factory=list)
     warmup: int = 0
     threads: int | None = None
+    #: Wall times of the untimed warm-up calls (first-call costs: kernel selection, allocation).
+    warmup_runs: list[float] = field(default_factory=list)
 
     def _check(self) -> None:
         if not self.runs:
@@ -78,6 +80,7 @@ class TimingStats:
             "stdev_s": self.stdev,
             "runs_s": list(self.runs),
             "warmup": self.warmup,
+            "warmup_runs_s": list(self.warmup_runs),
             "threads": self.threads,
         }
 
@@ -141,8 +144,8 @@ def compare(
     ``warmup`` untimed rounds run first (also interleaved), then ``runs`` timed rounds. With
     ``interleave=True`` each round calls every callable once, in order (A, B, A, B, ...); with
     ``False`` all runs of A come before all runs of B. Runs happen under ``torch.inference_mode``
-    (unless ``inference_mode=False``), with the garbage collector paused during the timed calls
-    (``disable_gc``; it is collected before each round), and with ``threads`` intra-op threads when
+    (unless ``inference_mode=False``), with Python's garbage collector collected once and then
+    paused for the whole schedule (``disable_gc``), and with ``threads`` intra-op threads when
     given (see :func:`set_threads`).
     """
     if runs < 1:
@@ -161,18 +164,13 @@ def compare(
             schedule = [(r, name) for r in range(warmup + runs) for name in names]
         else:
             schedule = [(r, name) for name in names for r in range(warmup + runs)]
+        if disable_gc:
+            gc.collect()
+            gc.disable()
         try:
             for r, name in schedule:
-                if disable_gc:
-                    gc.collect()
-                    gc.disable()
-                try:
-                    elapsed = _timed(callables[name])
-                finally:
-                    if disable_gc and gc_was_enabled:
-                        gc.enable()
-                if r >= warmup:
-                    stats[name].runs.append(elapsed)
+                elapsed = _timed(callables[name])
+                (stats[name].runs if r >= warmup else stats[name].warmup_runs).append(elapsed)
         finally:
             if gc_was_enabled:
                 gc.enable()

@@ -26,7 +26,7 @@ import datasets
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .scenes import SCENE_FEATURES, rows_to_dataset
+from .scenes import SCENE_FEATURES
 
 FEATURE_DIM = 2048
 BOX_DIM = 6  # x1, y1, x2, y2, w, h, all normalised by the image size
@@ -115,7 +115,9 @@ def _image_row(coco_id: int, path: Path, verify: bool, width=None, height=None) 
 
 
 def _dataset(rows: list[dict]) -> datasets.Dataset:
-    return rows_to_dataset(rows, SCENE_FEATURES)
+    if not rows:
+        return datasets.Dataset.from_dict({name: [] for name in SCENE_FEATURES}, features=SCENE_FEATURES)
+    return datasets.Dataset.from_list(rows, features=SCENE_FEATURES)
 
 
 # -------------------------------------------------------------------------------------- COCO detection

@@ -89,6 +89,10 @@ def _description(rng: np.random.Generator, obj: SceneObject) -> str:
     return with_article(phrase(obj, subset))
 
 
+def _position(objects: Sequence[SceneObject], obj: SceneObject) -> int:
+    return next(i for i, o in enumerate(objects) if o is obj)
+
+
 def _pairs(objects: Sequence[SceneObject], relation: Callable) -> list[tuple[SceneObject, SceneObject]]:
     return [(a, b) for a in objects for b in objects if a is not b and relation(a, b)]
 
@@ -273,8 +277,8 @@ def _q_relation(rng, objects):
             first = False
         else:
             first = True
-        ra = unique_references(objects, objects.index(a))
-        rb = unique_references(objects, objects.index(b))
+        ra = unique_references(objects, _position(objects, a))
+        rb = unique_references(objects, _position(objects, b))
         if not ra or not rb:
             continue
         ta, tb = phrase(a, _pick(rng, ra)), phrase(b, _pick(rng, rb))

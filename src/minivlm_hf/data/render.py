@@ -107,11 +107,9 @@ _POLYGONS: dict[str, np.ndarray] = {
 _RING_INNER = 0.58  # inner radius / outer radius
 
 
-def _shape_mask(shape: str, side: float, angle: float) -> tuple[np.ndarray, float, float]:
-    """Rasterise a shape of the given side centred at the origin.
-
-    Returns (mask, x_offset, y_offset): the boolean mask of its pixels in a small patch, and the patch's
-    top-left corner relative to the shape centre."""
+def _shape_mask(shape: str, side: float, angle: float) -> np.ndarray:
+    """Rasterise a shape of the given side (rotated by ``angle`` radians, circles and rings excepted):
+    the boolean mask of its pixels, cropped to the covered pixels."""
     if shape in ("circle", "ring"):
         r = side / 2
         pts = np.array([(-r, -r), (r, r)])
@@ -131,7 +129,9 @@ def _shape_mask(shape: str, side: float, angle: float) -> tuple[np.ndarray, floa
             draw.ellipse([(cx - r_in, cy - r_in), (cx + r_in, cy + r_in)], fill=0)
     else:
         draw.polygon([tuple(p) for p in local], fill=255)
-    return np.asarray(patch) > 0, float(x0), float(y0)
+    mask = np.asarray(patch) > 0
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    return mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
 def _muted_color(rng: np.random.Generator) -> np.ndarray:
@@ -148,23 +148,26 @@ def _background(rng: np.random.Generator, width: int, height: int) -> tuple[np.n
     a, b = _muted_color(rng), _muted_color(rng)
     palette = a + np.linspace(0.0, 1.0, 256)[:, None] * (b - a)
     palette = np.clip(np.rint(palette), PIXEL_MIN, PIXEL_MAX).astype(np.uint8)
-    xs = np.arange(width, dtype=np.float32)[None, :]
-    ys = np.arange(height, dtype=np.float32)[:, None]
+    xs = np.arange(width, dtype=np.int32)[None, :]
+    ys = np.arange(height, dtype=np.int32)[:, None]
     if kind == "gradient":
         theta = rng.uniform(0, 2 * math.pi)
-        proj = xs * math.cos(theta) + ys * math.sin(theta)
-        proj -= proj.min()
-        index = (proj * (255.0 / max(float(proj.max()), 1.0))).astype(np.uint8)
+        gx = xs * np.float32(math.cos(theta))
+        gy = ys * np.float32(math.sin(theta))
+        gx -= gx.min()
+        gy -= gy.min()
+        scale = np.float32(255.0 / max(float(gx.max() + gy.max()), 1.0))
+        index = ((gx * scale) + (gy * scale)).astype(np.uint8)
     elif kind == "noise":
         # Low-frequency blotches: a coarse random grid upsampled bilinearly.
         gh, gw = max(2, height // 24), max(2, width // 24)
         coarse = rng.integers(0, 256, size=(gh, gw), dtype=np.uint8)
         index = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BILINEAR))
     elif kind == "stripes":
-        period = float(rng.uniform(8, 24))
-        theta = (0.0, math.pi / 2, math.pi / 4, -math.pi / 4)[int(rng.integers(4))]
-        proj = xs * math.cos(theta) + ys * math.sin(theta)
-        index = ((proj // period) % 2).astype(np.uint8) * np.uint8(255)
+        period = int(rng.integers(8, 25))
+        direction = int(rng.integers(4))  # vertical, horizontal, and the two diagonals
+        coord = (xs, ys, xs + ys, xs - ys + height)[direction]
+        index = np.broadcast_to(((coord // period) % 2).astype(np.uint8) * np.uint8(255), (height, width))
     else:  # checker
         cell = int(rng.integers(10, 29))
         index = (((xs // cell) + (ys // cell)) % 2).astype(np.uint8) * np.uint8(255)
@@ -194,11 +197,7 @@ def render_scene(
         lo, hi = SIZE_RANGES[SIZES[size]]
         side = float(rng.uniform(lo, hi)) * short
         angle = math.radians(float(rng.uniform(-MAX_ROTATION_DEGREES, MAX_ROTATION_DEGREES)))
-        mask, ox, oy = _shape_mask(SHAPES[shape], side, angle)
-        rows, cols = np.nonzero(mask)
-        # Crop the patch to the covered pixels.
-        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-        mask = mask[r0:r1, c0:c1]
+        mask = _shape_mask(SHAPES[shape], side, angle)
         mh, mw = mask.shape
         if mw >= width - 2 or mh >= height - 2:
             continue
@@ -216,7 +215,7 @@ def render_scene(
         region[mask] = len(placed)
         placed.append(
             {"index": len(placed), "shape": shape, "color": color, "size": size, "box": (x, y, mw, mh),
-             "area": area, "visible": area, "mask": mask}
+             "area": area, "visible": area}
         )
         jitter = rng.integers(-12, 13, size=3)
         rgb = tuple(int(v) for v in np.clip(np.array(COLOR_RGB[COLORS[color]]) + jitter, PIXEL_MIN, PIXEL_MAX))

@@ -17,21 +17,21 @@ that no PNG occurs twice across its splits.
 from __future__ import annotations
 
 import hashlib
-import logging
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import datasets
 import numpy as np
+import pyarrow as pa
 from datasets import ClassLabel, Features, Image, List, Value
+from datasets.table import InMemoryTable
 
 from .cache import cached_build
 from .language import annotator_answers, make_captions, make_nlvr_statements, make_questions
 from .render import SceneObject, encode_png, render_scene
 from .vocab import MAX_OBJECTS, OBJECT_ID2LABEL, color_attribute_id, size_attribute_id
-
-logger = logging.getLogger(__name__)
 
 #: Bump whenever the generator's output changes: it is part of every cache key.
 GENERATOR_VERSION = "scenes-v1"
@@ -142,21 +142,21 @@ def make_scene(
     return row, objects
 
 
-def _unique(make, seen: set[bytes], png_of) -> Any:
-    """Call ``make(retry)`` until its PNG digest is new (a collision is astronomically unlikely, but a
-    split must never share an image with another)."""
+def _unique(make, seen: set[bytes], pngs_of) -> Any:
+    """Call ``make(retry)`` until none of its PNGs was generated before in this build (a collision is
+    astronomically unlikely, but no split may share an image with another)."""
     for retry in range(100):
         made = make(retry)
-        digest = hashlib.sha256(png_of(made)).digest()
-        if digest not in seen:
-            seen.add(digest)
+        digests = [hashlib.sha256(png).digest() for png in pngs_of(made)]
+        if len(set(digests)) == len(digests) and not seen.intersection(digests):
+            seen.update(digests)
             return made
     raise RuntimeError("could not generate a unique image")  # pragma: no cover
 
 
 def _scene_rows(seed: int, split: str, count: int, config: SceneConfig, seen: set[bytes]) -> Iterator[dict]:
     for index in range(count):
-        row, _ = _unique(lambda r: make_scene(seed, split, index, config, r), seen, lambda m: m[0]["image"]["bytes"])
+        row, _ = _unique(lambda r: make_scene(seed, split, index, config, r), seen, lambda m: [m[0]["image"]["bytes"]])
         yield row
 
 
@@ -168,9 +168,9 @@ def _nlvr_rows(
             rng = _rng(seed, "nlvr", split, index, _STREAM_PIXELS, retry)
             return _draw(rng, config), _draw(rng, config)
 
-        (left_png, *_, left), (right_png, *_, right) = _unique(make, seen, lambda m: m[0][0] + m[1][0])
+        (left_png, *_, left), (right_png, *_, right) = _unique(make, seen, lambda m: [m[0][0], m[1][0]])
         text_rng = _rng(seed, "nlvr", split, index, _STREAM_NLVR)
-        for k, (sentence, label, stype) in enumerate(make_nlvr_statements(text_rng, left, right, statements_per_pair)):
+        for sentence, label, stype in make_nlvr_statements(text_rng, left, right, statements_per_pair):
             yield {
                 "pair_id": f"{split}_{index:06d}",
                 "left_image": {"bytes": left_png, "path": None},
@@ -183,12 +183,18 @@ def _nlvr_rows(
             }
 
 
-def rows_to_dataset(rows: Iterable[dict], features: Features) -> datasets.Dataset:
-    """A Dataset with exactly ``features`` from row dicts (an empty split keeps the schema)."""
-    rows = list(rows)
-    if not rows:
-        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
-    return datasets.Dataset.from_list(rows, features=features)
+def rows_to_dataset(rows: Iterable[dict], features: Features, fingerprint: str | None = None) -> datasets.Dataset:
+    """A Dataset with exactly ``features`` from already-encoded row dicts (images as ``{"bytes", "path"}``).
+
+    Rows go straight into an Arrow table; with a ``fingerprint`` (a deterministic id of the content),
+    ``datasets`` does not hash the table, which matters for thousands of PNGs. An empty split keeps the
+    schema."""
+    table = pa.Table.from_pylist(list(rows), schema=features.arrow_schema)
+    return datasets.Dataset(InMemoryTable(table), fingerprint=fingerprint)
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def build_scenes(
@@ -198,7 +204,13 @@ def build_scenes(
     seen: set[bytes] = set()
     counts = {"train": num_train, "validation": num_validation, "test": num_test}
     return datasets.DatasetDict(
-        {s: rows_to_dataset(_scene_rows(seed, s, n, config, seen), SCENE_FEATURES) for s, n in counts.items()}
+        {
+            s: rows_to_dataset(
+                _scene_rows(seed, s, n, config, seen), SCENE_FEATURES,
+                _fingerprint(GENERATOR_VERSION, "scenes", seed, s, n, asdict(config)),
+            )
+            for s, n in counts.items()
+        }
     )
 
 
@@ -216,7 +228,10 @@ def build_nlvr(
     counts = {"train": num_train, "validation": num_validation, "test": num_test}
     return datasets.DatasetDict(
         {
-            s: rows_to_dataset(_nlvr_rows(seed, s, n, config, statements_per_pair, seen), NLVR_FEATURES)
+            s: rows_to_dataset(
+                _nlvr_rows(seed, s, n, config, statements_per_pair, seen), NLVR_FEATURES,
+                _fingerprint(GENERATOR_VERSION, "nlvr", seed, s, n, statements_per_pair, asdict(config)),
+            )
             for s, n in counts.items()
         }
     )

@@ -1,0 +1,100 @@
+"""Make every saved MiniVLM checkpoint complete remote code (`save_pretrained` / `push_to_hub`).
+
+transformers writes, for a class registered with `register_for_auto_class`, a single `auto_map` entry (that class's
+own Auto class) and copies only the files reached by flat relative imports. A MiniVLM checkpoint should load through
+every Auto class it supports with `trust_remote_code=True`, with the package not installed:
+
+- `config.json` gets the complete `auto_map` (AutoConfig, AutoModel, the task's Auto class, AutoProcessor for the
+  fusion models, and AutoImageProcessor in the backend dict form `{"torchvision": ..., "pil": ...}`), and VQA models
+  get `custom_pipelines` for the `minivlm-vqa` pipeline;
+- image-processor configs (`preprocessor_config.json`, and the nested one in `processor_config.json`) get the
+  AutoImageProcessor dict form, otherwise `backend="pil"` silently returns the torchvision class (HF_NOTES §1.7);
+- the files these entries name are copied next to the weights: they are listed in the `TYPE_CHECKING` block below,
+  which transformers' relative-import scan follows when it saves (and downloads) the model code.
+
+Remote-code file: standard library only, no run-time imports of the other files.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    # Never imported at run time. transformers' `custom_object_save` / `get_cached_module_file` copy (download) every
+    # file named by a flat relative import, so these lines ship the processor, both image-processor backends and the
+    # VQA pipeline with every model, and the `auto_map` entries written below always name files that exist.
+    from .image_processing_minivlm import MiniVLMImageProcessor  # noqa: F401
+    from .image_processing_pil_minivlm import MiniVLMImageProcessorPil  # noqa: F401
+    from .pipeline_minivlm_vqa import MiniVLMVQAPipeline  # noqa: F401
+    from .processing_minivlm import MiniVLMProcessor  # noqa: F401
+
+IMAGE_PROCESSOR_CLASSES = {
+    "torchvision": "image_processing_minivlm.MiniVLMImageProcessor",
+    "pil": "image_processing_pil_minivlm.MiniVLMImageProcessorPil",
+}
+PROCESSOR_CLASS = "processing_minivlm.MiniVLMProcessor"
+VQA_PIPELINE_TASK = "minivlm-vqa"
+VQA_CUSTOM_PIPELINES = {
+    VQA_PIPELINE_TASK: {
+        "impl": "pipeline_minivlm_vqa.MiniVLMVQAPipeline",
+        "pt": ["AutoModelForVisualQuestionAnswering"],
+        "type": "multimodal",
+    }
+}
+
+
+def _class_ref(cls) -> str:
+    return f"{cls.__module__.split('.')[-1]}.{cls.__name__}"
+
+
+def complete_auto_map(model) -> dict:
+    """Fill `model.config.auto_map` (and `custom_pipelines` for VQA) with every Auto class the model supports.
+
+    Called before `save_pretrained` writes `config.json`; returns the auto_map. The model's own Auto class entry is
+    still written by transformers (`custom_object_save`), the others come from here.
+    """
+    config = model.config
+    # Rebuilt from scratch: a config object shared with another head must not keep that head's entries.
+    auto_map = {"AutoConfig": _class_ref(type(config))}
+    own = getattr(type(model), "_auto_class", None)
+    if own:
+        auto_map[own] = _class_ref(type(model))
+    if "AutoModel" not in auto_map:
+        auto_map["AutoModel"] = _class_ref(type(model.base_model))
+    if getattr(config, "model_type", None) == "minivlm":
+        auto_map["AutoProcessor"] = PROCESSOR_CLASS
+        if getattr(config, "vision_config", None) is not None:
+            auto_map["AutoImageProcessor"] = dict(IMAGE_PROCESSOR_CLASSES)
+        pipelines = dict(getattr(config, "custom_pipelines", None) or {})
+        pipelines.pop(VQA_PIPELINE_TASK, None)
+        if own == "AutoModelForVisualQuestionAnswering":
+            pipelines.update(copy.deepcopy(VQA_CUSTOM_PIPELINES))
+        if pipelines or getattr(config, "custom_pipelines", None) is not None:
+            config.custom_pipelines = pipelines
+    else:  # the TEE detector: image processor only
+        auto_map["AutoImageProcessor"] = dict(IMAGE_PROCESSOR_CLASSES)
+    config.auto_map = auto_map
+    return auto_map
+
+
+def with_backend_auto_map(image_processor_dict: dict) -> dict:
+    """An image-processor `to_dict()` result with `auto_map["AutoImageProcessor"]` in the backend dict form."""
+    auto_map = image_processor_dict.get("auto_map")
+    if isinstance(auto_map, dict) and isinstance(auto_map.get("AutoImageProcessor"), str):
+        # Only our own classes (not a reference into another repo, "org/repo--module.Class").
+        if auto_map["AutoImageProcessor"] in IMAGE_PROCESSOR_CLASSES.values():
+            image_processor_dict["auto_map"] = {**auto_map, "AutoImageProcessor": dict(IMAGE_PROCESSOR_CLASSES)}
+    return image_processor_dict
+
+
+class MiniVLMRemoteCodeMixin:
+    """Model mixin: `save_pretrained` (hence `push_to_hub`) writes the complete `auto_map` of `complete_auto_map`."""
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if getattr(type(self), "_auto_class", None) is not None:  # registered for remote code (as transformers checks)
+            complete_auto_map(self)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+__all__ = ["MiniVLMRemoteCodeMixin", "complete_auto_map", "with_backend_auto_map"]

@@ -1,0 +1,439 @@
+"""Training recipes on ``transformers.Trainer`` for every MiniVLM stage.
+
+Stages: ``detector`` (TEE), ``pretrain`` (masked tokens + 3-way contrastive), ``caption``, ``vqa``, ``retrieval``,
+``nlvr``. Fusion stages train on precomputed region features (OSCAR style): the trained TEE runs once over every
+image (:func:`~minivlm_hf.training.features.extract_features`) unless the config reuses saved features.
+
+Recipe config (JSON; every key optional, defaults in :data:`DEFAULT_CONFIG` and :data:`STAGE_TRAINING_DEFAULTS`)::
+
+    {
+      "seed": 0,                              # model init, Trainer, collators
+      "data": {
+        "cache_dir": null,                    # scenes cache (default $MINIVLM_HF_CACHE or ~/.cache/minivlm_hf)
+        "scene_seed": 0, "num_train": 2000, "num_validation": 100, "num_test": 100,
+        "nlvr_num_train": 1000, "nlvr_num_validation": 50, "nlvr_num_test": 100,   # image pairs (2 statements each)
+        "min_size": 160, "max_size": 320,     # image sides of the synthetic scenes
+        "image_size": 256,                    # longest edge fed to the TEE
+        "features": "detector",               # fusion-stage regions: "detector" (a trained TEE) or "oracle"
+                                              # (ground-truth codes, for tests / upper bounds)
+        "detector": null,                     # folder of a trained detector (train detector ... output)
+        "features_dir": null,                 # reuse / store extracted features here
+        "oracle_feature_size": 32, "oracle_num_regions": 10
+      },
+      "detector": {...},                      # TEEConfig fields (backbone, num_regions, anchor_sizes, ...)
+      "fusion": {                             # MiniVLMConfig fields (num_hidden_layers, max_text_length, ...) plus
+        "init_text": "offline-minilm",        #   text weights for a fresh model (null = random init)
+        "init_from": null,                    #   a trained fusion folder to start from (e.g. the pretrain output)
+        "with_vision": true                   #   embed the TEE (vision_config + weights) so the model runs on pixels
+      },
+      "collator": {"mask_probability": 0.15, "max_masked_tokens": 3, "pollution": 0.5, "caption_pollution": 0.25,
+                   "caption_swap": 0.5, "tag_source": "detected", "hflip_probability": 0.5},
+      "training": {...},                      # any transformers.TrainingArguments field (max_steps, learning_rate,
+                                              # per_device_train_batch_size, warmup_steps, save_steps, ...)
+      "evaluation": {"split": "test", "limit": null, "num_candidates": 100, "max_new_tokens": 20, "num_beams": 1,
+                     "batch_size": 64, "detection_threshold": 0.0},
+      "debug": {"param_hash": false}          # every rank writes param_hash_rank{R}.json at the end (DDP checks)
+    }
+
+Always set: ``remove_unused_columns=False`` (the collators need the raw columns, HF_NOTES §3),
+``use_cpu=True`` when no GPU is visible, ``report_to="none"``. Checkpoints are safetensors (the only format of
+transformers 5; ``save_safetensors`` no longer exists) and ``resume_from_checkpoint`` continues exactly: collator
+randomness depends only on the seed, the epoch and the rows (see ``collators``), and the Trainer restores the RNGs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments, set_seed
+
+from . import collators as C
+from . import evaluation as E
+from . import trainers as T
+from .data_setup import RecipeData
+
+STAGES = ("detector", "pretrain", "caption", "vqa", "retrieval", "nlvr")
+FUSION_STAGES = STAGES[1:]
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "seed": 0,
+    "data": {
+        "cache_dir": None, "scene_seed": 0, "num_train": 2000, "num_validation": 100, "num_test": 100,
+        "nlvr_num_train": 1000, "nlvr_num_validation": 50, "nlvr_num_test": 100, "min_size": 160, "max_size": 320,
+        "image_size": 256, "features": "detector", "detector": None, "features_dir": None,
+        "oracle_feature_size": 32, "oracle_num_regions": 10, "extract_batch_size": 16, "tag_threshold": 0.3,
+    },
+    "detector": {
+        "backbone": "efficientnet_b0", "anchor_sizes": [16, 32, 64, 128, 256], "num_regions": 16,
+        "pre_nms_top_k": 300, "post_nms_top_k": 64, "roi_batch_size_per_image": 64, "detection_nms_iou_threshold": 0.5,
+        "image_size": 256,
+    },
+    "fusion": {
+        "init_text": "offline-minilm", "init_from": None, "with_vision": True, "num_hidden_layers": 6,
+        "max_text_length": 24, "max_tag_length": 12,
+    },
+    "collator": {
+        "mask_probability": 0.15, "max_masked_tokens": 3, "pollution": 0.5, "caption_pollution": 0.25,
+        "caption_swap": 0.5, "tag_source": "detected", "hflip_probability": 0.5,
+    },
+    "training": {},
+    "debug": {"param_hash": False},
+    "evaluation": {
+        "split": "test", "limit": None, "num_candidates": 100, "max_new_tokens": 20, "num_beams": 1, "batch_size": 64,
+        "detection_threshold": 0.0,
+    },
+}
+
+STAGE_TRAINING_DEFAULTS: dict[str, dict] = {
+    "detector": {"max_steps": 300, "learning_rate": 2e-3, "per_device_train_batch_size": 8, "warmup_steps": 20,
+                 "weight_decay": 1e-4, "max_grad_norm": 10.0},
+    "pretrain": {"max_steps": 150, "learning_rate": 1e-4, "per_device_train_batch_size": 48, "warmup_steps": 15},
+    "caption": {"max_steps": 150, "learning_rate": 1e-4, "per_device_train_batch_size": 48, "warmup_steps": 15},
+    "vqa": {"max_steps": 150, "learning_rate": 1e-4, "per_device_train_batch_size": 48, "warmup_steps": 15},
+    "retrieval": {"max_steps": 150, "learning_rate": 5e-5, "per_device_train_batch_size": 32, "warmup_steps": 15},
+    "nlvr": {"max_steps": 150, "learning_rate": 1e-4, "per_device_train_batch_size": 32, "warmup_steps": 15},
+}
+COMMON_TRAINING = {
+    "logging_steps": 10, "save_strategy": "steps", "save_steps": 100, "save_total_limit": 2, "eval_strategy": "no",
+    "lr_scheduler_type": "linear", "dataloader_num_workers": 0, "report_to": "none", "disable_tqdm": False,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# config
+# ---------------------------------------------------------------------------------------------------------------------
+def _merge(base: dict, update: dict, where: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, f"{where}{key}.")
+        else:
+            out[key] = value
+    return out
+
+
+def load_recipe_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """Defaults ← the JSON file at ``path`` ← ``overrides``. Missing or invalid files raise errors naming the file."""
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe config {path} does not exist")
+        try:
+            user = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"recipe config {path} is not valid JSON: {err}") from None
+        if not isinstance(user, dict):
+            raise ValueError(f"recipe config {path} must hold a JSON object, got {type(user).__name__}")
+        unknown = sorted(set(user) - set(DEFAULT_CONFIG))
+        if unknown:
+            raise ValueError(f"recipe config {path}: unknown top-level keys {unknown}; expected {sorted(DEFAULT_CONFIG)}")
+        config = _merge(config, user)
+    if overrides:
+        config = _merge(config, overrides)
+    return config
+
+
+def training_arguments(stage: str, config: dict, output_dir: str | Path) -> TrainingArguments:
+    values = {**COMMON_TRAINING, **STAGE_TRAINING_DEFAULTS[stage], **config.get("training", {})}
+    valid = {f.name for f in dataclasses.fields(TrainingArguments)}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ValueError(f"training: unknown TrainingArguments fields {unknown}")
+    values.setdefault("seed", config.get("seed", 0))
+    values.setdefault("use_cpu", not torch.cuda.is_available())
+    values["remove_unused_columns"] = False
+    if stage == "pretrain":
+        values.setdefault("label_names", ["labels", "tag_labels", "contrastive_labels"])
+    return TrainingArguments(output_dir=str(output_dir), **values)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------------------------------------------------
+def build_detector(config: dict):
+    from ..data.vocab import ATTRIBUTE_ID2LABEL, OBJECT_ID2LABEL
+    from ..modeling.configuration_minivlm_tee import TEEConfig
+    from ..modeling.image_processing_minivlm import MiniVLMImageProcessor
+    from ..modeling.modeling_minivlm_tee import TEEForObjectDetection
+
+    fields = dict(config["detector"])
+    image_size = int(fields.pop("image_size", config["data"]["image_size"]))
+    tee_config = TEEConfig(id2label=dict(OBJECT_ID2LABEL), attribute_id2label=dict(ATTRIBUTE_ID2LABEL),
+                           image_size=image_size, **fields)
+    return TEEForObjectDetection(tee_config), MiniVLMImageProcessor(size={"longest_edge": image_size})
+
+
+def fusion_class(stage: str):
+    from ..modeling.modeling_minivlm_captioning import MiniVLMForImageCaptioning
+    from ..modeling.modeling_minivlm_tasks import (
+        MiniVLMForImageTextRetrieval, MiniVLMForPreTraining, MiniVLMForQuestionAnswering, MiniVLMForVisualReasoning,
+    )
+
+    return {
+        "pretrain": MiniVLMForPreTraining, "caption": MiniVLMForImageCaptioning, "vqa": MiniVLMForQuestionAnswering,
+        "retrieval": MiniVLMForImageTextRetrieval, "nlvr": MiniVLMForVisualReasoning,
+    }[stage]
+
+
+def tag_token_ids(tokenizer, id2label: dict) -> dict[int, list[int]]:
+    return {int(i): tokenizer(str(n).replace("_", " "), add_special_tokens=False)["input_ids"] for i, n in id2label.items()}
+
+
+def build_fusion_model(stage: str, config: dict, data: RecipeData):
+    """A fresh fusion model (MiniLM text weights + the trained TEE inside) or one loaded from ``fusion.init_from``."""
+    from ..data.vocab import OBJECT_ID2LABEL, build_answer_vocab
+    from ..modeling.configuration_minivlm import MiniVLMConfig
+
+    fields = dict(config["fusion"])
+    init_from, init_text = fields.pop("init_from", None), fields.pop("init_text", None)
+    with_vision = fields.pop("with_vision", True)
+    cls = fusion_class(stage)
+    extra: dict = {}
+    if stage == "vqa":
+        answer2id = build_answer_vocab()
+        extra = {"id2label": {i: a for a, i in answer2id.items()}, "label2id": dict(answer2id)}
+    if init_from:
+        path = Path(init_from)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"fusion.init_from: {path / 'config.json'} does not exist")
+        model = cls.from_pretrained(str(path), **extra, **fields)
+    else:
+        detector = data.detector if (with_vision and config["data"]["features"] == "detector") else None
+        vision_config = detector.config if detector is not None else None
+        mcfg = MiniVLMConfig(
+            vision_config=vision_config,
+            region_feature_size=data.feature_size,
+            max_regions=data.num_regions,
+            tag_token_ids=tag_token_ids(data.tokenizer, vision_config.id2label if vision_config else OBJECT_ID2LABEL),
+            tag_score_threshold=config["data"]["tag_threshold"],
+            **{**fields, **extra},
+        )
+        model = cls(mcfg)
+        if init_text:
+            from ..convert import init_fusion_from_bert
+
+            init_fusion_from_bert(model, init_text)
+        if detector is not None:
+            model.minivlm.vision_model.load_state_dict(detector.tee.state_dict())
+    if model.minivlm.vision_model is not None:
+        model.minivlm.vision_model.requires_grad_(False)  # frozen extractor (features are precomputed)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# collators per stage
+# ---------------------------------------------------------------------------------------------------------------------
+def build_collators(stage: str, config: dict, data: RecipeData, model=None) -> tuple[Any, Any]:
+    """(train collator, evaluation collator) of a stage."""
+    col, seed = config["collator"], config["seed"]
+    if stage == "detector":
+        train = C.DetectionCollator(data.image_processor, hflip_probability=col["hflip_probability"], seed=seed)
+        return train, C.DetectionCollator(data.image_processor)
+    mcfg = model.config
+    common = dict(max_text_length=mcfg.max_text_length, max_tag_length=mcfg.max_tag_length,
+                  max_regions=mcfg.max_regions, tag_source=col["tag_source"], seed=seed)
+    tok = data.tokenizer
+    if stage == "pretrain":
+        kw = dict(mask_probability=col["mask_probability"], pollution=col["pollution"],
+                  caption_pollution=col["caption_pollution"], num_contrastive_labels=mcfg.num_contrastive_labels)
+        return (C.PreTrainingCollator(tok, regions=data.store("train"), **kw, **common),
+                C.PreTrainingCollator(tok, regions=data.store("validation"), **kw, **common))
+    if stage == "caption":
+        kw = dict(mask_probability=col["mask_probability"], max_masked_tokens=col["max_masked_tokens"])
+        return (C.CaptioningCollator(tok, regions=data.store("train"), **kw, **common),
+                C.CaptioningCollator(tok, regions=data.store("validation"), return_image_index=True, **kw, **common))
+    if stage == "vqa":
+        return (C.VQACollator(tok, regions=data.store("train"), answer2id=mcfg.label2id, **common),
+                C.VQACollator(tok, regions=data.store("validation"), answer2id=mcfg.label2id, **common))
+    if stage == "retrieval":
+        return (C.RetrievalCollator(tok, regions=data.store("train"), caption_swap=col["caption_swap"], **common),
+                C.RetrievalCollator(tok, regions=data.store("validation"), caption_swap=col["caption_swap"], **common))
+    if stage == "nlvr":
+        return (C.NLVRCollator(tok, regions=data.nlvr_store("train"), **common),
+                C.NLVRCollator(tok, regions=data.nlvr_store("validation"), **common))
+    raise ValueError(f"unknown stage {stage!r}; choose from {STAGES}")
+
+
+def stage_datasets(stage: str, data: RecipeData, split: str):
+    """The rows a stage trains (``train``) or is validated on."""
+    from .features import caption_examples, vqa_examples
+
+    if stage == "detector":
+        return data.scenes[split]
+    if stage == "nlvr":
+        return data.nlvr_statements(split)
+    table = data.features(split)
+    if stage == "vqa":
+        return vqa_examples(table)
+    if stage == "caption" and split != "train":
+        return caption_examples(table, per_caption=False)
+    return caption_examples(table, per_caption=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# evaluation on the held-out split
+# ---------------------------------------------------------------------------------------------------------------------
+def evaluate_stage(stage: str, model, config: dict, data: RecipeData, *, progress: bool = True) -> tuple[dict, dict]:
+    from .features import caption_examples, vqa_examples
+
+    ev = config["evaluation"]
+    split, limit, bs = ev["split"], ev["limit"], ev["batch_size"]
+    if stage == "detector":
+        return E.evaluate_detector(model, data.image_processor, data.scenes[split], limit=limit,
+                                   threshold=ev["detection_threshold"], progress=progress)
+    if stage == "pretrain":
+        return {}, {}
+    mcfg, tok = model.config, data.tokenizer
+    common = dict(max_text_length=mcfg.max_text_length, max_tag_length=mcfg.max_tag_length,
+                  max_regions=mcfg.max_regions, tag_source=config["collator"]["tag_source"])
+    if stage == "nlvr":
+        collator = C.NLVRCollator(tok, regions=data.nlvr_store(split), **common)
+        return E.evaluate_nlvr(model, collator, data.nlvr_statements(split), limit=limit, batch_size=bs,
+                               progress=progress)
+    table = data.features(split)
+    store = data.store(split)
+    if stage == "caption":
+        collator = C.CaptioningCollator(tok, regions=store, **common)
+        return E.evaluate_captioning(model, collator, caption_examples(table, per_caption=False), limit=limit,
+                                     batch_size=bs, max_new_tokens=ev["max_new_tokens"], num_beams=ev["num_beams"],
+                                     progress=progress)
+    if stage == "vqa":
+        collator = C.VQACollator(tok, regions=store, answer2id=mcfg.label2id, **common)
+        return E.evaluate_vqa(model, collator, vqa_examples(table), limit=limit, batch_size=bs, progress=progress)
+    if stage == "retrieval":
+        collator = C.RetrievalScoringCollator(tok, regions=store, **common)
+        return E.evaluate_retrieval(model, collator, caption_examples(table, per_caption=False),
+                                    num_candidates=ev["num_candidates"], batch_size=max(bs, 100), progress=progress)
+    raise ValueError(f"unknown stage {stage!r}; choose from {STAGES}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# one stage end to end
+# ---------------------------------------------------------------------------------------------------------------------
+@dataclass
+class StageResult:
+    stage: str
+    model: Any
+    output_dir: Path
+    metrics: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    trainer: Any = None
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_stage(
+    stage: str,
+    config: dict,
+    output_dir: str | Path,
+    *,
+    data: RecipeData | None = None,
+    resume_from_checkpoint: str | bool | None = None,
+    callbacks: tuple = (),
+    evaluate: bool = True,
+    progress: bool = True,
+) -> StageResult:
+    """Train ``stage`` with ``config`` into ``output_dir`` (checkpoints, final model + processor, ``metrics.json``),
+    then evaluate it on ``config["evaluation"]["split"]``. Returns the trained model and its metrics."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
+    output_dir = Path(output_dir)
+    data = data or RecipeData(config)
+    args = training_arguments(stage, config, output_dir)
+    set_seed(config["seed"])
+    if stage == "detector":
+        model, image_processor = build_detector(config)
+        data.image_processor = image_processor
+    else:
+        model = build_fusion_model(stage, config, data)
+    train_collator, eval_collator = build_collators(stage, config, data, model)
+    train_set = stage_datasets(stage, data, "train")
+    eval_set = stage_datasets(stage, data, "validation") if args.eval_strategy != "no" else None
+    timing = T.TimingCallback()
+    all_callbacks = [timing, *callbacks]
+    if hasattr(train_collator, "epoch"):
+        all_callbacks.append(C.CollatorEpochCallback(train_collator))
+    if config.get("debug", {}).get("param_hash"):
+        all_callbacks.append(T.ParamHashCallback(output_dir))
+    kwargs = dict(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                  data_collator=train_collator, callbacks=all_callbacks)
+    if stage == "detector":
+        trainer = T.DetectionTrainer(image_processor=data.image_processor, compute_metrics=T.detection_metrics, **kwargs)
+    elif stage == "caption":
+        trainer = T.CaptioningTrainer(
+            generation_kwargs={"max_new_tokens": config["evaluation"]["max_new_tokens"],
+                               "num_beams": config["evaluation"]["num_beams"]},
+            compute_metrics=T.caption_metrics_fn(data.tokenizer, eval_set) if eval_set is not None else None, **kwargs,
+        )
+    else:
+        metric_fn = {"vqa": T.vqa_metrics, "nlvr": T.accuracy_metrics, "retrieval": T.accuracy_metrics}.get(stage)
+        trainer = Trainer(compute_metrics=metric_fn, **kwargs)
+    if eval_set is not None:
+        trainer.get_eval_dataloader = _eval_loader(trainer, eval_collator)
+    if resume_from_checkpoint == "auto":
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume_from_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    train_output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    result = StageResult(stage=stage, model=trainer.accelerator.unwrap_model(trainer.model), output_dir=output_dir,
+                         trainer=trainer, train_seconds=timing.seconds)
+    metrics = {f"train_{k}" if not k.startswith("train") else k: v for k, v in train_output.metrics.items()}
+    metrics["global_step"] = trainer.state.global_step
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(output_dir))
+        data.save_processor(output_dir, stage, result.model)
+    if evaluate and trainer.is_world_process_zero():
+        start = time.perf_counter()
+        test_metrics, details = evaluate_stage(stage, result.model, config, data, progress=progress)
+        result.eval_seconds = time.perf_counter() - start
+        result.details = details
+        metrics.update({f"test_{k}": v for k, v in test_metrics.items()})
+    metrics["train_seconds"] = round(result.train_seconds, 2)
+    metrics["eval_seconds"] = round(result.eval_seconds, 2)
+    result.metrics = metrics
+    if trainer.is_world_process_zero():
+        (output_dir / "metrics.json").write_text(json.dumps({"stage": stage, **metrics}, indent=1, default=float))
+    return result
+
+
+def _eval_loader(trainer, collator):
+    original = trainer.get_eval_dataloader
+
+    def get_eval_dataloader(eval_dataset=None):
+        saved = trainer.data_collator
+        trainer.data_collator = collator
+        try:
+            return original(eval_dataset)
+        finally:
+            trainer.data_collator = saved
+
+    return get_eval_dataloader
+
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "FUSION_STAGES",
+    "STAGES",
+    "STAGE_TRAINING_DEFAULTS",
+    "StageResult",
+    "build_collators",
+    "build_detector",
+    "build_fusion_model",
+    "evaluate_stage",
+    "load_recipe_config",
+    "run_stage",
+    "training_arguments",
+]
