@@ -34,9 +34,15 @@ IMAGE_PROCESSOR_CLASSES = {
     "pil": "image_processing_pil_minivlm.MiniVLMImageProcessorPil",
 }
 PROCESSOR_CLASS = "processing_minivlm.MiniVLMProcessor"
+# The checkpoint declares its VQA pipeline under the task name transformers 5 removed, not under "minivlm-vqa": a
+# checkpoint's own custom task always demands trust_remote_code, even when the package registers that task locally.
+# So with the package installed `pipeline("minivlm-vqa", model=REPO)` (the local registration) needs no remote code,
+# and without it `pipeline(model=REPO, trust_remote_code=True)` (or the task "visual-question-answering") loads the
+# shipped pipeline file.
 VQA_PIPELINE_TASK = "minivlm-vqa"
+VQA_REMOTE_TASK = "visual-question-answering"
 VQA_CUSTOM_PIPELINES = {
-    VQA_PIPELINE_TASK: {
+    VQA_REMOTE_TASK: {
         "impl": "pipeline_minivlm_vqa.MiniVLMVQAPipeline",
         "pt": ["AutoModelForVisualQuestionAnswering"],
         "type": "multimodal",
@@ -68,6 +74,7 @@ def complete_auto_map(model) -> dict:
             auto_map["AutoImageProcessor"] = dict(IMAGE_PROCESSOR_CLASSES)
         pipelines = dict(getattr(config, "custom_pipelines", None) or {})
         pipelines.pop(VQA_PIPELINE_TASK, None)
+        pipelines.pop(VQA_REMOTE_TASK, None)
         if own == "AutoModelForVisualQuestionAnswering":
             pipelines.update(copy.deepcopy(VQA_CUSTOM_PIPELINES))
         if pipelines or getattr(config, "custom_pipelines", None) is not None:

@@ -143,15 +143,12 @@ def main(spec_path: str) -> int:
     if remote:
         vqa = pipeline(model=repo, revision=sha, trust_remote_code=True)  # task from config.custom_pipelines
         results["vqa_plain_pipeline_error"] = None
-    else:
-        from minivlm_hf.modeling.pipeline_minivlm_vqa import MiniVLMVQAPipeline
-
-        try:  # transformers demands trust_remote_code for a checkpoint's own custom pipeline (documented)
-            pipeline("minivlm-vqa", model=repo, revision=sha)
-            results["vqa_plain_pipeline_error"] = None
-        except ValueError as err:
-            results["vqa_plain_pipeline_error"] = str(err)[:500]
-        vqa = pipeline("minivlm-vqa", model=repo, revision=sha, pipeline_class=MiniVLMVQAPipeline)
+    else:  # the package's own registration: no trust_remote_code
+        vqa = pipeline("minivlm-vqa", model=repo, revision=sha)
+        results["vqa_explicit_remote_task_class"] = None
+    if remote:  # the removed stock task name, revived by the checkpoint's custom pipeline
+        explicit = pipeline("visual-question-answering", model=repo, revision=sha, trust_remote_code=True)
+        results["vqa_explicit_remote_task_class"] = _class_name(explicit)
     answers = vqa(image, question="what colour is the star?", top_k=2)
     results["vqa"] = {
         "model_class": _class_name(model),

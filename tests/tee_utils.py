@@ -106,16 +106,18 @@ def register_tee_auto_classes():
 # hub_configs
 # ----------------------------------------------------------------------------------------------------------------
 
-HUB_AUTO_MAP = {
-    "AutoConfig": "configuration_minivlm_tee.TEEConfig",
-    "AutoModel": "modeling_minivlm_tee.TEEModel",
-    "AutoModelForObjectDetection": "modeling_minivlm_tee.TEEForObjectDetection",
-}
+# What `save_pretrained` writes for a registered TEEForObjectDetection (see modeling/remote_code_minivlm.py).
 IMAGE_PROCESSOR_AUTO_MAP = {
     "AutoImageProcessor": {
         "torchvision": "image_processing_minivlm.MiniVLMImageProcessor",
         "pil": "image_processing_pil_minivlm.MiniVLMImageProcessorPil",
     }
+}
+HUB_AUTO_MAP = {
+    "AutoConfig": "configuration_minivlm_tee.TEEConfig",
+    "AutoModel": "modeling_minivlm_tee.TEEModel",
+    "AutoModelForObjectDetection": "modeling_minivlm_tee.TEEForObjectDetection",
+    **IMAGE_PROCESSOR_AUTO_MAP,
 }
 
 
@@ -132,7 +134,7 @@ def hub_config_dicts():
     for name, (config, processor) in variants.items():
         config.architectures = ["TEEForObjectDetection"]
         config_dict = config.to_diff_dict()
-        config_dict["auto_map"] = dict(HUB_AUTO_MAP)
+        config_dict["auto_map"] = json.loads(json.dumps(HUB_AUTO_MAP))
         config_dict.pop("transformers_version", None)
         processor_dict = processor.to_dict()
         processor_dict["auto_map"] = json.loads(json.dumps(IMAGE_PROCESSOR_AUTO_MAP))

@@ -171,7 +171,7 @@ def test_pipelines_in_process(saved, images):
     captioner = pipeline("image-text-to-text", model=str(saved["caption"]))
     out = captioner(images=images[0], text="", max_new_tokens=5)
     assert isinstance(out[0]["generated_text"], str)
-    vqa = pipeline("minivlm-vqa", model=str(saved["answer"]))
+    vqa = pipeline("minivlm-vqa", model=str(saved["answer"]))  # local registration: no trust_remote_code
     result = vqa(images[0], question="is there a box?", top_k=3)
     assert len(result) == 3 and {"answer", "score"} <= set(result[0])
 

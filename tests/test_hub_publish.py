@@ -188,7 +188,13 @@ def test_push_then_pull_in_fresh_processes(hub_server, checkpoints, fixed_inputs
         },
     }
     vqa_config = json.loads(hub_server.read_file(repos["vqa"]["repo"], "config.json"))
-    assert vqa_config["custom_pipelines"]["minivlm-vqa"]["impl"] == "pipeline_minivlm_vqa.MiniVLMVQAPipeline"
+    assert vqa_config["custom_pipelines"] == {
+        "visual-question-answering": {
+            "impl": "pipeline_minivlm_vqa.MiniVLMVQAPipeline",
+            "pt": ["AutoModelForVisualQuestionAnswering"],
+            "type": "multimodal",
+        }
+    }
     assert vqa_config["auto_map"]["AutoModelForVisualQuestionAnswering"].endswith("MiniVLMForQuestionAnswering")
     detector_pre = json.loads(hub_server.read_file(repos["detector"]["repo"], "preprocessor_config.json"))
     assert set(detector_pre["auto_map"]["AutoImageProcessor"]) == {"torchvision", "pil"}
@@ -202,7 +208,8 @@ def test_push_then_pull_in_fresh_processes(hub_server, checkpoints, fixed_inputs
     assert "eval_runtime" not in card and "{{" not in card
     assert "Trained for 40 steps" in card and "1.2345" in card
     assert "| `minivlm.encoder` |" in card and "| `classifier` |" in card
-    assert f'pipeline(model="{repos["vqa"]["repo"]}", trust_remote_code=True)' in card
+    assert f'pipeline("visual-question-answering", model="{repos["vqa"]["repo"]}", trust_remote_code=True)' in card
+    assert f'pipeline("minivlm-vqa", model="{repos["vqa"]["repo"]}")' in card
     det_card = hub_server.read_file(repos["detector"]["repo"], "README.md").decode()
     assert "pipeline_tag: object-detection" in det_card and "TEE backbone" in det_card
 
@@ -236,9 +243,7 @@ def test_push_then_pull_in_fresh_processes(hub_server, checkpoints, fixed_inputs
     assert remote["minivlm_hf_imported"] == []
     assert remote["vqa"]["pipeline_class"].startswith("transformers_modules.")
     assert remote["caption"]["pil_processor_class"].startswith("transformers_modules.")
-    # Known transformers behaviour: a checkpoint's own custom pipeline needs trust_remote_code even when the task is
-    # registered locally; with the package, pass pipeline_class (as the model card shows).
-    assert "trust_remote_code" in (package["vqa_plain_pipeline_error"] or "")
+    assert remote["vqa_explicit_remote_task_class"].endswith(".MiniVLMVQAPipeline")
 
 
 def test_python_push_uploads_what_the_cli_uploads(hub_server, checkpoints, capsys):

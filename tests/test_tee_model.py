@@ -257,6 +257,18 @@ def test_invalid_inputs():
         model(pixel_values=torch.zeros(1, 3, 64, 64), pixel_mask=torch.ones(1, 32, 64))
     with pytest.raises(ValueError, match="class_labels"):
         model(pixel_values=torch.zeros(1, 3, 64, 64), labels=[{"class_labels": torch.tensor([9]), "boxes": torch.rand(1, 4)}])
+    with pytest.raises(ValueError, match="NaN"):
+        model(
+            pixel_values=torch.zeros(1, 3, 64, 64),
+            labels=[{"class_labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, float("nan"), 0.1, 0.1]])}],
+        )
+    with pytest.raises(ValueError, match="attribute_labels"):
+        model(
+            pixel_values=torch.zeros(1, 3, 64, 64),
+            labels=[{"class_labels": torch.tensor([0]), "boxes": torch.rand(1, 4), "attribute_labels": torch.tensor([[7]])}],
+        )
+    with pytest.raises(ValueError, match="2 label dicts for a batch of 1"):
+        model(pixel_values=torch.zeros(1, 3, 64, 64), labels=[{"class_labels": [], "boxes": []}] * 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -308,6 +320,17 @@ def test_train_mode_outputs_losses_and_empty_targets():
     model.eval()
     outputs = model(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=multi_hot)
     assert torch.isfinite(outputs.loss)
+    # A box without area (IoU undefined) is ignored rather than poisoning the matching.
+    degenerate = [
+        {
+            "class_labels": torch.tensor([1, 3]),
+            "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.5, 0.5, 0.0, 0.3]]),
+            "attribute_labels": torch.tensor([0, 1]),
+        },
+        labels[1],
+    ]
+    outputs = model(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=degenerate)
+    assert all(torch.isfinite(v) for v in outputs.loss_dict.values())
 
 
 def test_loss_drops_when_overfitting_tiny_scenes():

@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "init",
     "push",
     "train",
+    "demo",
 ]
 
 

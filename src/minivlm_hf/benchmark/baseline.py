@@ -201,13 +201,22 @@ def build_baseline_extractor(
     over a random image (data-dependent re-estimation), which gives unit-scale activations like a
     trained network's. It changes only buffer values, not the architecture or the work done.
     """
+    settings = dict(
+        num_regions=num_regions,
+        feature_dim=feature_dim,
+        num_classes=num_classes,
+        min_size=min_size,
+        max_size=max_size,
+        backbone_name=backbone_name,
+        rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+        pre_nms_top_n=pre_nms_top_n,
+        calibrate=calibrate,
+    )
     if seed is None:
-        return _build(num_regions, feature_dim, num_classes, min_size, max_size, backbone_name,
-                      rpn_post_nms_top_n_test, pre_nms_top_n, calibrate)
+        return _build(**settings)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _build(num_regions, feature_dim, num_classes, min_size, max_size, backbone_name,
-                      rpn_post_nms_top_n_test, pre_nms_top_n, calibrate)
+        return _build(**settings)
 
 
 @torch.no_grad()
@@ -239,8 +248,10 @@ def calibrate_frozen_batchnorm(module: nn.Module, images: Tensor) -> int:
     return count
 
 
-def _build(num_regions, feature_dim, num_classes, min_size, max_size, backbone_name,
-           rpn_post_nms_top_n_test, pre_nms_top_n, calibrate) -> BaselineRegionExtractor:
+def _build(
+    *, num_regions, feature_dim, num_classes, min_size, max_size, backbone_name, rpn_post_nms_top_n_test,
+    pre_nms_top_n, calibrate,
+) -> BaselineRegionExtractor:
     backbone = resnet_fpn_backbone(backbone_name=backbone_name, weights=None, trainable_layers=0)
     resolution = 7  # MultiScaleRoIAlign output of torchvision's default box_roi_pool
     box_head = TwoMLPHead(backbone.out_channels * resolution**2, feature_dim)

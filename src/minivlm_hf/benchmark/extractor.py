@@ -144,54 +144,59 @@ def run_extractor_benchmark(
     """
     tee_factory = tee_factory or default_tee_factory
     a_name, b_name = "minivlm_tee", "baseline_r101_fpn"
-    with set_threads(threads) as n_threads, torch.inference_mode():
+    with set_threads(threads) as n_threads:
         info = machine_info()
         tee = tee_factory()
         baseline = baseline_factory()
         for model in (tee, baseline):
             if isinstance(model, nn.Module):
                 model.eval()
+        # Models are built outside inference mode (their parameters stay ordinary tensors).
+        with torch.inference_mode():
+            gen = torch.Generator().manual_seed(seed)
+            mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+            std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+            # The TEE gets processor output (normalised pixels + mask); the baseline normalises itself.
+            pixel_values = (torch.rand(1, 3, image_size, image_size, generator=gen) - mean) / std
+            pixel_mask = torch.ones(1, image_size, image_size, dtype=torch.long)
+            base_image = torch.rand(3, *baseline_image_size, generator=gen)
 
-        gen = torch.Generator().manual_seed(seed)
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        # The TEE gets processor output (normalised pixels + mask); the baseline normalises itself.
-        pixel_values = (torch.rand(1, 3, image_size, image_size, generator=gen) - mean) / std
-        pixel_mask = torch.ones(1, image_size, image_size, dtype=torch.long)
-        base_image = torch.rand(3, *baseline_image_size, generator=gen)
+            def tee_call():
+                return call_region_extractor(tee, pixel_values, pixel_mask)
 
-        def tee_call():
-            return call_region_extractor(tee, pixel_values, pixel_mask)
+            def baseline_call():
+                return baseline(base_image)
 
-        def baseline_call():
-            return baseline(base_image)
+            tee_feats = region_features_of(tee_call())
+            base_feats = region_features_of(baseline_call())
+            shapes = {a_name: list(tee_feats.shape), b_name: list(base_feats.shape)}
 
-        tee_feats = region_features_of(tee_call())
-        base_feats = region_features_of(baseline_call())
-        shapes = {a_name: list(tee_feats.shape), b_name: list(base_feats.shape)}
+            params: dict[str, dict[str, int]] = {}
+            for name, model in ((a_name, tee), (b_name, baseline)):
+                if isinstance(model, nn.Module):
+                    root, depth = _param_depth(model)
+                    params[name] = count_parameters(root, depth=depth)
 
-        params: dict[str, dict[str, int]] = {}
-        for name, model in ((a_name, tee), (b_name, baseline)):
-            if isinstance(model, nn.Module):
-                root, depth = _param_depth(model)
-                params[name] = count_parameters(root, depth=depth)
+            flops: dict[str, int | None] = {a_name: None, b_name: None}
+            flops_per_module: dict[str, dict[str, int]] = {}
+            if measure_flops:
+                flops[a_name], flops_per_module[a_name] = count_flops(tee_call, depth=1)
+                flops[b_name], flops_per_module[b_name] = count_flops(baseline_call, depth=2)
 
-        flops: dict[str, int | None] = {a_name: None, b_name: None}
-        flops_per_module: dict[str, dict[str, int]] = {}
-        if measure_flops:
-            flops[a_name], flops_per_module[a_name] = count_flops(tee_call, depth=1)
-            flops[b_name], flops_per_module[b_name] = count_flops(baseline_call, depth=2)
+            gflops = measure_machine_gflops(n=gflops_n, seconds=gflops_seconds) if measure_gflops else {}
 
-        gflops = measure_machine_gflops(n=gflops_n, seconds=gflops_seconds) if measure_gflops else {}
+            memory = {}
+            if measure_memory:
+                memory = {
+                    a_name: _memory_of(tee_factory, _tee_memory_job, image_size, n_threads, tee_call),
+                    b_name: _memory_of(
+                        baseline_factory, _baseline_memory_job, baseline_image_size, n_threads, baseline_call
+                    ),
+                }
 
-        memory = {}
-        if measure_memory:
-            memory = {
-                a_name: _memory_of(tee_factory, _tee_memory_job, image_size, n_threads, tee_call),
-                b_name: _memory_of(baseline_factory, _baseline_memory_job, baseline_image_size, n_threads, baseline_call),
-            }
-
-        timing = compare({a_name: tee_call, b_name: baseline_call}, runs=runs, warmup=warmup, interleave=interleave)
+            timing = compare(
+                {a_name: tee_call, b_name: baseline_call}, runs=runs, warmup=warmup, interleave=interleave
+            )
 
     report = BenchmarkReport(
         title="Feature extraction: TEE vs R101-FPN Faster R-CNN",

@@ -169,7 +169,7 @@ def init_checkpoint(
         "text_init": text_init,
         "text_layer_map": variant.text_layer_map if text_init != NO_TEXT_INIT else None,
         "text_loaded": len(result.text_loaded),
-        "text_missing": len(result.text_missing),
+        "text_missing": len([k for k in result.text_missing if k.startswith(_TEXT_PARTS)]),
         "answers": (str(answers) if answers is not None else "synthetic-scenes default") if task == "vqa" else None,
     }
     (output / INIT_RECORD).write_text(json.dumps(record, indent=2) + "\n")

@@ -346,7 +346,8 @@ image_processor = AutoImageProcessor.from_pretrained("{repo_id}", trust_remote_c
 detector = pipeline("object-detection", model="{repo_id}", trust_remote_code=True)
 ```"""
     if task == "caption":
-        with_package = f"""from PIL import Image
+        with_package = f"""import minivlm_hf  # registers the MiniVLM classes with the transformers Auto classes
+from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 model = AutoModelForImageTextToText.from_pretrained("{repo_id}")
@@ -362,20 +363,19 @@ model = AutoModelForImageTextToText.from_pretrained("{repo_id}", trust_remote_co
 processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
 captioner = pipeline("image-text-to-text", model="{repo_id}", trust_remote_code=True)"""
     elif task == "vqa":
-        with_package = f"""from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor, pipeline
-from minivlm_hf.modeling.pipeline_minivlm_vqa import MiniVLMVQAPipeline
+        with_package = f"""import minivlm_hf  # registers the MiniVLM classes and the `minivlm-vqa` pipeline
+from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor, pipeline
 
 model = AutoModelForVisualQuestionAnswering.from_pretrained("{repo_id}")
 processor = AutoProcessor.from_pretrained("{repo_id}")
-# The checkpoint declares its `minivlm-vqa` pipeline for remote code; transformers then asks for
-# trust_remote_code unless the pipeline class is given explicitly:
-vqa = pipeline("minivlm-vqa", model="{repo_id}", pipeline_class=MiniVLMVQAPipeline)
+vqa = pipeline("minivlm-vqa", model="{repo_id}")
 vqa("image.jpg", question="what colour is the star?", top_k=3)  # [{{"answer", "score"}}, ...]"""
         remote = f"""from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor, pipeline
 
 model = AutoModelForVisualQuestionAnswering.from_pretrained("{repo_id}", trust_remote_code=True)
 processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
-vqa = pipeline(model="{repo_id}", trust_remote_code=True)  # the checkpoint's custom `minivlm-vqa` pipeline
+# the checkpoint ships its pipeline under the task transformers 5 removed:
+vqa = pipeline("visual-question-answering", model="{repo_id}", trust_remote_code=True)
 vqa("image.jpg", question="what colour is the star?", top_k=3)"""
     else:
         helper = {
@@ -383,7 +383,8 @@ vqa("image.jpg", question="what colour is the star?", top_k=3)"""
             "nlvr": 'judge(model, processor, "the left image has more stars", "left.jpg", "right.jpg")',
             "pretrain": None,
         }[task]
-        with_package = f"""from transformers import {auto}, AutoProcessor
+        with_package = f"""import minivlm_hf  # registers the MiniVLM classes with the transformers Auto classes
+from transformers import {auto}, AutoProcessor
 
 model = {auto}.from_pretrained("{repo_id}")
 processor = AutoProcessor.from_pretrained("{repo_id}")"""
@@ -432,9 +433,12 @@ def _training_text(inputs: CardInputs) -> str:
         )
         if init.get("text_init") and init.get("text_init") != "none":
             text += (
-                f", text weights from `{init['text_init']}` ({init.get('text_loaded', '?')} tensors loaded, "
-                f"{init.get('text_missing', '?')} kept their initialisation)"
+                f", text weights (embeddings, encoder, pooler) from `{init['text_init']}`: "
+                f"{init.get('text_loaded', '?')} tensors loaded, {init.get('text_missing', '?')} missing"
             )
+            if init.get("text_layer_map") == "repeat":
+                text += ", the source layers repeated to fill the deeper encoder"
+            text += "; region embedding and task head random"
         elif not inputs.is_detector:
             text += ", text weights random"
         parts.append(text + ".")

@@ -10,7 +10,6 @@ files, metrics and training records, and a generated model card.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -366,7 +365,7 @@ def push_checkpoint(
     endpoint: str | None = None,
 ) -> PushResult:
     """Check `folder`, then create the repo (exist_ok), the branch (`revision`) and one commit (or PR)."""
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi, constants, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
     check_repo_id(repo_id)
@@ -376,7 +375,7 @@ def push_checkpoint(
     operations = build_operations(check, repo_id)
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
     api = HfApi(endpoint=endpoint, token=token)
-    token_given = bool(token or os.environ.get("HF_TOKEN"))
+    token_given = bool(token) or get_token() is not None  # --token, HF_TOKEN or the stored login
     errors: tuple = (HfHubHTTPError, OSError)
     try:  # the HTTP client of huggingface_hub 2.x (connection errors are not OSErrors there)
         import httpx2

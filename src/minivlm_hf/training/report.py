@@ -1,0 +1,146 @@
+"""report.md and the PNG gallery of the demo."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+#: (stage, metric key in the stage's metrics, label, target, scale for display, unit)
+TARGETS = (
+    ("detector", "test_map_50", "Detection mAP@0.5 (TEE)", 0.70, 1.0, ""),
+    ("vqa", "test_accuracy", "VQA accuracy", 0.80, 100.0, "%"),
+    ("caption", "test_cider", "Caption CIDEr-D", 1.5, 1.0, ""),
+    ("retrieval", "test_i2t_r1", "Image→text R@1", 0.60, 100.0, "%"),
+    ("nlvr", "test_accuracy", "NLVR accuracy", 0.75, 100.0, "%"),
+)
+
+EXTRA_METRICS = (
+    ("detector", "test_map", "Detection mAP@[.5:.95]", 1.0, ""),
+    ("caption", "test_bleu_4", "Caption BLEU-4", 1.0, ""),
+    ("retrieval", "test_i2t_r5", "Image→text R@5", 100.0, "%"),
+    ("retrieval", "test_i2t_r10", "Image→text R@10", 100.0, "%"),
+    ("retrieval", "test_t2i_r1", "Text→image R@1", 100.0, "%"),
+    ("retrieval", "test_t2i_r5", "Text→image R@5", 100.0, "%"),
+    ("retrieval", "test_t2i_r10", "Text→image R@10", 100.0, "%"),
+    ("nlvr", "test_consistency", "NLVR consistency (both statements of a pair right)", 100.0, "%"),
+)
+
+
+def _fmt(value, scale, unit) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value * scale:.1f}{unit}" if unit == "%" else f"{value * scale:.3f}"
+
+
+def target_rows(metrics: dict[str, dict]) -> list[dict]:
+    rows = []
+    for stage, key, label, target, scale, unit in TARGETS:
+        value = metrics.get(stage, {}).get(key)
+        rows.append({
+            "stage": stage, "metric": label, "key": key, "target": target, "value": value,
+            "target_text": ("≥ " + _fmt(target, scale, unit)), "value_text": _fmt(value, scale, unit),
+            "met": (value is not None and value >= target),
+        })
+    return rows
+
+
+def write_report(path: Path, *, title: str, metrics: dict[str, dict], timings: dict[str, float], settings: dict,
+                 reload_checks: dict[str, dict], gallery: str | None, notes: list[str]) -> str:
+    lines = [f"# {title}", ""]
+    lines += ["## Results on the held-out test split", "",
+              "| Task | Metric | Target | Measured | Met |", "|---|---|---|---|---|"]
+    for row in target_rows(metrics):
+        lines.append(f"| {row['stage']} | {row['metric']} | {row['target_text']} | {row['value_text']} | "
+                     f"{'yes' if row['met'] else 'no'} |")
+    lines += ["", "Other metrics:", "", "| Task | Metric | Measured |", "|---|---|---|"]
+    for stage, key, label, scale, unit in EXTRA_METRICS:
+        value = metrics.get(stage, {}).get(key)
+        if value is not None:
+            lines.append(f"| {stage} | {label} | {_fmt(value, scale, unit)} |")
+    vqa = metrics.get("vqa", {})
+    per_type = {k[len("test_accuracy_"):]: v for k, v in vqa.items() if k.startswith("test_accuracy_")}
+    if per_type:
+        lines.append("| vqa | accuracy per question type | "
+                     + ", ".join(f"{t} {v * 100:.1f}%" for t, v in sorted(per_type.items())) + " |")
+    lines += ["", "## Time per stage (wall clock, this machine)", "", "| Stage | Seconds |", "|---|---|"]
+    for name, seconds in timings.items():
+        lines.append(f"| {name} | {seconds:.1f} |")
+    lines += ["", "## Reloaded models", "",
+              "Every model was saved with `save_pretrained` (with its processor) and reloaded through the Auto classes; "
+              "the metrics above come from the reloaded models. In-memory vs reloaded outputs on test inputs:", "",
+              "| Model | Auto class | Check | Equal |", "|---|---|---|---|"]
+    for name, check in reload_checks.items():
+        lines.append(f"| {name} | {check.get('auto_class', '')} | {check.get('check', '')} | "
+                     f"{'yes' if check.get('equal') else 'NO'} |")
+    lines += ["", "## Settings", ""]
+    for key, value in settings.items():
+        lines.append(f"- **{key}**: {value}")
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    if gallery:
+        lines += ["", "## Gallery", "", f"![test images: detections, tags, caption, question / answer]({gallery})"]
+    text = "\n".join(lines) + "\n"
+    Path(path).write_text(text)
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+           (240, 50, 230), (128, 128, 0))
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if len(line) + len(word) + 1 > width and line:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    if line:
+        lines.append(line)
+    return lines or [""]
+
+
+def draw_gallery(path: Path, items: list[dict], *, tile: int = 256, columns: int = 3) -> None:
+    """``items``: dicts with ``image`` (PIL), ``boxes`` (xyxy pixels), ``labels`` (names), ``scores``, ``tags``,
+    ``caption``, ``question``, ``answer``, ``truth``."""
+    font, small = _font(13), _font(11)
+    text_height = 118
+    rows = math.ceil(len(items) / columns)
+    canvas = Image.new("RGB", (columns * (tile + 10) + 10, rows * (tile + text_height + 10) + 10), "white")
+    draw = ImageDraw.Draw(canvas)
+    for n, item in enumerate(items):
+        x0 = 10 + (n % columns) * (tile + 10)
+        y0 = 10 + (n // columns) * (tile + text_height + 10)
+        image = item["image"].convert("RGB")
+        scale = tile / max(image.size)
+        shown = image.resize((max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale))))
+        layer = ImageDraw.Draw(shown)
+        for k, (box, label, score) in enumerate(zip(item["boxes"], item["labels"], item["scores"])):
+            color = PALETTE[hash(label) % len(PALETTE)]
+            x1, y1, x2, y2 = (v * scale for v in box)
+            layer.rectangle([x1, y1, x2, y2], outline=color, width=2)
+            layer.text((x1 + 2, max(0, y1 - 12)), f"{label} {score:.2f}", fill=color, font=small)
+        canvas.paste(shown, (x0, y0))
+        lines = [f"tags: {', '.join(item['tags'])}"]
+        lines += _wrap(f"caption: {item['caption']}", 40)
+        lines += _wrap(f"Q: {item['question']}", 40)
+        lines += [f"A: {item['answer']}  (truth: {item['truth']})"]
+        y = y0 + tile + 4
+        for line in lines[:8]:
+            draw.text((x0, y), line, fill="black", font=font)
+            y += 14
+    canvas.save(path)
+
+
+__all__ = ["TARGETS", "draw_gallery", "target_rows", "write_report"]
