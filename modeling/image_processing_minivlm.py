@@ -12,6 +12,7 @@
   paths and URLs. Clear `ValueError`s for empty inputs, zero-sized images, wrong channel counts, NaN / inf pixels,
   unsupported objects, possible decompression bombs (more pixels than `PIL.Image.MAX_IMAGE_PIXELS`) and
   annotation lists whose length differs from the number of images;
+* every image becomes 3-channel RGB whatever `do_convert_rgb` says (the TEE backbone takes 3 channels);
 * resizing (default: longest edge 512, aspect ratio kept; also `shortest_edge`, `shortest_edge` + `longest_edge`
   (DETR rule), `height` + `width`, `max_height` + `max_width`), rescaling to [0, 1], ImageNet normalisation;
 * padding bottom/right to the largest image of the batch, rounded up to a multiple of `pad_size_divisor` (128 =
@@ -30,7 +31,6 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import torch
-import torch.nn.functional as F
 from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_transforms import get_size_with_aspect_ratio, group_images_by_shape, reorder_images

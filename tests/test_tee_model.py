@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +27,15 @@ from minivlm_hf.modeling.modeling_minivlm_tee import (
     TEEModelOutput,
     TEEObjectDetectionOutput,
 )
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """The tensors here are tiny: one intra-op thread is as fast, and far faster when the CPUs are shared."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 REGION_FIELDS = (

@@ -114,15 +114,24 @@ def load_with_auto_class(stage: str, path: Path):
     import minivlm_hf  # noqa: F401 - registers the MiniVLM classes with the Auto classes
 
     auto_name = AUTO_CLASSES[stage]
-    model = getattr(transformers, auto_name).from_pretrained(str(path), trust_remote_code=True)
-    expected = (model.config.architectures or [type(model).__name__])[0]
+    auto_class = getattr(transformers, auto_name)
+    config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=True)
+    expected = (config.architectures or [None])[0]
+    try:
+        from transformers.models.auto.auto_factory import _get_model_class
+
+        local = _get_model_class(config, auto_class._model_mapping)
+    except (KeyError, ImportError):
+        local = None
     how = auto_name
-    if type(model).__name__ != expected:
+    if local is not None and expected and local.__name__ != expected and auto_name in (config.auto_map or {}):
         from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-        class_ref = model.config.auto_map[auto_name]
+        class_ref = config.auto_map[auto_name]
         model = get_class_from_dynamic_module(class_ref, str(path)).from_pretrained(str(path))
         how = f"{auto_name} → auto_map remote code ({class_ref})"
+    else:
+        model = auto_class.from_pretrained(str(path), trust_remote_code=True)
     model.eval()
     return model, how
 

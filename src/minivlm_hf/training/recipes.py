@@ -232,34 +232,31 @@ def build_fusion_model(stage: str, config: dict, data: RecipeData):
 # ---------------------------------------------------------------------------------------------------------------------
 # collators per stage
 # ---------------------------------------------------------------------------------------------------------------------
-def build_collators(stage: str, config: dict, data: RecipeData, model=None) -> tuple[Any, Any]:
-    """(train collator, evaluation collator) of a stage."""
+def build_collators(stage: str, config: dict, data: RecipeData, model=None, split: str = "train"):
+    """The collator of a stage for ``split`` (``train``: with the training randomness; other splits: evaluation
+    collators, e.g. the captioning one returns ``image_index`` for :class:`CaptioningTrainer`)."""
     col, seed = config["collator"], config["seed"]
     if stage == "detector":
-        train = C.DetectionCollator(data.image_processor, hflip_probability=col["hflip_probability"], seed=seed)
-        return train, C.DetectionCollator(data.image_processor)
+        flip = col["hflip_probability"] if split == "train" else 0.0
+        return C.DetectionCollator(data.image_processor, hflip_probability=flip, seed=seed)
     mcfg = model.config
     common = dict(max_text_length=mcfg.max_text_length, max_tag_length=mcfg.max_tag_length,
                   max_regions=mcfg.max_regions, tag_source=col["tag_source"], seed=seed)
     tok = data.tokenizer
     if stage == "pretrain":
-        kw = dict(mask_probability=col["mask_probability"], pollution=col["pollution"],
-                  caption_pollution=col["caption_pollution"], num_contrastive_labels=mcfg.num_contrastive_labels)
-        return (C.PreTrainingCollator(tok, regions=data.store("train"), **kw, **common),
-                C.PreTrainingCollator(tok, regions=data.store("validation"), **kw, **common))
+        return C.PreTrainingCollator(
+            tok, regions=data.store(split), mask_probability=col["mask_probability"], pollution=col["pollution"],
+            caption_pollution=col["caption_pollution"], num_contrastive_labels=mcfg.num_contrastive_labels, **common)
     if stage == "caption":
-        kw = dict(mask_probability=col["mask_probability"], max_masked_tokens=col["max_masked_tokens"])
-        return (C.CaptioningCollator(tok, regions=data.store("train"), **kw, **common),
-                C.CaptioningCollator(tok, regions=data.store("validation"), return_image_index=True, **kw, **common))
+        return C.CaptioningCollator(
+            tok, regions=data.store(split), mask_probability=col["mask_probability"],
+            max_masked_tokens=col["max_masked_tokens"], return_image_index=split != "train", **common)
     if stage == "vqa":
-        return (C.VQACollator(tok, regions=data.store("train"), answer2id=mcfg.label2id, **common),
-                C.VQACollator(tok, regions=data.store("validation"), answer2id=mcfg.label2id, **common))
+        return C.VQACollator(tok, regions=data.store(split), answer2id=mcfg.label2id, **common)
     if stage == "retrieval":
-        return (C.RetrievalCollator(tok, regions=data.store("train"), caption_swap=col["caption_swap"], **common),
-                C.RetrievalCollator(tok, regions=data.store("validation"), caption_swap=col["caption_swap"], **common))
+        return C.RetrievalCollator(tok, regions=data.store(split), caption_swap=col["caption_swap"], **common)
     if stage == "nlvr":
-        return (C.NLVRCollator(tok, regions=data.nlvr_store("train"), **common),
-                C.NLVRCollator(tok, regions=data.nlvr_store("validation"), **common))
+        return C.NLVRCollator(tok, regions=data.nlvr_store(split), **common)
     raise ValueError(f"unknown stage {stage!r}; choose from {STAGES}")
 
 
@@ -359,9 +356,12 @@ def run_stage(
         data.image_processor = image_processor
     else:
         model = build_fusion_model(stage, config, data)
-    train_collator, eval_collator = build_collators(stage, config, data, model)
+    train_collator = build_collators(stage, config, data, model, "train")
     train_set = stage_datasets(stage, data, "train")
-    eval_set = stage_datasets(stage, data, "validation") if args.eval_strategy != "no" else None
+    eval_set = eval_collator = None
+    if args.eval_strategy != "no":
+        eval_set = stage_datasets(stage, data, "validation")
+        eval_collator = build_collators(stage, config, data, model, "validation")
     timing = T.TimingCallback()
     all_callbacks = [timing, *callbacks]
     if hasattr(train_collator, "epoch"):

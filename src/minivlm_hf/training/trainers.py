@@ -148,11 +148,15 @@ def parameter_hash(model) -> str:
 
 
 class ParamHashCallback(TrainerCallback):
-    """At the end of training every rank writes ``param_hash_rank{R}.json`` (hash, step, world size, loss history)
-    into ``output_dir``: data-parallel ranks must hold identical parameters."""
+    """At the end of training every rank writes ``param_hash_rank{R}.json`` (parameter hash at the start and at the
+    end, step, world size, loss history) into ``output_dir``: data-parallel ranks must hold identical parameters."""
 
     def __init__(self, output_dir):
         self.output_dir = Path(output_dir)
+        self.initial_hash = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.initial_hash = parameter_hash(model)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         import torch.distributed as dist
@@ -165,6 +169,7 @@ class ParamHashCallback(TrainerCallback):
             "world_size": world,
             "global_step": state.global_step,
             "hash": parameter_hash(model),
+            "initial_hash": self.initial_hash,
             "losses": [h["loss"] for h in state.log_history if "loss" in h],
             "pid": os.getpid(),
         }

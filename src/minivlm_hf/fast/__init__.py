@@ -1,0 +1,60 @@
+"""CPU inference fast paths for MiniVLM, applied from outside the model definitions.
+
+Entry point::
+
+    from minivlm_hf.fast import optimize_for_inference
+
+    fast = optimize_for_inference(model)                 # TEE: conv+BN folded, channels_last (default)
+    fast = optimize_for_inference(model, int8=True)      # + int8 dynamic quantisation of the fusion Linear layers
+    fast = optimize_for_inference(model, bf16=True)      # + fusion transformer in bfloat16
+    fast = optimize_for_inference(model, compile=True)   # + torch.compile of the TEE's EfficientNet + BiFPN
+
+``model`` may be a ``TEEModel``, a ``MiniVLMModel`` or any MiniVLM task head; the input model is not modified
+(``inplace=False``). The building blocks are in :mod:`.tee` (conv+BN folding, channels_last, bf16 / compiled dense
+part) and :mod:`.fusion` (int8, bf16, compiled encoder). Parity of each path is covered by
+``tests/test_fast_paths.py``; speed by ``minivlm-hf benchmark --part fast`` and quality on the scenes test split
+by ``minivlm-hf benchmark --part parity --model-dir DEMO_OUT``.
+
+Notes:
+- int8 needs ``torch.ao.quantization.quantize_dynamic`` (deprecated upstream in favour of torchao, still working
+  in torch 2.14); the quantised model runs on the CPU only.
+- bf16 is fast only on CPUs with bf16 matmul instructions (AVX512-BF16 / AMX); elsewhere it is emulated and slower.
+  ``minivlm_hf.benchmark.machine.machine_info()["bf16_hardware"]`` says which.
+"""
+
+from .fusion import (
+    compile_fusion_encoder,
+    find_fusion_models,
+    fusion_linear_names,
+    fusion_to_bf16,
+    is_fusion_model,
+    quantize_fusion_int8,
+)
+from .optimize import OptimizationSummary, optimize_for_inference
+from .tee import (
+    bf16_dense_part,
+    compile_dense_part,
+    find_conv_bn_pairs,
+    find_tees,
+    fuse_conv_bn,
+    is_tee,
+    to_channels_last,
+)
+
+__all__ = [
+    "OptimizationSummary",
+    "optimize_for_inference",
+    "bf16_dense_part",
+    "compile_dense_part",
+    "compile_fusion_encoder",
+    "find_conv_bn_pairs",
+    "find_fusion_models",
+    "find_tees",
+    "fuse_conv_bn",
+    "fusion_linear_names",
+    "fusion_to_bf16",
+    "is_fusion_model",
+    "is_tee",
+    "quantize_fusion_int8",
+    "to_channels_last",
+]

@@ -1,0 +1,109 @@
+"""Inference fast paths of the fusion transformer (and the task heads on it), applied from outside the model.
+
+- :func:`quantize_fusion_int8`: ``torch.ao.quantization.quantize_dynamic`` of the ``nn.Linear`` layers of the
+  fusion transformer and its heads (int8 weights, activations quantised per call, int32 accumulation; oneDNN /
+  fbgemm kernels, AMX/VNNI where the CPU has them). The TEE inside a fusion model is left alone.
+- :func:`fusion_to_bf16`: the fusion transformer and heads in bfloat16 (weights converted once; the model already
+  casts region features to its embedding dtype). The TEE inside is left in float32 unless asked otherwise.
+- :func:`compile_fusion_encoder`: ``torch.compile`` of the encoder stack.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from .tee import is_tee
+
+__all__ = [
+    "is_fusion_model",
+    "find_fusion_models",
+    "fusion_linear_names",
+    "quantize_fusion_int8",
+    "fusion_to_bf16",
+    "compile_fusion_encoder",
+]
+
+
+def is_fusion_model(module: nn.Module) -> bool:
+    """True for a MiniVLM fusion encoder (``MiniVLMModel``, also as remote code: checked by its parts)."""
+    return all(isinstance(getattr(module, n, None), nn.Module) for n in ("embeddings", "region_embeddings", "encoder"))
+
+
+def find_fusion_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if is_fusion_model(m)]
+
+
+def _tee_prefixes(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if is_tee(m)]
+
+
+def _outside_tees(name: str, tee_prefixes: list[str]) -> bool:
+    return not any(name == p or name.startswith(p + ".") or p == "" for p in tee_prefixes)
+
+
+def fusion_linear_names(model: nn.Module, include_lm_head: bool = True) -> list[str]:
+    """Qualified names of the ``nn.Linear`` layers of ``model`` that are not inside a TEE.
+
+    ``include_lm_head=False`` skips a masked-LM decoder (``cls.predictions.decoder``, tied to the word
+    embeddings): quantising it unties it (an int8 copy is made) and shifts every vocabulary logit a little.
+    """
+    tees = _tee_prefixes(model)
+    names = []
+    for name, module in model.named_modules():
+        if type(module) is nn.Linear and _outside_tees(name, tees):
+            if not include_lm_head and name.endswith("predictions.decoder"):
+                continue
+            names.append(name)
+    return names
+
+
+def quantize_fusion_int8(model: nn.Module, include_lm_head: bool = True) -> nn.Module:
+    """Dynamic int8 quantisation of the fusion transformer's (and heads') ``nn.Linear`` layers, in place.
+
+    Returns ``model``. Needs a model in eval mode on the CPU; the result runs on the CPU only and cannot be trained.
+    """
+    if model.training:
+        raise ValueError("quantize_fusion_int8 needs a model in eval mode (model.eval())")
+    from torch.ao.quantization import quantize_dynamic
+
+    names = fusion_linear_names(model, include_lm_head=include_lm_head)
+    if not names:
+        return model
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao (not installed here); the eager dynamic path
+        # still works in this torch release.
+        warnings.simplefilter("ignore")
+        quantize_dynamic(model, qconfig_spec=set(names), dtype=torch.qint8, inplace=True)
+    model._minivlm_int8 = True
+    return model
+
+
+def fusion_to_bf16(model: nn.Module, include_vision: bool = False) -> nn.Module:
+    """The fusion transformer and heads (every parameter and floating buffer outside the TEE) in bfloat16, in
+    place. ``include_vision`` converts the TEE too (whole TEE in bf16; see ``tee.bf16_dense_part`` for the
+    variant that keeps proposals / NMS in float32)."""
+    tees = [] if include_vision else _tee_prefixes(model)
+    for name, module in model.named_modules():
+        if not _outside_tees(name, tees):
+            continue
+        for pname, param in list(module.named_parameters(recurse=False)):
+            if param.is_floating_point():
+                param.data = param.data.to(torch.bfloat16)
+        for bname, buf in list(module.named_buffers(recurse=False)):
+            if buf is not None and buf.is_floating_point():
+                setattr(module, bname, buf.to(torch.bfloat16))
+    model._minivlm_bf16 = True
+    return model
+
+
+def compile_fusion_encoder(model: nn.Module, **compile_kwargs: Any) -> nn.Module:
+    """``torch.compile`` (``nn.Module.compile``, names unchanged) of the encoder of every fusion model inside
+    ``model``. Sequence lengths change between tasks and decoding steps, so ``dynamic=True`` by default."""
+    compile_kwargs.setdefault("dynamic", True)
+    for _, fusion in find_fusion_models(model):
+        fusion.encoder.compile(**compile_kwargs)
+    return model

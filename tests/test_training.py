@@ -1,0 +1,152 @@
+"""Training recipes: resume-from-checkpoint equality, 2-process data parallel on CPU, evaluation hooks, errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from minivlm_hf.training.data_setup import RecipeData
+from minivlm_hf.training.recipes import load_recipe_config, run_stage
+from minivlm_hf.training.trainers import StopAtStepCallback, parameter_hash
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(cache_dir, **training) -> dict:
+    """Oracle (ground-truth) regions and a 2-layer H32 fusion model: every fusion stage runs in about a second."""
+    return {
+        "seed": 0,
+        "data": {"cache_dir": str(cache_dir), "num_train": 24, "num_validation": 8, "num_test": 8,
+                 "nlvr_num_train": 8, "nlvr_num_validation": 2, "nlvr_num_test": 4, "features": "oracle",
+                 "min_size": 96, "max_size": 128, "image_size": 128},
+        "detector": {"backbone": "test_efficientnet", "bifpn_num_cells": 1, "image_size": 128, "num_regions": 10},
+        "fusion": {"init_text": None, "with_vision": False, "num_hidden_layers": 2, "hidden_size": 32,
+                   "num_attention_heads": 4, "intermediate_size": 64},
+        "training": {"max_steps": 4, "per_device_train_batch_size": 4, "logging_steps": 1, "save_steps": 2,
+                     "disable_tqdm": True, "warmup_steps": 0, "learning_rate": 1e-3, **training},
+        "evaluation": {"num_candidates": 8, "batch_size": 16},
+    }
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("scenes-cache")
+
+
+def test_resume_from_checkpoint_is_exact(tmp_path, cache_dir):
+    config = load_recipe_config(None, tiny_config(cache_dir, max_steps=6, save_steps=3,
+                                                  per_device_train_batch_size=6))
+    data = RecipeData(config)
+    full = run_stage("pretrain", config, tmp_path / "full", data=data, evaluate=False, progress=False)
+    interrupted = run_stage("pretrain", config, tmp_path / "resumed", data=data, evaluate=False, progress=False,
+                            callbacks=(StopAtStepCallback(3),))
+    assert interrupted.metrics["global_step"] == 3
+    checkpoint = tmp_path / "resumed" / "checkpoint-3"
+    assert (checkpoint / "model.safetensors").is_file() and not (checkpoint / "pytorch_model.bin").exists()
+    assert parameter_hash(interrupted.model) != parameter_hash(full.model)
+    resumed = run_stage("pretrain", config, tmp_path / "resumed", data=data, evaluate=False, progress=False,
+                        resume_from_checkpoint="auto")
+    assert resumed.metrics["global_step"] == full.metrics["global_step"] == 6
+    assert parameter_hash(resumed.model) == parameter_hash(full.model)
+    losses = [h["loss"] for h in resumed.trainer.state.log_history if "loss" in h]
+    assert losses == [h["loss"] for h in full.trainer.state.log_history if "loss" in h]
+
+
+def test_every_stage_trains_evaluates_and_saves(tmp_path, cache_dir):
+    config = load_recipe_config(None, tiny_config(cache_dir, max_steps=2, save_strategy="no", eval_strategy="steps",
+                                                  eval_steps=2, per_device_eval_batch_size=4))
+    data = RecipeData(config)
+    expected = {
+        "detector": ("eval_map_50", "test_map_50"), "pretrain": ("eval_loss", None),
+        "caption": ("eval_cider", "test_cider"), "vqa": ("eval_vqa_soft_accuracy", "test_accuracy"),
+        "retrieval": ("eval_accuracy", "test_i2t_r1"), "nlvr": ("eval_accuracy", "test_accuracy"),
+    }
+    for stage, (eval_key, test_key) in expected.items():
+        result = run_stage(stage, config, tmp_path / stage, data=data, progress=False)
+        logged = {k for h in result.trainer.state.log_history for k in h}
+        assert eval_key in logged, (stage, logged)
+        saved = json.loads((tmp_path / stage / "metrics.json").read_text())
+        assert saved["stage"] == stage and saved["global_step"] == 2
+        if test_key:
+            assert test_key in saved
+        assert (tmp_path / stage / "model.safetensors").is_file() and (tmp_path / stage / "config.json").is_file()
+    assert (tmp_path / "detector" / "preprocessor_config.json").is_file()
+    assert (tmp_path / "vqa" / "processor_config.json").is_file()
+
+
+def test_two_process_data_parallel_cpu(tmp_path, cache_dir):
+    config_path = tmp_path / "ddp.json"
+    config = tiny_config(cache_dir, max_steps=3, save_strategy="no", per_device_train_batch_size=4)
+    config["debug"] = {"param_hash": True}
+    config_path.write_text(json.dumps(config))
+    # build the cached scenes once, so the two ranks only read them
+    RecipeData(load_recipe_config(config_path)).scenes  # noqa: B018
+    out = tmp_path / "ddp_out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 500),
+               "-m", "minivlm_hf.cli", "train", "vqa", "--config", str(config_path), "--output-dir", str(out),
+               "--no-eval"]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    records = [json.loads((out / f"param_hash_rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in records] == [2, 2]
+    assert [r["global_step"] for r in records] == [3, 3]
+    assert records[0]["pid"] != records[1]["pid"]
+    assert records[0]["hash"] == records[1]["hash"]
+    assert records[0]["initial_hash"] == records[1]["initial_hash"] != records[0]["hash"]  # trained, in sync
+    assert (out / "model.safetensors").is_file()
+
+
+def test_cli_help_and_config_errors(tmp_path, capsys):
+    from minivlm_hf.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    assert "training.*" in capsys.readouterr().out
+    missing = tmp_path / "nope.json"
+    assert main(["train", "vqa", "--config", str(missing), "--output-dir", str(tmp_path / "o")]) == 2
+    assert "nope.json" in capsys.readouterr().err
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    assert main(["train", "vqa", "--config", str(broken), "--output-dir", str(tmp_path / "o")]) == 2
+    assert "broken.json" in capsys.readouterr().err
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"trainer": {}}))
+    assert main(["train", "vqa", "--config", str(unknown), "--output-dir", str(tmp_path / "o")]) == 2
+    assert "unknown top-level keys" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+
+
+def test_missing_detector_and_init_errors(tmp_path, cache_dir):
+    config = load_recipe_config(None, tiny_config(cache_dir))
+    config["data"]["features"] = "detector"
+    with pytest.raises(ValueError, match="data.detector is not set"):
+        run_stage("vqa", config, tmp_path / "a", progress=False)
+    config["data"]["detector"] = str(tmp_path / "no_detector")
+    with pytest.raises(FileNotFoundError, match="no_detector"):
+        run_stage("vqa", config, tmp_path / "b", progress=False)
+    config = load_recipe_config(None, tiny_config(cache_dir))
+    config["fusion"]["init_from"] = str(tmp_path / "no_pretrain")
+    with pytest.raises(FileNotFoundError, match="no_pretrain"):
+        run_stage("vqa", config, tmp_path / "c", progress=False)
+    config = load_recipe_config(None, tiny_config(cache_dir, no_such_argument=1))
+    with pytest.raises(ValueError, match="no_such_argument"):
+        run_stage("vqa", config, tmp_path / "d", progress=False)
+
+
+def test_corrupt_features_dir_is_named(tmp_path, cache_dir):
+    config = load_recipe_config(None, tiny_config(cache_dir, max_steps=1, save_strategy="no"))
+    config["data"]["features_dir"] = str(tmp_path / "features")
+    run_stage("vqa", config, tmp_path / "first", progress=False, evaluate=False)
+    table = tmp_path / "features" / "scenes_train"
+    assert table.is_dir()
+    for arrow in table.glob("*.arrow"):
+        arrow.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="scenes_train"):
+        run_stage("vqa", config, tmp_path / "second", progress=False, evaluate=False)
