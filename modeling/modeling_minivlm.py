@@ -17,21 +17,17 @@ Remote-code file: imports only torch, transformers and sibling files (flat relat
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
-from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
 from .configuration_minivlm import MiniVLMConfig
-from .modeling_minivlm_heads import MiniVLMLMPredictionHead, MiniVLMOnlyMLMHead, MiniVLMPreTrainingHeads
+from .modeling_minivlm_layers import MiniVLMEmbeddings, MiniVLMEncoder, MiniVLMPooler, MiniVLMRegionEmbeddings
+from .modeling_minivlm_heads import MiniVLMLMPredictionHead
 from .modeling_minivlm_tee import TEEModel
 from .remote_code_minivlm import MiniVLMRemoteCodeMixin  # minivlm-hf hub: complete auto_map on save
 
@@ -78,215 +74,6 @@ class MiniVLMModelOutput(ModelOutput):
     tag_ids: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
-
-
-class MiniVLMEmbeddings(nn.Module):
-    """Word + position + token-type embeddings, as BERT (same parameter names)."""
-
-    def __init__(self, config: MiniVLMConfig):
-        super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, input_ids: torch.LongTensor, token_type_ids: torch.LongTensor, position_ids: torch.LongTensor):
-        embeddings = (
-            self.word_embeddings(input_ids)
-            + self.token_type_embeddings(token_type_ids)
-            + self.position_embeddings(position_ids)
-        )
-        return self.dropout(self.LayerNorm(embeddings))
-
-
-class MiniVLMRegionEmbeddings(nn.Module):
-    """Linear(region feature ⊕ box geometry → hidden), LayerNorm, dropout. No position or token-type embedding."""
-
-    def __init__(self, config: MiniVLMConfig):
-        super().__init__()
-        self.projection = nn.Linear(config.region_feature_size + config.box_feature_size, config.hidden_size)
-        self.LayerNorm = (
-            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.use_image_layer_norm else nn.Identity()
-        )
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.box_feature_size = config.box_feature_size
-
-    def forward(self, region_features: torch.FloatTensor, region_boxes: torch.FloatTensor) -> torch.FloatTensor:
-        geometry = region_boxes
-        if self.box_feature_size == 6:
-            wh = region_boxes[..., 2:4] - region_boxes[..., 0:2]
-            geometry = torch.cat([region_boxes, wh], dim=-1)
-        features = torch.cat([region_features, geometry.to(region_features.dtype)], dim=-1)
-        return self.dropout(self.LayerNorm(self.projection(features)))
-
-
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-):
-    """Plain softmax attention; `attention_mask` is additive, broadcastable to (batch, heads, q, k)."""
-    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        weights = weights + attention_mask
-    weights = nn.functional.softmax(weights, dim=-1)
-    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
-    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
-    return output, weights
-
-
-class MiniVLMSelfAttention(nn.Module):
-    def __init__(self, config: MiniVLMConfig, layer_idx: int):
-        super().__init__()
-        self.config = config
-        self.num_attention_heads = config.num_attention_heads
-        self.attention_head_size = config.hidden_size // config.num_attention_heads
-        self.scaling = self.attention_head_size**-0.5
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
-        self.is_causal = False  # masks are always explicit
-        self.layer_idx = layer_idx
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        cache: Cache | None = None,
-        cache_commit_length: int | None = None,
-        output_attentions: bool = False,
-    ):
-        shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
-        query = self.query(hidden_states).view(shape).transpose(1, 2)
-        key = self.key(hidden_states).view(shape).transpose(1, 2)
-        value = self.value(hidden_states).view(shape).transpose(1, 2)
-        if cache is not None:
-            # Only the first `cache_commit_length` tokens are stored; the rest (the [MASK] query of captioning) is
-            # transient and attends to the cache without being remembered.
-            n = key.shape[2] if cache_commit_length is None else cache_commit_length
-            cached_key, cached_value = cache.update(key[:, :, :n], value[:, :, :n], self.layer_idx)
-            key = torch.cat([cached_key, key[:, :, n:]], dim=2)
-            value = torch.cat([cached_value, value[:, :, n:]], dim=2)
-        interface: Callable = eager_attention_forward
-        if not output_attentions:  # attention weights exist only in eager mode
-            interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        output, weights = interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=self.dropout.p if self.training else 0.0,
-            scaling=self.scaling,
-            is_causal=False,
-        )
-        return output.reshape(*hidden_states.shape[:-1], -1).contiguous(), weights
-
-
-class MiniVLMSelfOutput(nn.Module):
-    def __init__(self, config: MiniVLMConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
-
-
-class MiniVLMAttention(nn.Module):
-    def __init__(self, config: MiniVLMConfig, layer_idx: int):
-        super().__init__()
-        self.self = MiniVLMSelfAttention(config, layer_idx)
-        self.output = MiniVLMSelfOutput(config)
-
-    def forward(self, hidden_states, attention_mask=None, cache=None, cache_commit_length=None, output_attentions=False):
-        attention, weights = self.self(hidden_states, attention_mask, cache, cache_commit_length, output_attentions)
-        return self.output(attention, hidden_states), weights
-
-
-class MiniVLMIntermediate(nn.Module):
-    def __init__(self, config: MiniVLMConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.intermediate_act_fn = ACT2FN[config.hidden_act]
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.intermediate_act_fn(self.dense(hidden_states))
-
-
-class MiniVLMOutput(nn.Module):
-    def __init__(self, config: MiniVLMConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
-
-
-class MiniVLMLayer(GradientCheckpointingLayer):
-    def __init__(self, config: MiniVLMConfig, layer_idx: int):
-        super().__init__()
-        self.attention = MiniVLMAttention(config, layer_idx)
-        self.intermediate = MiniVLMIntermediate(config)
-        self.output = MiniVLMOutput(config)
-
-    def forward(self, hidden_states, attention_mask=None, cache=None, cache_commit_length=None, output_attentions=False):
-        attention_output, weights = self.attention(
-            hidden_states, attention_mask, cache, cache_commit_length, output_attentions
-        )
-        layer_output = self.output(self.intermediate(attention_output), attention_output)
-        return layer_output, weights
-
-
-class MiniVLMEncoder(nn.Module):
-    def __init__(self, config: MiniVLMConfig):
-        super().__init__()
-        self.layer = nn.ModuleList([MiniVLMLayer(config, i) for i in range(config.num_hidden_layers)])
-
-    def forward(
-        self,
-        hidden_states,
-        attention_mask=None,
-        cache=None,
-        cache_commit_length=None,
-        output_attentions=False,
-        output_hidden_states=False,
-    ):
-        all_hidden = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        for layer in self.layer:
-            hidden_states, weights = layer(
-                hidden_states,
-                attention_mask,
-                cache=cache,
-                cache_commit_length=cache_commit_length,
-                output_attentions=output_attentions,
-            )
-            if output_hidden_states:
-                all_hidden = all_hidden + (hidden_states,)
-            if output_attentions:
-                all_attentions = all_attentions + (weights,)
-        return hidden_states, all_hidden, all_attentions
-
-
-class MiniVLMPooler(nn.Module):
-    def __init__(self, config: MiniVLMConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.activation = nn.Tanh()
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.dense(hidden_states[:, 0]))
 
 
 class MiniVLMPreTrainedModel(MiniVLMRemoteCodeMixin, PreTrainedModel):  # mixin: see remote_code_minivlm.py

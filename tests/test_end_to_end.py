@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import warnings
 
 import numpy as np
 import pytest
