@@ -39,6 +39,11 @@ def open_image(source) -> Image.Image:
         raise ValueError(f"{path}: not a readable image ({err})") from err
 
 
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and "\\" not in name
+
+
 def load(task: str, model_id: str, revision: str | None = None, trust_remote_code: bool = False):
     """Load (model, processor) for a task from a folder or Hub id through the transformers Auto classes."""
     import transformers
@@ -47,7 +52,7 @@ def load(task: str, model_id: str, revision: str | None = None, trust_remote_cod
 
     if task not in TASK_AUTO_CLASSES:
         raise ValueError(f"unknown task {task!r}; choose from {sorted(TASK_AUTO_CLASSES)}")
-    if not Path(model_id).exists() and "/" not in model_id:
+    if not Path(model_id).exists() and not _looks_like_hub_id(model_id):
         raise FileNotFoundError(f"model folder not found (and not a Hub id 'namespace/name'): {model_id}")
     auto = getattr(transformers, TASK_AUTO_CLASSES[task])
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
