@@ -128,7 +128,11 @@ def init_fusion_from_bert(model, source: str | Path = OFFLINE_MINILM, layer_map:
         else:
             report.missing.append(key)
     base.load_state_dict(new_state, strict=False)
-    report.missing += [k for k in target_state if not k.startswith(_TEXT_PARTS)]
+    # Report against the whole model (heads and the TEE included), with its own key names.
+    prefix = "" if base is model else getattr(model, "base_model_prefix", "minivlm") + "."
+    report.loaded = [prefix + k for k in report.loaded]
+    loaded = set(report.loaded)
+    report.missing = [k for k in model.state_dict() if k not in loaded]
     report.unused = sorted(set(source_state) - {p + k for k in used for p in _PREFIXES if p + k in source_state})
     if hasattr(model, "tie_weights"):
         model.tie_weights()
