@@ -386,7 +386,7 @@ def test_init_reports_text_weights_and_answers(tmp_path, capsys):
     summary = json.loads(out)
     assert summary["architecture"] == "MiniVLMForQuestionAnswering"
     assert summary["text_loaded"] > 0
-    assert summary["text_missing_keys"] and all(k.startswith("encoder.layer.1.") for k in summary["text_missing_keys"])
+    assert summary["text_missing_keys"] and all(k.startswith("minivlm.encoder.layer.1.") for k in summary["text_missing_keys"])
     assert summary["not_from_text_source"] > 0  # the TEE and the region embedding stay random
     config = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert config["id2label"] == {"0": "yes", "1": "no", "2": "two"}
