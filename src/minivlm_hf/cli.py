@@ -19,6 +19,8 @@ COMMAND_MODULES = [
     "push",
     "train",
     "demo",
+    "benchmark",
+    "export",
 ]
 
 

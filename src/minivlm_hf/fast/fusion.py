@@ -2,7 +2,10 @@
 
 - :func:`quantize_fusion_int8`: ``torch.ao.quantization.quantize_dynamic`` of the ``nn.Linear`` layers of the
   fusion transformer and its heads (int8 weights, activations quantised per call, int32 accumulation; oneDNN /
-  fbgemm kernels, AMX/VNNI where the CPU has them). The TEE inside a fusion model is left alone.
+  fbgemm kernels, AMX/VNNI where the CPU has them). The TEE inside a fusion model is left alone. Each Linear
+  quantises its input with a scale taken from that input, so an int8 captioner's cached decoding (one new token per
+  step) and uncached decoding (the whole sequence per step) round differently and may pick different tokens; the
+  fp32 / bf16 models give identical tokens either way.
 - :func:`fusion_to_bf16`: the fusion transformer and heads in bfloat16 (weights converted once; the model already
   casts region features to its embedding dtype). The TEE inside is left in float32 unless asked otherwise.
 - :func:`compile_fusion_encoder`: ``torch.compile`` of the encoder stack.

@@ -26,8 +26,7 @@ not depthwise, dilated or non-contiguous cases.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -230,12 +229,3 @@ def compile_dense_part(tee: nn.Module, **compile_kwargs: Any) -> nn.Module:
     for part in (tee.backbone, tee.bifpn):
         part.compile(**compile_kwargs)
     return tee
-
-
-def conv_bn_pair_count(modules: Iterable[nn.Module]) -> int:  # pragma: no cover - diagnostic helper
-    return sum(len(_structural_pairs(m)) for m in modules)
-
-
-@contextlib.contextmanager
-def _noop():
-    yield

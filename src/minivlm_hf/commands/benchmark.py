@@ -1,0 +1,87 @@
+"""``minivlm-hf benchmark``: MiniVLM (minivlm-base) against the OSCAR-B-style baseline, the cached decoder, the CPU
+fast paths, batched throughput and ONNX Runtime, in one process (see ``minivlm_hf.benchmark.suite``).
+
+    minivlm-hf benchmark --json bench.json                    # every part but parity (~10 min on 2 cores)
+    minivlm-hf benchmark --part extractor                     # TEE vs R101 Faster R-CNN feature extraction only
+    minivlm-hf benchmark --part parity --model-dir demo_out   # fast paths vs fp32 on the scenes test split
+    minivlm-hf benchmark --tiny --runs 2                      # tiny configs: a smoke run of the whole pipeline
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+PARTS_HELP = (
+    "extractor (region extraction), vqa (image → answer), caption (greedy + beam), retrieval (1 image × 100 "
+    "captions), decoder (KV cache vs none), fast (fast paths), batch (images/s at batch 1/8/32), onnx (ONNX "
+    "Runtime), parity (fast paths vs fp32 on the test split; needs --model-dir), all (every part but parity, "
+    "plus parity when --model-dir is given). Comma-separated or repeated."
+)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "benchmark", help="speed, size and FLOPs of MiniVLM vs the OSCAR-B baseline; fast paths; ONNX",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--part", action="append", default=None, metavar="PART", help=PARTS_HELP)
+    parser.add_argument("--runs", type=int, default=10, help="timed interleaved rounds per row (>= 10; default 10)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds before timing (default 1)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--device", default="cpu", choices=["cpu"], help="only cpu is supported")
+    parser.add_argument("--json", type=Path, default=None, help="write every number as JSON here")
+    parser.add_argument("--model-dir", "--model", dest="model_dir", type=Path, default=None,
+                        help="output folder of `minivlm-hf demo` (trained models) for --part parity")
+    parser.add_argument("--parity-limit", type=int, default=None, help="cap the test examples per task in parity")
+    parser.add_argument("--tiny", action="store_true", help="tiny random configs, --runs may be < 10 (smoke test)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile variants (compile time reported separately; minutes on 2 cores)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--no-flops", action="store_true", help="skip FLOP counting (and the lower bounds)")
+    parser.add_argument("--batch-runs", type=int, default=3, help="timed rounds per batched-throughput row (default 3)")
+    parser.add_argument("--batch-sizes", type=str, default=None, help="comma-separated batch sizes (default 1,8,32)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset for --part onnx (default 17)")
+    parser.add_argument("--gflops-seconds", type=float, default=1.0, help="seconds per matmul-throughput probe")
+    parser.set_defaults(func=run)
+
+
+def parse_parts(values: list[str] | None, has_model_dir: bool) -> tuple[str, ...]:
+    from ..benchmark.suite import DEFAULT_PARTS, PARTS
+
+    requested = []
+    for value in values or ["all"]:
+        requested += [v.strip() for v in value.split(",") if v.strip()]
+    parts: list[str] = []
+    for name in requested:
+        if name == "all":
+            parts += list(DEFAULT_PARTS) + (["parity"] if has_model_dir else [])
+        elif name in PARTS:
+            parts.append(name)
+        else:
+            raise ValueError(f"unknown --part {name!r}; choose from {', '.join(PARTS)}, all")
+    return tuple(dict.fromkeys(parts))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..benchmark.suite import BenchmarkSettings, run_benchmark
+
+    batch_sizes = None
+    if args.batch_sizes:
+        try:
+            batch_sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
+        except ValueError:
+            raise ValueError(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
+        if not batch_sizes or min(batch_sizes) < 1:
+            raise ValueError("--batch-sizes must be positive integers")
+    if args.model_dir is not None and not args.model_dir.is_dir():
+        raise FileNotFoundError(f"--model-dir {args.model_dir} does not exist")
+    settings = BenchmarkSettings(
+        parts=parse_parts(args.part, args.model_dir is not None), runs=args.runs, warmup=args.warmup,
+        threads=args.threads, device=args.device, tiny=args.tiny, compile=args.compile, memory=not args.no_memory,
+        flops=not args.no_flops, batch_runs=args.batch_runs, batch_sizes=batch_sizes, gflops_seconds=args.gflops_seconds,
+        opset=args.opset, model_dir=str(args.model_dir) if args.model_dir else None, parity_limit=args.parity_limit,
+        json_path=str(args.json) if args.json else None,
+    )
+    run_benchmark(settings)
+    return 0

@@ -1,0 +1,73 @@
+"""`minivlm-hf demo --quick` end to end: every stage trains, saves, reloads through the Auto classes and reports."""
+
+import json
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    from minivlm_hf.cli import main
+
+    out = tmp_path_factory.mktemp("demo_quick")
+    cache = tmp_path_factory.mktemp("demo_cache")
+    assert main(["demo", "--quick", "--output-dir", str(out), "--cache-dir", str(cache)]) == 0
+    return out
+
+
+def test_quick_demo_outputs(quick_demo):
+    out = quick_demo
+    for stage in ("detector", "pretrain", "caption", "vqa", "retrieval", "nlvr"):
+        assert (out / stage / "config.json").is_file(), stage
+        assert (out / stage / "model.safetensors").is_file(), stage
+    assert (out / "detector" / "preprocessor_config.json").is_file()
+    for stage in ("caption", "vqa", "retrieval", "nlvr"):
+        assert (out / stage / "processor_config.json").is_file() and (out / stage / "tokenizer.json").is_file()
+    assert (out / "gallery.png").is_file() and (out / "gallery.png").stat().st_size > 10_000
+    report = (out / "report.md").read_text()
+    assert "| Task | Metric | Target | Measured | Met |" in report
+    for label in ("Detection mAP@0.5", "VQA accuracy", "Caption CIDEr-D", "Image→text R@1", "NLVR accuracy"):
+        assert label in report
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["metrics"]) == {"detector", "pretrain", "caption", "vqa", "retrieval", "nlvr"}
+    for stage, check in summary["reload_checks"].items():
+        assert check["equal"], (stage, check)
+    assert summary["reload_checks"]["vqa"]["auto_class"] == "AutoModelForVisualQuestionAnswering"
+    assert summary["timings"]["total"] > 0
+    assert 0.0 <= summary["metrics"]["vqa"]["test_accuracy"] <= 1.0
+
+
+def test_quick_demo_models_reload_and_run_from_pixels(quick_demo):
+    """The saved VQA / caption models hold the TEE: one call from an image, equal to the features path."""
+    from PIL import Image
+
+    from minivlm_hf.training.demo import load_processor, load_with_auto_class
+
+    vqa, how = load_with_auto_class("vqa", quick_demo / "vqa")
+    assert type(vqa).__name__ == "MiniVLMForQuestionAnswering" and how == "AutoModelForVisualQuestionAnswering"
+    processor = load_processor("vqa", quick_demo / "vqa")
+    image = Image.new("RGB", (120, 100), (90, 90, 90))
+    inputs = processor(images=[image], text=["what color is the circle?"], return_tensors="pt")
+    with torch.no_grad():
+        first, second = vqa(**inputs).logits, vqa(**inputs).logits
+    assert first.shape == (1, vqa.config.num_labels) and torch.equal(first, second)
+    captioner, _ = load_with_auto_class("caption", quick_demo / "caption")
+    with torch.no_grad():
+        ids = captioner.generate(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"], max_new_tokens=5)
+    assert ids.shape[0] == 1 and ids.shape[1] <= 6
+    retrieval, _ = load_with_auto_class("retrieval", quick_demo / "retrieval")
+    nlvr, _ = load_with_auto_class("nlvr", quick_demo / "nlvr")
+    assert type(retrieval).__name__ == "MiniVLMForImageTextRetrieval"
+    assert type(nlvr).__name__ == "MiniVLMForVisualReasoning"
+
+
+def test_demo_config_errors(tmp_path, capsys):
+    from minivlm_hf.cli import main
+
+    assert main(["demo", "--quick", "--output-dir", str(tmp_path / "o"), "--config", str(tmp_path / "none.json")]) == 2
+    assert "none.json" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"unknown": 1}))
+    assert main(["demo", "--quick", "--output-dir", str(tmp_path / "o"), "--config", str(bad)]) == 2
+    assert "bad.json" in capsys.readouterr().err
