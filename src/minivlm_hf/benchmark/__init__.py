@@ -7,8 +7,14 @@
 - :mod:`.machine`: achieved matmul GFLOP/s, peak memory, machine facts.
 - :mod:`.report`: markdown / JSON reports.
 - :mod:`.extractor`: the TEE-vs-baseline feature-extraction benchmark (:func:`run_extractor_benchmark`).
+- :mod:`.pipelines`: both sides of the end-to-end benchmark (minivlm-base vs R101 Faster R-CNN + BERT-base) as
+  image → result callables (extraction, VQA, captioning, retrieval).
+- :mod:`.suite`: the full benchmark of ``minivlm-hf benchmark`` (:func:`run_benchmark`): end-to-end comparisons,
+  cached decoding, CPU fast paths, batched throughput, ONNX Runtime, targets.
+- :mod:`.parity`: fast paths vs fp32 on the scenes test split with trained models (:func:`run_parity`).
 
-Run ``python -m minivlm_hf.benchmark extractor --help`` for the command-line entry point.
+Command line: ``minivlm-hf benchmark --help`` (the full benchmark; ``--part extractor`` for extraction alone) and
+``python -m minivlm_hf.benchmark extractor --help`` (the stand-alone extraction benchmark).
 """
 
 from .baseline import (

@@ -31,6 +31,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ._threads import ensure_passive_openmp
+
+    ensure_passive_openmp()
     from ..training.demo import run_demo
 
     overrides = None

@@ -86,6 +86,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ._threads import ensure_passive_openmp
+
+    ensure_passive_openmp()
     from ..training.recipes import load_recipe_config, run_stage
 
     overrides: dict = {}

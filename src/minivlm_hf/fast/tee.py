@@ -18,10 +18,13 @@ tree in place.
 
 About ``aten::_slow_conv2d_forward`` in CPU profiles of the TEE: PyTorch sends a float32 convolution to oneDNN
 only if it is grouped, or has a kernel larger than 3x3, or a batch larger than 1, or an input of more than 20480
-elements (``use_mkldnn`` in ``aten/src/ATen/native/Convolution.cpp``); otherwise it uses its own im2col + GEMM
-("slow" is the kernel's name, not a diagnosis). At batch 1 and 512x512 that is every 1x1 / 3x3 convolution of the
-proposal head and the BiFPN on P5-P7 (16x16 and smaller maps, 64 channels): 56 small calls, by design. They are
-not depthwise, dilated or non-contiguous cases.
+elements (and, for an unstrided 1x1 convolution at batch < 16, only with more than one intra-op thread); otherwise
+it uses its own im2col + GEMM ("slow" is the kernel's name, not a diagnosis). At batch 1, 512x512 and 2 threads
+that is 56 small convolutions per image: the 32 squeeze-excitation 1x1 convolutions of the EfficientNet (on 1x1
+pooled maps), the 15 BiFPN pointwise convolutions on P5-P7 (16x16 and smaller, 64 channels) and the 9 proposal-head
+convolutions on P5-P7. None is depthwise, dilated or non-contiguous (depthwise convolutions always go to oneDNN);
+they are tiny and PyTorch picks that path on purpose. With one thread every unstrided 1x1 convolution of the
+network takes it too.
 """
 
 from __future__ import annotations

@@ -55,7 +55,8 @@ class RecipeData:
             d = self.data_config
             self._nlvr = load_nlvr(
                 d["cache_dir"], d["nlvr_num_train"], d["nlvr_num_validation"], d["nlvr_num_test"], d["scene_seed"],
-                min_size=d["min_size"], max_size=d["max_size"],
+                statements_per_pair=d.get("nlvr_statements_per_pair", 2), min_size=d["min_size"],
+                max_size=d["max_size"],
             )
         return self._nlvr
 
@@ -139,7 +140,11 @@ class RecipeData:
     def features(self, split: str):
         """The scenes split with region columns (and without the image column)."""
         if split not in self._features:
-            self._features[split] = self._regions_for(f"scenes_{split}", self.scenes[split])
+            images = self.scenes[split]
+            limit = self.data_config.get("fusion_num_train") if split == "train" else None
+            if limit is not None and limit < len(images):
+                images = images.select(range(int(limit)))
+            self._features[split] = self._regions_for(f"scenes_{split}", images)
         return self._features[split]
 
     def store(self, split: str) -> RegionStore:

@@ -11,8 +11,10 @@ Recipe config (JSON; every key optional, defaults in :data:`DEFAULT_CONFIG` and 
       "data": {
         "cache_dir": null,                    # scenes cache (default $MINIVLM_HF_CACHE or ~/.cache/minivlm_hf)
         "scene_seed": 0, "num_train": 2000, "num_validation": 100, "num_test": 100,
-        "nlvr_num_train": 1000, "nlvr_num_validation": 50, "nlvr_num_test": 100,   # image pairs (2 statements each)
+        "nlvr_num_train": 1000, "nlvr_num_validation": 50, "nlvr_num_test": 100,   # image pairs
+        "nlvr_statements_per_pair": 2,        # true/false statements per pair (alternating labels)
         "min_size": 160, "max_size": 320,     # image sides of the synthetic scenes
+        "fusion_num_train": null,             # train scenes the fusion stages use (first N; null = all)
         "image_size": 256,                    # longest edge fed to the TEE
         "features": "detector",               # fusion-stage regions: "detector" (a trained TEE) or "oracle"
                                               # (ground-truth codes, for tests / upper bounds)
@@ -46,7 +48,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,8 +68,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "seed": 0,
     "data": {
         "cache_dir": None, "scene_seed": 0, "num_train": 2000, "num_validation": 100, "num_test": 100,
-        "nlvr_num_train": 1000, "nlvr_num_validation": 50, "nlvr_num_test": 100, "min_size": 160, "max_size": 320,
-        "image_size": 256, "features": "detector", "detector": None, "features_dir": None,
+        "nlvr_num_train": 1000, "nlvr_num_validation": 50, "nlvr_num_test": 100, "nlvr_statements_per_pair": 2,
+        "min_size": 160, "max_size": 320, "image_size": 256, "fusion_num_train": None, "features": "detector",
+        "detector": None, "features_dir": None,
         "oracle_feature_size": 32, "oracle_num_regions": 10, "extract_batch_size": 16, "tag_threshold": 0.3,
     },
     "detector": {
@@ -328,10 +330,6 @@ class StageResult:
     trainer: Any = None
 
 
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def run_stage(
     stage: str,
     config: dict,
@@ -350,18 +348,20 @@ def run_stage(
     output_dir = Path(output_dir)
     data = data or RecipeData(config)
     args = training_arguments(stage, config, output_dir)
-    set_seed(config["seed"])
-    if stage == "detector":
-        model, image_processor = build_detector(config)
-        data.image_processor = image_processor
-    else:
-        model = build_fusion_model(stage, config, data)
-    train_collator = build_collators(stage, config, data, model, "train")
-    train_set = stage_datasets(stage, data, "train")
-    eval_set = eval_collator = None
-    if args.eval_strategy != "no":
-        eval_set = stage_datasets(stage, data, "validation")
-        eval_collator = build_collators(stage, config, data, model, "validation")
+    # Rank 0 first: it builds the scenes cache and extracts / saves the features, the other ranks then load them.
+    with args.main_process_first(desc=f"{stage} data", local=False):
+        set_seed(config["seed"])
+        if stage == "detector":
+            model, image_processor = build_detector(config)
+            data.image_processor = image_processor
+        else:
+            model = build_fusion_model(stage, config, data)
+        train_collator = build_collators(stage, config, data, model, "train")
+        train_set = stage_datasets(stage, data, "train")
+        eval_set = eval_collator = None
+        if args.eval_strategy != "no":
+            eval_set = stage_datasets(stage, data, "validation")
+            eval_collator = build_collators(stage, config, data, model, "validation")
     timing = T.TimingCallback()
     all_callbacks = [timing, *callbacks]
     if hasattr(train_collator, "epoch"):

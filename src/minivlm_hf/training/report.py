@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zlib
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -126,8 +127,8 @@ def draw_gallery(path: Path, items: list[dict], *, tile: int = 256, columns: int
         scale = tile / max(image.size)
         shown = image.resize((max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale))))
         layer = ImageDraw.Draw(shown)
-        for k, (box, label, score) in enumerate(zip(item["boxes"], item["labels"], item["scores"])):
-            color = PALETTE[hash(label) % len(PALETTE)]
+        for box, label, score in zip(item["boxes"], item["labels"], item["scores"]):
+            color = PALETTE[zlib.crc32(label.encode()) % len(PALETTE)]
             x1, y1, x2, y2 = (v * scale for v in box)
             layer.rectangle([x1, y1, x2, y2], outline=color, width=2)
             layer.text((x1 + 2, max(0, y1 - 12)), f"{label} {score:.2f}", fill=color, font=small)

@@ -1,0 +1,88 @@
+"""`minivlm-hf benchmark`: help, argument checks, and one tiny end-to-end smoke run (no timing assertions)."""
+
+import json
+
+import pytest
+
+from minivlm_hf.benchmark.parity import _deltas, _verdict, parity_markdown
+from minivlm_hf.benchmark.suite import DEFAULT_PARTS, TARGETS
+from minivlm_hf.cli import main
+from minivlm_hf.commands.benchmark import parse_parts
+
+
+def test_help_lists_every_part(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["benchmark", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for word in ("--part", "--runs", "--threads", "--json", "--model-dir", "--tiny", "parity", "retrieval", "onnx"):
+        assert word in text
+    for argv in (["export", "--help"], ["export", "onnx", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0
+    assert "--opset" in capsys.readouterr().out
+
+
+def test_part_selection():
+    assert parse_parts(None, False) == DEFAULT_PARTS and "parity" not in DEFAULT_PARTS
+    assert parse_parts(["all"], True) == (*DEFAULT_PARTS, "parity")
+    assert parse_parts(["extractor,vqa", "vqa"], False) == ("extractor", "vqa")
+    with pytest.raises(ValueError, match="unknown --part"):
+        parse_parts(["speed"], False)
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
+    assert main(["benchmark", "--part", "extractor", "--runs", "3"]) == 2  # medians need >= 10 runs
+    assert "--runs must be >= 10" in capsys.readouterr().err
+    assert main(["benchmark", "--part", "parity"]) == 2
+    assert "--model-dir" in capsys.readouterr().err
+    assert main(["benchmark", "--part", "parity", "--model-dir", str(tmp_path / "missing")]) == 2
+    assert main(["benchmark", "--part", "parity", "--model-dir", str(tmp_path)]) == 2  # not a demo output
+    assert "demo_config.json" in capsys.readouterr().err
+
+
+def test_parity_deltas_and_verdicts():
+    metrics = {"vqa": {"fp32": {"accuracy": 0.80}, "bf16": {"accuracy": 0.795}, "int8": {"accuracy": 0.83}},
+               "retrieval": {"fp32": {"i2t_r1": 0.5, "i2t_medr": 2.0}, "int8": {"i2t_r1": 0.48, "i2t_medr": 5.0}}}
+    deltas = {task: _deltas(per) for task, per in metrics.items()}
+    assert deltas["vqa"]["bf16"]["accuracy"] == pytest.approx(-0.005)
+    assert _verdict("bf16", deltas["vqa"]["bf16"]) and _verdict("int8", deltas["vqa"]["int8"])  # int8 may gain
+    assert not _verdict("bf16", {"accuracy": 0.02})
+    assert not _verdict("int8", deltas["retrieval"]["int8"])  # a 2-point loss; the rank is not judged
+    assert _verdict("int8", {"i2t_medr": 3.0})
+    verdicts = {t: {v: _verdict(v, d) for v, d in per.items()} for t, per in deltas.items()}
+    text = parity_markdown({"metrics": metrics, "deltas": deltas, "within_1_point": verdicts})
+    assert "| vqa | bf16 |" in text and "NO" in text
+
+
+def test_tiny_benchmark_runs_every_part(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["benchmark", "--tiny", "--runs", "2", "--threads", "1", "--batch-runs", "1", "--no-memory",
+            "--json", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "### Targets" in printed and "### Fast paths" in printed
+    result = json.loads(out.read_text())
+    assert result["settings"]["tiny"] and result["threads"] == 1
+    assert set(result["gflops"]["used"]) == {"float32", "bfloat16"}
+    rows = {r["key"]: r for r in result["rows"]}
+    assert set(rows) == {"extraction", "image_to_vqa", "image_to_caption_greedy", "image_to_caption_beam", "retrieval"}
+    for row in rows.values():
+        for key in ("time_ratio", "flops_ratio", "minivlm_lower_bound_s", "minivlm_measured_over_lower_bound"):
+            assert row[key] is not None and row[key] > 0, key
+        assert len(row["minivlm"]["runs_s"]) == 2 and len(row["baseline"]["runs_s"]) == 2
+    assert set(rows["image_to_vqa"]["flops_per_module"]) == {"minivlm", "baseline"}
+    for key in ("extraction", "image_to_vqa"):  # MiniVLM with fast paths timed in the same rounds
+        assert rows[key]["minivlm_fast"]["time_ratio"] > 0
+    assert 0 < result["param_ratio"] < 1 and result["params"]["minivlm"]["total"] > 0
+    assert result["decoder"]["identical_tokens"] and result["decoder"]["speedup"] > 0
+    groups = {f["group"] for f in result["fast"]}
+    assert {"TEE region extraction", "fusion + VQA head from regions", "image → VQA answer"} <= groups
+    variants = {(f["group"], f["variant"]) for f in result["fast"]}
+    assert ("fusion + VQA head from regions", "int8") in variants and ("fusion + VQA head from regions", "bf16") in variants
+    assert {(b["batch"], b["task"]) for b in result["batch"]} >= {(1, "region extraction"), (2, "image → VQA answer")}
+    assert result["onnx"]["verification_passed"] and len(result["onnx"]["rows"]) == 3
+    names = {t["name"] for t in result["targets"]}
+    assert names == set(TARGETS)
+    assert all(t["met"] in (True, False) for t in result["targets"])
