@@ -36,13 +36,16 @@ from .machine import (
     measure_peak_memory_isolated,
     peak_rss_bytes,
 )
+from .parity import run_parity
 from .report import BenchmarkReport, ComparisonRow, format_comparison_table, format_parameter_table, to_json
+from .suite import BenchmarkSettings, run_benchmark
 from .timing import TimingStats, compare, ratio, set_threads, thread_info, time_callable
 
 __all__ = [
     "BaselineOutput",
     "BaselineRegionExtractor",
     "BenchmarkReport",
+    "BenchmarkSettings",
     "ComparisonRow",
     "MemoryStats",
     "TimingStats",
@@ -66,6 +69,8 @@ __all__ = [
     "peak_rss_bytes",
     "ratio",
     "region_features_of",
+    "run_benchmark",
+    "run_parity",
     "run_extractor_benchmark",
     "set_threads",
     "thread_info",

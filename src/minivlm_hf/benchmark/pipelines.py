@@ -16,7 +16,6 @@ image → result, the detector included; captioning runs the detector once and d
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -341,7 +340,3 @@ def run_vqa_once(side, threads: int | None) -> None:
     with torch.inference_mode():
         side.vqa_call()()
 
-
-def clone_for_fast_path(model: nn.Module) -> nn.Module:
-    """A deep copy (the fast paths transform models in place)."""
-    return copy.deepcopy(model)
