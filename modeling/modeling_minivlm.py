@@ -36,6 +36,35 @@ logger = logging.get_logger(__name__)
 BOX_TOLERANCE = 1e-3
 
 
+def select_tag_phrases(
+    labels, scores, mask, threshold: float, attribute_scores=None, attribute_threshold: float = 0.5,
+    max_attributes: int = 2,
+) -> list[tuple[int, list[int]]]:
+    """The tags of one image as `(class id, attribute ids)` phrases, most confident region first.
+
+    Regions count when `mask` is set and `scores >= threshold`. Without `attribute_scores` (shape
+    `(num_regions, num_attributes)`, probabilities) each class appears once with no attributes (OSCAR tags). With
+    them every kept region is a phrase (repeats kept: they carry counts) naming up to `max_attributes` attributes
+    whose probability is `>= attribute_threshold` (the most probable), listed in vocabulary order. The feature
+    extraction of the minivlm_hf training recipes calls this same function, so precomputed tags and tags made
+    from pixels agree."""
+    labels, scores, mask = torch.as_tensor(labels), torch.as_tensor(scores).float(), torch.as_tensor(mask).bool()
+    keep = mask & (scores >= threshold)
+    order = torch.argsort(scores.masked_fill(~keep, -1.0), descending=True, stable=True)[: int(keep.sum())]
+    phrases, seen = [], set()
+    for idx in order.tolist():
+        label = int(labels[idx])
+        if attribute_scores is None:
+            if label not in seen:
+                seen.add(label)
+                phrases.append((label, []))
+            continue
+        probs = torch.as_tensor(attribute_scores[idx]).float()
+        top = torch.argsort(probs, descending=True, stable=True)[:max_attributes]
+        phrases.append((label, sorted(int(a) for a in top.tolist() if float(probs[a]) >= attribute_threshold)))
+    return phrases
+
+
 @dataclass
 class MiniVLMModelOutput(ModelOutput):
     r"""
@@ -168,7 +197,8 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
     # Inputs → embeddings
     # ----------------------------------------------------------------------------------------------------------
     def extract_regions(self, pixel_values: torch.FloatTensor, pixel_mask: torch.LongTensor | None = None) -> dict:
-        """Run the TEE and return its regions (features, boxes, scores, labels, mask), at most `max_regions`."""
+        """Run the TEE and return its regions (features, boxes, scores, labels, mask, attribute probabilities), at
+        most `max_regions`."""
         if self.vision_model is None:
             raise ValueError(
                 "pixel_values were given but this model has no vision_config (it was built for precomputed "
@@ -184,31 +214,45 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             "region_scores": out.region_scores[:, :limit],
             "region_labels": out.region_labels[:, :limit],
             "region_mask": out.region_mask[:, :limit].bool(),
+            "region_attribute_scores": out.attribute_logits[:, :limit].float().sigmoid(),
         }
 
-    def tags_from_regions(self, region_labels, region_scores, region_mask) -> tuple[torch.LongTensor, torch.LongTensor]:
-        """Detected classes → tag word pieces `[tag … SEP]` (token type 1), most confident first, no repeats."""
-        if not self.config.tag_token_ids:
+    def tags_from_regions(
+        self, region_labels, region_scores, region_mask, region_attribute_scores=None
+    ) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """Detected regions → tag word pieces `[tag … SEP]` (token type 1), most confident first.
+
+        With `config.tag_attributes` each kept region gives "attribute … class" (see [`select_tag_phrases`]);
+        otherwise each detected class name appears once."""
+        config = self.config
+        if not config.tag_token_ids:
             raise ValueError(
                 "the model cannot turn detected classes into tag tokens: config.tag_token_ids is empty. Build it with "
                 "MiniVLMProcessor.prepare_config(model.config) (it needs the tokenizer), or pass tag_ids explicitly"
             )
+        if config.tag_attributes and (not config.tag_attribute_token_ids or region_attribute_scores is None):
+            raise ValueError(
+                "config.tag_attributes is set but "
+                + ("config.tag_attribute_token_ids is empty (MiniVLMProcessor.prepare_config fills it)"
+                   if not config.tag_attribute_token_ids else "the TEE returned no attribute scores")
+            )
         batch = region_labels.shape[0]
         rows = []
         for b in range(batch):
-            keep = region_mask[b] & (region_scores[b] >= self.config.tag_score_threshold)
-            order = torch.argsort(region_scores[b].masked_fill(~keep, -1.0), descending=True)
-            seen, pieces = set(), []
-            for idx in order[: int(keep.sum())].tolist():
-                label = int(region_labels[b, idx])
-                if label in seen:
-                    continue
-                seen.add(label)
-                pieces.extend(self.config.tag_token_ids.get(label, []))
-            rows.append(pieces[: self.config.max_tag_length - 1] + [self.config.sep_token_id])
+            phrases = select_tag_phrases(
+                region_labels[b], region_scores[b], region_mask[b], config.tag_score_threshold,
+                region_attribute_scores[b] if config.tag_attributes else None,
+                config.tag_attribute_threshold, config.max_tag_attributes,
+            )
+            pieces = []
+            for label, attributes in phrases:
+                for attribute in attributes:
+                    pieces.extend(config.tag_attribute_token_ids.get(attribute, []))
+                pieces.extend(config.tag_token_ids.get(label, []))
+            rows.append(pieces[: config.max_tag_length - 1] + [config.sep_token_id])
         length = max(len(r) for r in rows)
         device = region_labels.device
-        tag_ids = torch.full((batch, length), self.config.pad_token_id or 0, dtype=torch.long, device=device)
+        tag_ids = torch.full((batch, length), config.pad_token_id or 0, dtype=torch.long, device=device)
         tag_mask = torch.zeros((batch, length), dtype=torch.long, device=device)
         for b, row in enumerate(rows):
             tag_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long, device=device)
@@ -316,7 +360,8 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
                 folded_tags = token_type_ids is not None and bool((token_type_ids == 1).any())
                 if tag_ids is None and not folded_tags:
                     tag_ids, tag_attention_mask = self.tags_from_regions(
-                        vision["region_labels"], vision["region_scores"], region_mask
+                        vision["region_labels"], vision["region_scores"], region_mask,
+                        vision["region_attribute_scores"],
                     )
                     vision["tag_ids"] = tag_ids
             elif region_features is not None:

@@ -29,7 +29,8 @@ class MiniVLMForPreTrainingOutput(ModelOutput):
     loss (`torch.FloatTensor` of shape `()`): masked-token loss + contrastive loss.
     masked_lm_loss, contrastive_loss (`torch.FloatTensor` of shape `()`): the two parts.
     prediction_logits (`torch.FloatTensor` of shape `(batch_size, text_length + tag_length, vocab_size)`):
-        masked-token logits over the text tokens then the tag tokens.
+        masked-token logits over the text tokens then the tag tokens. `None` in training mode when `labels` or
+        `tag_labels` are given: the decoder then runs on the masked positions only.
     contrastive_logits (`torch.FloatTensor` of shape `(batch_size, num_contrastive_labels)`): matched / tags
         polluted / caption polluted (or matched / polluted).
     """
@@ -138,9 +139,9 @@ class MiniVLMForPreTraining(MiniVLMPreTrainedModel):
         )
         sequence = outputs.last_hidden_state
         token_states = sequence[:, : outputs.tag_slice.stop]  # text then tags
-        prediction_logits, contrastive_logits = self.cls(token_states, outputs.pooler_output)
-
-        masked_lm_loss = contrastive_loss = loss = None
+        contrastive_logits = self.cls.seq_relationship(outputs.pooler_output)
+        prediction_logits = masked_lm_loss = contrastive_loss = loss = None
+        selected = all_labels = None
         if labels is not None or tag_labels is not None:
             parts = []
             for part, name, width in (
@@ -154,10 +155,18 @@ class MiniVLMForPreTraining(MiniVLMPreTrainedModel):
                 parts.append(part)
             all_labels = torch.cat(parts, dim=1)
             selected = all_labels != -100
+        if self.training and selected is not None:
+            # Training: run the vocabulary-sized decoder on the masked positions only (about half of the step's
+            # compute otherwise); `prediction_logits` stays None.
+            masked_logits = self.cls.predictions(token_states[selected])
+        else:
+            prediction_logits = self.cls.predictions(token_states)
+            masked_logits = prediction_logits[selected] if selected is not None else None
+        if selected is not None:
             if selected.any():
-                masked_lm_loss = nn.functional.cross_entropy(prediction_logits[selected].float(), all_labels[selected])
+                masked_lm_loss = nn.functional.cross_entropy(masked_logits.float(), all_labels[selected])
             else:
-                masked_lm_loss = prediction_logits.sum() * 0.0
+                masked_lm_loss = masked_logits.sum() * 0.0
             loss = masked_lm_loss
         if contrastive_labels is not None:
             contrastive_loss = nn.functional.cross_entropy(contrastive_logits.float(), contrastive_labels.view(-1))
@@ -183,10 +192,25 @@ class _PooledClassifierMixin:
         return outputs.pooler_output, outputs
 
 
+def vqa_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+    """VQA loss on soft scores `labels` (batch, num_answers): `"bce"` = BCE × num_answers (OSCAR); `"softmax"` =
+    cross-entropy against the scores normalised per question (questions without any scored answer are skipped)."""
+    logits, labels = logits.float(), labels.float()
+    if kind == "bce":
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels) * labels.shape[1]
+    total = labels.sum(-1, keepdim=True)
+    scored = total.squeeze(-1) > 0
+    if not bool(scored.any()):
+        return logits.sum() * 0.0
+    targets = labels[scored] / total[scored]
+    return -(targets * logits[scored].log_softmax(-1)).sum(-1).mean()
+
+
 class MiniVLMForQuestionAnswering(_PooledClassifierMixin, MiniVLMPreTrainedModel):
     """
-    VQA as classification over an answer vocabulary (`config.id2label`), trained with binary cross-entropy on soft
-    scores (VQA v2: min(#annotators / 3, 1)), scaled by the number of answers as OSCAR does.
+    VQA as classification over an answer vocabulary (`config.id2label`), trained on soft scores (VQA v2:
+    min(#annotators / 3, 1)) with binary cross-entropy scaled by the number of answers as OSCAR does, or with a
+    softmax cross-entropy (`config.vqa_loss`; see [`vqa_loss`]).
     Loads with `AutoModelForVisualQuestionAnswering`.
     """
 
@@ -243,7 +267,7 @@ class MiniVLMForQuestionAnswering(_PooledClassifierMixin, MiniVLMPreTrainedModel
                 labels = nn.functional.one_hot(labels.long(), self.config.num_labels)
             if labels.shape != logits.shape:
                 raise ValueError(f"labels must have shape {tuple(logits.shape)} (soft scores), got {tuple(labels.shape)}")
-            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float()) * labels.shape[1]
+            loss = vqa_loss(logits, labels, self.config.vqa_loss)
         output = MiniVLMClassifierOutput(
             loss=loss, logits=logits, pooler_output=pooled, hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
@@ -309,7 +333,8 @@ class MiniVLMForImageTextRetrieval(_PooledClassifierMixin, MiniVLMPreTrainedMode
             regions = self.minivlm.extract_regions(inputs.pop("pixel_values"), inputs.pop("pixel_mask", None))
             if "tag_ids" not in inputs:
                 inputs["tag_ids"], inputs["tag_attention_mask"] = self.minivlm.tags_from_regions(
-                    regions["region_labels"], regions["region_scores"], regions["region_mask"]
+                    regions["region_labels"], regions["region_scores"], regions["region_mask"],
+                    regions["region_attribute_scores"],
                 )
             for key in ("region_features", "region_boxes", "region_mask"):
                 inputs[key] = regions[key]

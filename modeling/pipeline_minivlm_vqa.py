@@ -53,7 +53,10 @@ class MiniVLMVQAPipeline(Pipeline):
         return {"logits": self.model(**model_inputs).logits}
 
     def postprocess(self, model_outputs, top_k: int = 1):
-        return self.processor.post_process_vqa(model_outputs["logits"], self.model.config.id2label, top_k=top_k)[0]
+        scores = "softmax" if getattr(self.model.config, "vqa_loss", "bce") == "softmax" else "sigmoid"
+        return self.processor.post_process_vqa(
+            model_outputs["logits"], self.model.config.id2label, top_k=top_k, score_function=scores
+        )[0]
 
 
 __all__ = ["MiniVLMVQAPipeline"]

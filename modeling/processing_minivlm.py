@@ -139,13 +139,18 @@ class MiniVLMProcessor(ProcessorMixin):
 
     # ------------------------------------------------------------------------------------------------------------
     def prepare_config(self, config):
-        """Store in `config` the word pieces of every TEE class name, so the model can turn detections into tags."""
+        """Store in `config` the word pieces of every TEE class and attribute name, so the model can turn detections
+        into tags."""
         vision = getattr(config, "vision_config", None)
         if vision is None or not vision.id2label:
             raise ValueError("the config has no vision_config.id2label to build tag tokens from")
         config.tag_token_ids = {
             int(i): self.tokenizer(name.replace("_", " "), add_special_tokens=False)["input_ids"]
             for i, name in vision.id2label.items()
+        }
+        config.tag_attribute_token_ids = {
+            int(i): self.tokenizer(name.replace("_", " "), add_special_tokens=False)["input_ids"]
+            for i, name in (getattr(vision, "attribute_id2label", None) or {}).items()
         }
         config.max_text_length = self.max_text_length
         config.max_tag_length = self.max_tag_length
@@ -161,11 +166,17 @@ class MiniVLMProcessor(ProcessorMixin):
     def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens: bool = True, **kwargs):
         return self.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
 
-    def post_process_vqa(self, logits: torch.Tensor, id2label: dict[int, str], top_k: int = 1) -> list:
-        """VQA logits `(batch, num_answers)` → per question `[{"answer", "score"}]` (sigmoid scores), best first."""
+    def post_process_vqa(
+        self, logits: torch.Tensor, id2label: dict[int, str], top_k: int = 1, score_function: str = "sigmoid"
+    ) -> list:
+        """VQA logits `(batch, num_answers)` → per question `[{"answer", "score"}]`, best first. `score_function`:
+        `"sigmoid"` (models trained with `vqa_loss="bce"`) or `"softmax"` (`vqa_loss="softmax"`)."""
+        if score_function not in ("sigmoid", "softmax"):
+            raise ValueError(f"score_function must be 'sigmoid' or 'softmax', got {score_function!r}")
         if logits.dim() != 2 or logits.shape[1] != len(id2label):
             raise ValueError(f"logits must have shape (batch, {len(id2label)}), got {tuple(logits.shape)}")
-        probs = logits.float().sigmoid()
+        logits = logits.detach().float()
+        probs = logits.sigmoid() if score_function == "sigmoid" else logits.softmax(-1)
         top_k = min(top_k, probs.shape[1])
         scores, indices = probs.topk(top_k, dim=-1)
         return [

@@ -28,7 +28,7 @@ def _head_cases():
             MiniVLMForPreTraining,
             {**regions, **tags, "input_ids": masked, "attention_mask": text["attention_mask"], "labels": labels,
              "tag_labels": torch.tensor([[5, -100, -100], [-100, -100, -100]]), "contrastive_labels": torch.tensor([0, 2])},
-            "prediction_logits", (2, 10, 120),
+            "contrastive_logits", (2, 3),
         ),
         (
             MiniVLMForImageCaptioning,
@@ -174,3 +174,17 @@ def test_nlvr_requires_image_pairs():
     model = MiniVLMForVisualReasoning(tiny_fusion_config()).eval()
     with pytest.raises(ValueError, match="PAIR"):
         model(**text_inputs(), **region_inputs())
+
+
+def test_pretraining_sparse_decoder_in_training_gives_the_full_loss():
+    """Training mode runs the MLM decoder on masked positions only; the loss equals the eval-mode loss computed
+    from the full (batch, text + tags, vocab) logits (dropout is 0 in the tiny config)."""
+    head, inputs, _, _ = _head_cases()[0]
+    torch.manual_seed(0)
+    model = head(tiny_fusion_config())
+    train_out = model.train()(**inputs)
+    assert train_out.prediction_logits is None
+    eval_out = model.eval()(**inputs)
+    assert eval_out.prediction_logits.shape == (2, 10, 120)
+    torch.testing.assert_close(train_out.masked_lm_loss, eval_out.masked_lm_loss)
+    torch.testing.assert_close(train_out.loss, eval_out.loss)

@@ -110,7 +110,8 @@ def answer(model, processor, image, question: str, top_k: int = 1) -> list[dict]
     """`[{"answer", "score"}]` for one image and one question, best first."""
     inputs = processor(images=[open_image(image)], text=[question])
     logits = model(**inputs).logits
-    return processor.post_process_vqa(logits, model.config.id2label, top_k=top_k)[0]
+    scores = "softmax" if getattr(model.config, "vqa_loss", "bce") == "softmax" else "sigmoid"
+    return processor.post_process_vqa(logits, model.config.id2label, top_k=top_k, score_function=scores)[0]
 
 
 @torch.inference_mode()

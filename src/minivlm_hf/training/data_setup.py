@@ -126,11 +126,13 @@ class RecipeData:
             return load_feature_table(path)
         d = self.data_config
         if self.oracle:
-            table = oracle_features(images, feature_size=d["oracle_feature_size"], num_regions=d["oracle_num_regions"])
+            table = oracle_features(images, feature_size=d["oracle_feature_size"], num_regions=d["oracle_num_regions"],
+                                    tag_attributes=bool(d.get("tag_attributes", False)))
         else:
             table = extract_features(
                 self.detector, self.ensure_image_processor(), images, batch_size=d["extract_batch_size"],
-                tag_threshold=d["tag_threshold"], desc=f"Extracting regions ({name})",
+                tag_threshold=d["tag_threshold"], tag_attributes=bool(d.get("tag_attributes", False)),
+                attribute_threshold=d.get("tag_attribute_threshold", 0.5), desc=f"Extracting regions ({name})",
             )
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from datasets import Array2D, Features, List, Value
 
-from ..data.vocab import COLORS, OBJECT_ID2LABEL, SHAPES, SIZES
+from ..data.vocab import ATTRIBUTE_ID2LABEL, COLORS, OBJECT_ID2LABEL, SHAPES, SIZES
+from ..modeling.modeling_minivlm import select_tag_phrases
 
 REGION_COLUMNS = ("region_features", "region_boxes", "region_mask", "region_scores", "region_labels", "tags")
 
@@ -37,18 +38,17 @@ def region_features_schema(num_regions: int, feature_size: int, dtype: str = "fl
     }
 
 
-def tags_from_detections(labels, scores, mask, id2label: dict, threshold: float) -> list[str]:
-    """Class names of the kept regions with score >= threshold, most confident first, each name once."""
-    order = np.argsort(-np.where(mask, scores, -1.0), kind="stable")
-    names, seen = [], set()
-    for idx in order:
-        if not mask[idx] or scores[idx] < threshold:
-            continue
-        label = int(labels[idx])
-        if label in seen:
-            continue
-        seen.add(label)
-        names.append(id2label.get(label, str(label)).replace("_", " "))
+def tags_from_detections(labels, scores, mask, id2label: dict, threshold: float, attribute_scores=None,
+                         attribute_id2label: dict | None = None, attribute_threshold: float = 0.5,
+                         max_attributes: int = 2) -> list[str]:
+    """Tag strings of one image by :func:`select_tag_phrases` (the rule ``MiniVLMModel.tags_from_regions`` applies):
+    class names once each, or with ``attribute_scores`` one "attribute … class" phrase per region."""
+    phrases = select_tag_phrases(labels, scores, mask, threshold, attribute_scores, attribute_threshold, max_attributes)
+    names = []
+    for label, attributes in phrases:
+        words = [attribute_id2label.get(a, str(a)) for a in attributes] if attributes else []
+        words.append(id2label.get(label, str(label)))
+        names.append(" ".join(w.replace("_", " ") for w in words))
     return names
 
 
@@ -61,6 +61,9 @@ def extract_features(
     image_column: str = "image",
     batch_size: int = 16,
     tag_threshold: float = 0.2,
+    tag_attributes: bool = False,
+    attribute_threshold: float = 0.5,
+    max_attributes: int = 2,
     drop_image: bool = True,
     dtype: str = "float16",
     desc: str = "Extracting regions",
@@ -73,6 +76,7 @@ def extract_features(
     config = tee.config
     num_regions, feature_size = config.num_regions, config.box_head_dim
     id2label = {int(k): v for k, v in config.id2label.items()}
+    attribute_id2label = {int(k): v for k, v in config.attribute_id2label.items()}
     device = next(tee.parameters()).device
     if image_column not in dataset.column_names:
         raise ValueError(f"dataset has no '{image_column}' column (columns: {dataset.column_names})")
@@ -95,15 +99,19 @@ def extract_features(
         mask[:, :k] = out.region_mask[:, :k].cpu().numpy()
         scores[:, :k] = out.region_scores[:, :k].float().cpu().numpy()
         labels[:, :k] = out.region_labels[:, :k].cpu().numpy()
+        attributes = out.attribute_logits[:, :k].float().sigmoid().cpu() if tag_attributes else [None] * n
         result = {key: batch[key] for key in base}
         result.update(
             region_features=list(feats), region_boxes=list(boxes), region_mask=mask.tolist(),
             region_scores=scores.tolist(), region_labels=labels.tolist(),
-            tags=[tags_from_detections(labels[i], scores[i], mask[i], id2label, tag_threshold) for i in range(n)],
+            tags=[tags_from_detections(labels[i, :k], scores[i, :k], mask[i, :k], id2label, tag_threshold,
+                                       attributes[i], attribute_id2label, attribute_threshold, max_attributes)
+                  for i in range(n)],
         )
         return result
 
-    fingerprint = hashlib.sha256(f"{dataset._fingerprint}-{id(tee)}-{tag_threshold}".encode()).hexdigest()[:16]
+    settings = f"{tag_threshold}-{tag_attributes}-{attribute_threshold}-{max_attributes}"
+    fingerprint = hashlib.sha256(f"{dataset._fingerprint}-{id(tee)}-{settings}".encode()).hexdigest()[:16]
     return dataset.map(
         run, batched=True, batch_size=batch_size, features=features, remove_columns=dataset.column_names,
         keep_in_memory=True, load_from_cache_file=False, new_fingerprint=fingerprint, desc=desc,
@@ -111,9 +119,10 @@ def extract_features(
 
 
 def oracle_features(dataset: datasets.Dataset, *, feature_size: int = 32, num_regions: int = 10,
-                    noise: float = 0.0, seed: int = 0) -> datasets.Dataset:
+                    noise: float = 0.0, seed: int = 0, tag_attributes: bool = False) -> datasets.Dataset:
     """Ground-truth "features": per object a one-hot shape / colour / size code (``feature_size >= 19``), its exact
-    box, score 1 and its class; tags = the true class names. For tests and as an upper-bound diagnostic."""
+    box, score 1 and its class; tags = the true class names (with ``tag_attributes``: "colour size class" per
+    object). For tests and as an upper-bound diagnostic."""
     if feature_size < len(SHAPES) + len(COLORS) + len(SIZES):
         raise ValueError(f"oracle features need feature_size >= {len(SHAPES) + len(COLORS) + len(SIZES)}")
     rng = np.random.default_rng(seed)
@@ -128,6 +137,7 @@ def oracle_features(dataset: datasets.Dataset, *, feature_size: int = 32, num_re
         boxes = np.zeros((num_regions, 4), dtype=np.float32)
         mask = np.zeros(num_regions, dtype=bool)
         labels = np.zeros(num_regions, dtype=np.int32)
+        attributes = np.zeros((num_regions, len(ATTRIBUTE_ID2LABEL)), dtype=np.float32)
         order = np.argsort(-np.asarray(objects["area"], dtype=np.float64), kind="stable")[:num_regions]
         for slot, k in enumerate(order):
             shape = int(objects["category_id"][k])
@@ -139,6 +149,7 @@ def oracle_features(dataset: datasets.Dataset, *, feature_size: int = 32, num_re
             boxes[slot] = [x / width, y / height, min((x + w) / width, 1.0), min((y + h) / height, 1.0)]
             mask[slot] = True
             labels[slot] = shape
+            attributes[slot, [color, size]] = 1.0
         if noise:
             feats += rng.normal(0, noise, feats.shape).astype(np.float32) * mask[:, None]
         for name in columns:
@@ -148,7 +159,8 @@ def oracle_features(dataset: datasets.Dataset, *, feature_size: int = 32, num_re
         rows["region_mask"].append(mask.tolist())
         rows["region_scores"].append(mask.astype(np.float32).tolist())
         rows["region_labels"].append(labels.tolist())
-        rows["tags"].append(tags_from_detections(labels, mask.astype(np.float32), mask, OBJECT_ID2LABEL, 0.5))
+        rows["tags"].append(tags_from_detections(labels, mask.astype(np.float32), mask, OBJECT_ID2LABEL, 0.5,
+                                                 attributes if tag_attributes else None, ATTRIBUTE_ID2LABEL))
     return datasets.Dataset.from_dict(rows, features=features)
 
 

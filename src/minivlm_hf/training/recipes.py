@@ -20,7 +20,10 @@ Recipe config (JSON; every key optional, defaults in :data:`DEFAULT_CONFIG` and 
                                               # (ground-truth codes, for tests / upper bounds)
         "detector": null,                     # folder of a trained detector (train detector ... output)
         "features_dir": null,                 # reuse / store extracted features here
-        "oracle_feature_size": 32, "oracle_num_regions": 10
+        "oracle_feature_size": 32, "oracle_num_regions": 10,
+        "tag_threshold": 0.3,                 # a region becomes a tag at this detection score
+        "tag_attributes": false,              # tags "attribute … class" per region (VinVL style) instead of
+        "tag_attribute_threshold": 0.5        #   class names once; attributes named at this probability
       },
       "detector": {...},                      # TEEConfig fields (backbone, num_regions, anchor_sizes, ...)
       "fusion": {                             # MiniVLMConfig fields (num_hidden_layers, max_text_length, ...) plus
@@ -31,7 +34,8 @@ Recipe config (JSON; every key optional, defaults in :data:`DEFAULT_CONFIG` and 
       "collator": {"mask_probability": 0.15, "max_masked_tokens": 3, "pollution": 0.5, "caption_pollution": 0.25,
                    "caption_swap": 0.5, "tag_source": "detected", "hflip_probability": 0.5},
       "training": {...},                      # any transformers.TrainingArguments field (max_steps, learning_rate,
-                                              # per_device_train_batch_size, warmup_steps, save_steps, ...)
+                                              # per_device_train_batch_size, warmup_steps, save_steps, ...);
+                                              # "bf16": "auto" = bf16 autocast where the hardware has it
       "evaluation": {"split": "test", "limit": null, "num_candidates": 100, "max_new_tokens": 20, "num_beams": 1,
                      "batch_size": 64, "detection_threshold": 0.0},
       "debug": {"param_hash": false}          # every rank writes param_hash_rank{R}.json at the end (DDP checks)
@@ -72,6 +76,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "min_size": 160, "max_size": 320, "image_size": 256, "fusion_num_train": None, "features": "detector",
         "detector": None, "features_dir": None,
         "oracle_feature_size": 32, "oracle_num_regions": 10, "extract_batch_size": 16, "tag_threshold": 0.3,
+        "tag_attributes": False, "tag_attribute_threshold": 0.5,
     },
     "detector": {
         "backbone": "efficientnet_b0", "anchor_sizes": [16, 32, 64, 128, 256], "num_regions": 16,
@@ -144,6 +149,15 @@ def load_recipe_config(path: str | Path | None = None, overrides: dict | None = 
     return config
 
 
+def bf16_available(cpu: bool = True) -> bool:
+    """Whether bf16 autocast is fast here: a CUDA GPU with bf16, or a CPU with AVX-512 bf16 / AMX (elsewhere CPU
+    bf16 is emulated and slower than fp32)."""
+    if not cpu and torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
 def training_arguments(stage: str, config: dict, output_dir: str | Path) -> TrainingArguments:
     values = {**COMMON_TRAINING, **STAGE_TRAINING_DEFAULTS[stage], **config.get("training", {})}
     valid = {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -152,6 +166,8 @@ def training_arguments(stage: str, config: dict, output_dir: str | Path) -> Trai
         raise ValueError(f"training: unknown TrainingArguments fields {unknown}")
     values.setdefault("seed", config.get("seed", 0))
     values.setdefault("use_cpu", not torch.cuda.is_available())
+    if values.get("bf16") == "auto":
+        values["bf16"] = bf16_available(cpu=values["use_cpu"])
     values["remove_unused_columns"] = False
     if stage == "pretrain":
         values.setdefault("label_names", ["labels", "tag_labels", "contrastive_labels"])
@@ -192,7 +208,7 @@ def tag_token_ids(tokenizer, id2label: dict) -> dict[int, list[int]]:
 
 def build_fusion_model(stage: str, config: dict, data: RecipeData):
     """A fresh fusion model (MiniLM text weights + the trained TEE inside) or one loaded from ``fusion.init_from``."""
-    from ..data.vocab import OBJECT_ID2LABEL, build_answer_vocab
+    from ..data.vocab import ATTRIBUTE_ID2LABEL, OBJECT_ID2LABEL, build_answer_vocab
     from ..modeling.configuration_minivlm import MiniVLMConfig
 
     fields = dict(config["fusion"])
@@ -217,6 +233,10 @@ def build_fusion_model(stage: str, config: dict, data: RecipeData):
             max_regions=data.num_regions,
             tag_token_ids=tag_token_ids(data.tokenizer, vision_config.id2label if vision_config else OBJECT_ID2LABEL),
             tag_score_threshold=config["data"]["tag_threshold"],
+            tag_attributes=bool(config["data"].get("tag_attributes", False)),
+            tag_attribute_threshold=config["data"].get("tag_attribute_threshold", 0.5),
+            tag_attribute_token_ids=tag_token_ids(
+                data.tokenizer, vision_config.attribute_id2label if vision_config else ATTRIBUTE_ID2LABEL),
             **{**fields, **extra},
         )
         model = cls(mcfg)
