@@ -32,7 +32,8 @@ class MiniVLMCaptioningOutput(ModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `()`): label-smoothed cross-entropy over the labelled caption tokens.
     logits (`torch.FloatTensor` of shape `(batch_size, caption_length, vocab_size)`): per caption token; with
-        `predict_next=True`, shape `(batch_size, 1, vocab_size)`: the prediction for the appended [MASK].
+        `predict_next=True`, shape `(batch_size, 1, vocab_size)`: the prediction for the appended [MASK]. `None` in
+        training mode when `labels` mask some tokens: the decoder then runs on the masked positions only.
     cache (`Cache`): keys/values of the image prefix and the caption so far.
     prefix_attention_mask (`torch.LongTensor` of shape `(batch_size, prefix_length)`): validity of the cached prefix.
     region_boxes, region_labels, region_scores, region_mask, tag_ids: the TEE's regions when it ran.
@@ -143,24 +144,31 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
             return_dict=True,
         )
         sequence = outputs.last_hidden_state
-        if predict_next:
-            logits = self.cls(sequence[:, -1:])
-        else:
-            logits = self.cls(sequence[:, outputs.text_slice])
-
-        loss = None
         if labels is not None:
             if predict_next:
                 raise ValueError("labels cannot be combined with predict_next")
             if labels.shape != input_ids.shape:
                 raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
-            selected = labels != -100
+        selected = labels != -100 if labels is not None else None
+        if predict_next:
+            logits = self.cls(sequence[:, -1:])
+            masked_logits = None
+        elif self.training and selected is not None and bool(selected.any()):
+            # Training: the vocabulary-sized decoder runs on the masked positions only; `logits` stays None.
+            logits = None
+            masked_logits = self.cls(sequence[:, outputs.text_slice][selected])
+        else:
+            logits = self.cls(sequence[:, outputs.text_slice])
+            masked_logits = logits[selected] if selected is not None else None
+
+        loss = None
+        if selected is not None:
             if selected.any():
                 loss = nn.functional.cross_entropy(
-                    logits[selected].float(), labels[selected], label_smoothing=self.config.caption_label_smoothing
+                    masked_logits.float(), labels[selected], label_smoothing=self.config.caption_label_smoothing
                 )
             else:  # keeps the graph (and DDP) happy on a batch with nothing masked
-                loss = logits.sum() * 0.0
+                loss = masked_logits.sum() * 0.0
 
         output = MiniVLMCaptioningOutput(
             loss=loss,
@@ -192,6 +200,19 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
             if attention_mask is not None:
                 attention_mask = attention_mask[:, :-1]
         kwargs.pop("token_type_ids", None)
+        pixel_values, pixel_mask = kwargs.pop("pixel_values", None), kwargs.pop("pixel_mask", None)
+        if pixel_values is not None:
+            if kwargs.get("region_features") is not None:
+                raise ValueError("pass either pixel_values or region_features, not both")
+            with torch.no_grad():
+                regions = self.minivlm.extract_regions(pixel_values, pixel_mask)
+                if kwargs.get("tag_ids") is None:
+                    kwargs["tag_ids"], kwargs["tag_attention_mask"] = self.minivlm.tags_from_regions(
+                        regions["region_labels"], regions["region_scores"], regions["region_mask"],
+                        regions["region_attribute_scores"],
+                    )
+            for name in ("region_features", "region_boxes", "region_mask"):
+                kwargs[name] = regions[name]
         return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     def prepare_inputs_for_generation(

@@ -155,7 +155,7 @@ class MiniVLMForPreTraining(MiniVLMPreTrainedModel):
                 parts.append(part)
             all_labels = torch.cat(parts, dim=1)
             selected = all_labels != -100
-        if self.training and selected is not None:
+        if self.training and selected is not None and bool(selected.any()):
             # Training: run the vocabulary-sized decoder on the masked positions only (about half of the step's
             # compute otherwise); `prediction_logits` stays None.
             masked_logits = self.cls.predictions(token_states[selected])

@@ -46,6 +46,8 @@ def test_quick_demo_models_reload_and_run_from_pixels(quick_demo):
 
     vqa, how = load_with_auto_class("vqa", quick_demo / "vqa")
     assert type(vqa).__name__ == "MiniVLMForQuestionAnswering" and how == "AutoModelForVisualQuestionAnswering"
+    # the demo trains with attribute tags and the softmax VQA loss; the saved config carries both
+    assert vqa.config.tag_attributes and vqa.config.tag_attribute_token_ids and vqa.config.vqa_loss == "softmax"
     processor = load_processor("vqa", quick_demo / "vqa")
     image = Image.new("RGB", (120, 100), (90, 90, 90))
     inputs = processor(images=[image], text=["what color is the circle?"], return_tensors="pt")

@@ -259,3 +259,27 @@ def test_cli_reports_bad_input_in_one_line(saved, tmp_path, capsys):
     assert "image not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["answer", "--help"])
+
+
+def test_generate_from_pixels_runs_the_tee_once_for_all_beams(config, processor, images):
+    torch.manual_seed(0)
+    model = MiniVLMForImageCaptioning(copy_config(config)).eval()
+    pixels = processor(images=images, return_tensors="pt")
+    calls = []
+    hook = model.minivlm.vision_model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        beams = model.generate(pixel_values=pixels["pixel_values"], pixel_mask=pixels["pixel_mask"], num_beams=3,
+                               max_new_tokens=5, do_sample=False)
+    finally:
+        hook.remove()
+    assert len(calls) == 1  # not once per beam copy or per step
+    with torch.no_grad():
+        regions = model.minivlm.extract_regions(pixels["pixel_values"], pixels["pixel_mask"])
+        tag_ids, tag_mask = model.minivlm.tags_from_regions(regions["region_labels"], regions["region_scores"],
+                                                            regions["region_mask"], regions["region_attribute_scores"])
+    again = model.generate(region_features=regions["region_features"], region_boxes=regions["region_boxes"],
+                           region_mask=regions["region_mask"], tag_ids=tag_ids, tag_attention_mask=tag_mask,
+                           num_beams=3, max_new_tokens=5, do_sample=False)
+    assert torch.equal(beams, again)
+    with pytest.raises(ValueError, match="either pixel_values or region_features"):
+        model.generate(pixel_values=pixels["pixel_values"], region_features=regions["region_features"])

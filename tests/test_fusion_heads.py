@@ -33,7 +33,7 @@ def _head_cases():
         (
             MiniVLMForImageCaptioning,
             {**regions, **tags, "input_ids": masked, "attention_mask": text["attention_mask"], "labels": labels},
-            "logits", (2, 7, 120),
+            "loss", (),
         ),
         (MiniVLMForQuestionAnswering, {**regions, **text, "labels": torch.tensor([[1.0, 0, 0.3], [0, 1, 0]])}, "logits", (2, 3)),
         (MiniVLMForImageTextRetrieval, {**regions, **text, "labels": torch.tensor([1, 0])}, "logits", (2, 2)),
@@ -176,15 +176,17 @@ def test_nlvr_requires_image_pairs():
         model(**text_inputs(), **region_inputs())
 
 
-def test_pretraining_sparse_decoder_in_training_gives_the_full_loss():
-    """Training mode runs the MLM decoder on masked positions only; the loss equals the eval-mode loss computed
-    from the full (batch, text + tags, vocab) logits (dropout is 0 in the tiny config)."""
-    head, inputs, _, _ = _head_cases()[0]
+@pytest.mark.parametrize("case, loss_name, logits_name, shape", [
+    (0, "masked_lm_loss", "prediction_logits", (2, 10, 120)), (1, "loss", "logits", (2, 7, 120))])
+def test_sparse_decoder_in_training_gives_the_full_loss(case, loss_name, logits_name, shape):
+    """Training mode runs the vocabulary decoder on masked positions only (pre-training and captioning); the loss
+    equals the eval-mode loss computed from the full logits (dropout is 0 in the tiny config)."""
+    head, inputs, _, _ = _head_cases()[case]
     torch.manual_seed(0)
     model = head(tiny_fusion_config())
     train_out = model.train()(**inputs)
-    assert train_out.prediction_logits is None
+    assert getattr(train_out, logits_name) is None
     eval_out = model.eval()(**inputs)
-    assert eval_out.prediction_logits.shape == (2, 10, 120)
-    torch.testing.assert_close(train_out.masked_lm_loss, eval_out.masked_lm_loss)
+    assert getattr(eval_out, logits_name).shape == shape
+    torch.testing.assert_close(getattr(train_out, loss_name), getattr(eval_out, loss_name))
     torch.testing.assert_close(train_out.loss, eval_out.loss)
