@@ -73,3 +73,26 @@ def test_demo_config_errors(tmp_path, capsys):
     bad.write_text(json.dumps({"unknown": 1}))
     assert main(["demo", "--quick", "--output-dir", str(tmp_path / "o"), "--config", str(bad)]) == 2
     assert "bad.json" in capsys.readouterr().err
+
+
+def test_demo_stage_settings():
+    from minivlm_hf.training.demo import demo_config, init_stage, stage_config
+
+    settings = demo_config(quick=False)
+    assert init_stage(settings, "vqa") == "pretrain"
+    vqa = stage_config(settings, "vqa")
+    assert vqa["training"]["bf16"] == "auto" and vqa["fusion"]["vqa_loss"] == "softmax" and vqa["data"]["tag_attributes"]
+    settings = demo_config(quick=False, overrides={"stages": {"vqa": {"init_from_stage": "caption"}}})
+    assert init_stage(settings, "vqa") == "caption"
+    assert "init_from_stage" not in stage_config(settings, "vqa")
+    settings = demo_config(quick=True, overrides={"stages": {"vqa": {"init_from_stage": "nlvr"}}})
+    with pytest.raises(ValueError, match="earlier fusion stage"):
+        init_stage(settings, "vqa")
+
+
+def test_bf16_auto_resolves_to_a_bool(tmp_path):
+    from minivlm_hf.training.recipes import bf16_available, load_recipe_config, training_arguments
+
+    config = load_recipe_config(None, {"training": {"bf16": "auto", "max_steps": 1}})
+    args = training_arguments("vqa", config, tmp_path)
+    assert args.bf16 is bf16_available(cpu=True)

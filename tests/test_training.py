@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from minivlm_hf.training.data_setup import RecipeData
 from minivlm_hf.training.recipes import load_recipe_config, run_stage
@@ -150,3 +151,21 @@ def test_corrupt_features_dir_is_named(tmp_path, cache_dir):
         arrow.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="scenes_train"):
         run_stage("vqa", config, tmp_path / "second", progress=False, evaluate=False)
+
+
+def test_bf16_trained_model_computes_like_its_reloaded_copy(tmp_path, cache_dir):
+    """After bf16 autocast training the returned model is plain fp32 again (accelerate's autocast wrapper removed),
+    so it equals the saved + reloaded model; the quality numbers of the demo come from the reloaded one."""
+    from minivlm_hf.modeling.modeling_minivlm_tasks import MiniVLMForQuestionAnswering
+    from minivlm_hf.training.recipes import build_collators, stage_datasets
+
+    config = load_recipe_config(None, tiny_config(cache_dir, max_steps=2, save_strategy="no", bf16=True))
+    data = RecipeData(config)
+    result = run_stage("vqa", config, tmp_path / "vqa", data=data, evaluate=False, progress=False)
+    reloaded = MiniVLMForQuestionAnswering.from_pretrained(tmp_path / "vqa").eval()
+    model = result.model.eval()
+    rows = stage_datasets("vqa", data, "test")
+    batch = build_collators("vqa", config, data, model, "test")([rows[i] for i in range(4)])
+    batch.pop("labels")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, reloaded(**batch).logits, rtol=0, atol=1e-6)

@@ -408,7 +408,10 @@ def run_stage(
 
         resume_from_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     train_output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    result = StageResult(stage=stage, model=trainer.accelerator.unwrap_model(trainer.model), output_dir=output_dir,
+    # keep_fp32_wrapper=False: after bf16 training accelerate leaves an autocast wrapper on forward, and the returned
+    # model must compute like the saved (and reloaded) fp32 one.
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    result = StageResult(stage=stage, model=model, output_dir=output_dir,
                          trainer=trainer, train_seconds=timing.seconds)
     metrics = {f"train_{k}" if not k.startswith("train") else k: v for k, v in train_output.metrics.items()}
     metrics["global_step"] = trainer.state.global_step
