@@ -19,6 +19,8 @@ generator (then successive calls differ).
 
 from __future__ import annotations
 
+import abc
+
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -158,7 +160,7 @@ class DetectionCollator:
 # ---------------------------------------------------------------------------------------------------------------------
 # fusion stages: shared plumbing
 # ---------------------------------------------------------------------------------------------------------------------
-class FusionCollator:
+class FusionCollator(abc.ABC):
     """Base of the fusion-stage collators (text / tags / regions encoding, seeding). See the module docstring.
 
     Args:
@@ -278,8 +280,9 @@ class FusionCollator:
             inputs = {k: v[:, : self.max_regions] for k, v in inputs.items()}
         return inputs, tags
 
-    def __call__(self, rows: Sequence[dict]) -> dict:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __call__(self, rows: Sequence[dict]) -> dict:
+        """Rows of a stage's table → the model's keyword arguments (each stage's subclass)."""
 
 
 def _stack_regions(feats: list[torch.Tensor], boxes: list[torch.Tensor], masks: list[torch.Tensor]) -> dict:

@@ -81,13 +81,13 @@ class RecipeData:
             path = Path(path)
             if not (path / "config.json").is_file():
                 raise FileNotFoundError(f"data.detector: {path / 'config.json'} does not exist (not a trained detector)")
-            from ..modeling.image_processing_minivlm import MiniVLMImageProcessor
-            from ..modeling.modeling_minivlm_tee import TEEForObjectDetection
+            from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
-            # TODO(lead): AutoModelForObjectDetection / AutoImageProcessor once `import minivlm_hf` registers them.
-            self._detector = TEEForObjectDetection.from_pretrained(str(path))
+            import minivlm_hf  # noqa: F401 - registers the TEE with the Auto classes
+
+            self._detector = AutoModelForObjectDetection.from_pretrained(str(path))
             if self.image_processor is None:
-                self.image_processor = MiniVLMImageProcessor.from_pretrained(str(path))
+                self.image_processor = AutoImageProcessor.from_pretrained(str(path))
         return self._detector
 
     def ensure_image_processor(self):
