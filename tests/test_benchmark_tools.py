@@ -233,8 +233,8 @@ def test_machine_info_and_memory():
 
     stats = measure_peak_memory(lambda: torch.ones(16 * 2**20).sum())  # 64 MiB, touched
     assert stats.peak >= stats.before > 0
-    if stats.reset:
-        assert stats.delta >= 48 * 2**20
+    # In-process the allocator may serve the 64 MiB from memory earlier tests freed (the delta was 0 in one
+    # clean-clone run), so the size of the delta is asserted in the isolated test below.
 
 
 def test_peak_memory_isolated_subprocess():
