@@ -40,6 +40,7 @@ from .modeling_minivlm_tee_layers import (
     TEERegionPredictor,
     _cxcywh_to_xyxy,
     _top_k_per_image,
+    batched_nms_top_k,
     _xyxy_to_cxcywh,
     clip_boxes,
     decode_boxes,
@@ -276,8 +277,11 @@ class TEEModel(TEEPreTrainedModel):
             (widths >= config.min_box_size) & (heights >= config.min_box_size) & (widths > 0) & (heights > 0)
             & torch.isfinite(scores)
         ).squeeze(1)
-        keep = valid[batched_nms(boxes[valid], scores[valid], batch_index[valid], config.proposal_nms_iou_threshold)]
-        keep, _ = _top_k_per_image(keep, batch_index[keep], config.post_nms_top_k, batch_size)
+        keep, _ = batched_nms_top_k(
+            boxes[valid], scores[valid], batch_index[valid], config.proposal_nms_iou_threshold,
+            config.post_nms_top_k, batch_size,
+        )
+        keep = valid[keep]
         return boxes[keep], batch_index[keep]
 
     def _second_stage(self, features: list, boxes: torch.Tensor, batch_index: torch.Tensor) -> tuple:

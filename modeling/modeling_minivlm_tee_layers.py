@@ -13,7 +13,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import roi_align
+from torchvision.ops import batched_nms, roi_align
 
 from .configuration_minivlm_tee import TEEConfig
 
@@ -107,6 +107,41 @@ def _top_k_per_image(order: torch.Tensor, batch_index: torch.Tensor, k: int, bat
     rank = torch.arange(sorted_batch.numel(), device=order.device) - starts[sorted_batch]
     keep = rank < k
     return order[perm[keep]], rank[keep]
+
+
+def batched_nms_top_k(
+    boxes: torch.Tensor, scores: torch.Tensor, batch_index: torch.Tensor, iou_threshold: float, k: int,
+    batch_size: int, prefix_factor: int = 4,
+):
+    """
+    `_top_k_per_image(batched_nms(...), k)`, computed on a score-ordered prefix of every image first.
+
+    Greedy NMS decides each box from higher-scoring boxes only, so NMS on the `prefix_factor * k` best boxes of an
+    image keeps exactly the first boxes the full NMS keeps. When that prefix yields `k` kept boxes for every image
+    that had more candidates than the prefix, the result equals the full computation; otherwise the full NMS runs.
+    This skips most of the quadratic NMS work on the thousands of first-stage candidates.
+
+    Args:
+        boxes (`torch.FloatTensor` of shape `(N, 4)`): candidate boxes `(x0, y0, x1, y1)`.
+        scores (`torch.FloatTensor` of shape `(N,)`): their scores.
+        batch_index (`torch.LongTensor` of shape `(N,)`): image of each candidate.
+    Returns:
+        `(kept, rank)` as `_top_k_per_image`: indices into `boxes`, grouped by image, decreasing score inside an
+        image, and the rank of each inside its image.
+    """
+    prefix = prefix_factor * k
+    counts = torch.bincount(batch_index, minlength=batch_size)
+    if scores.numel() == 0 or int(counts.max()) <= prefix:
+        keep = batched_nms(boxes, scores, batch_index, iou_threshold)
+        return _top_k_per_image(keep, batch_index[keep], k, batch_size)
+    order = scores.argsort(descending=True, stable=True)
+    best, rank = _top_k_per_image(order, batch_index[order], prefix, batch_size)
+    keep = best[batched_nms(boxes[best], scores[best], batch_index[best], iou_threshold)]
+    kept_counts = torch.bincount(batch_index[keep], minlength=batch_size)
+    if bool(((kept_counts >= k) | (counts <= prefix)).all()):
+        return _top_k_per_image(keep, batch_index[keep], k, batch_size)
+    keep = batched_nms(boxes, scores, batch_index, iou_threshold)
+    return _top_k_per_image(keep, batch_index[keep], k, batch_size)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from minivlm_hf.modeling.modeling_minivlm_tee import (
     TEEModelOutput,
     TEEObjectDetectionOutput,
 )
+from minivlm_hf.modeling.modeling_minivlm_tee_layers import _top_k_per_image, batched_nms_top_k
 
 
 @pytest.fixture(autouse=True)
@@ -367,6 +368,29 @@ def test_loss_drops_when_overfitting_tiny_scenes():
 # ----------------------------------------------------------------------------------------------------------------
 # Weights, saving, loading
 # ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spread", [400.0, 5.0])
+def test_prefix_nms_equals_full_nms(spread):
+    """The early-exit NMS of the first stage keeps exactly what full NMS + per-image top-k keeps: with spread-out
+    boxes (the prefix suffices) and with heavily overlapping ones (most candidates suppressed: falls back)."""
+    from torchvision.ops import batched_nms
+
+    gen = torch.Generator().manual_seed(0)
+    counts = [1500, 37, 900]  # one image below the prefix size
+    batch_index = torch.cat([torch.full((n,), i) for i, n in enumerate(counts)])
+    xy = torch.rand(len(batch_index), 2, generator=gen) * spread
+    wh = 4 + torch.rand(len(batch_index), 2, generator=gen) * 30
+    boxes = torch.cat((xy, xy + wh), dim=1)
+    scores = torch.rand(len(batch_index), generator=gen)
+    for k in (10, 100):
+        expected = batched_nms(boxes, scores, batch_index, 0.5)
+        expected, expected_rank = _top_k_per_image(expected, batch_index[expected], k, len(counts))
+        kept, rank = batched_nms_top_k(boxes, scores, batch_index, 0.5, k, len(counts))
+        assert torch.equal(kept, expected) and torch.equal(rank, expected_rank)
+        assert kept.numel() > 0
+    empty = batched_nms_top_k(boxes[:0], scores[:0], batch_index[:0], 0.5, 10, 2)
+    assert empty[0].numel() == 0
 
 
 def test_init_weights():
