@@ -40,14 +40,15 @@ from .modeling_minivlm_tee_layers import (
     TEERegionPredictor,
     _cxcywh_to_xyxy,
     _top_k_per_image,
-    batched_nms_top_k,
     _xyxy_to_cxcywh,
+    batched_nms_top_k,
     clip_boxes,
     decode_boxes,
     encode_boxes,
 )
-from .remote_code_minivlm import MiniVLMRemoteCodeMixin  # minivlm-hf hub: complete auto_map on save
-
+from .remote_code_minivlm import (
+    MiniVLMRemoteCodeMixin,  # minivlm-hf hub: complete auto_map on save
+)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Outputs

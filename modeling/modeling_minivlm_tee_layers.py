@@ -17,8 +17,6 @@ from torchvision.ops import batched_nms, roi_align
 
 from .configuration_minivlm_tee import TEEConfig
 
-
-
 # Largest log-scale a box delta may apply (boxes at most ~62x bigger than their anchor / proposal).
 _BOX_SCALE_CLAMP = math.log(1000.0 / 16)
 
@@ -135,7 +133,7 @@ def batched_nms_top_k(
         keep = batched_nms(boxes, scores, batch_index, iou_threshold)
         return _top_k_per_image(keep, batch_index[keep], k, batch_size)
     order = scores.argsort(descending=True, stable=True)
-    best, rank = _top_k_per_image(order, batch_index[order], prefix, batch_size)
+    best, _ = _top_k_per_image(order, batch_index[order], prefix, batch_size)
     keep = best[batched_nms(boxes[best], scores[best], batch_index[best], iou_threshold)]
     kept_counts = torch.bincount(batch_index[keep], minlength=batch_size)
     if bool(((kept_counts >= k) | (counts <= prefix)).all()):
