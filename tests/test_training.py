@@ -169,3 +169,62 @@ def test_bf16_trained_model_computes_like_its_reloaded_copy(tmp_path, cache_dir)
     batch.pop("labels")
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).logits, reloaded(**batch).logits, rtol=0, atol=1e-6)
+
+
+def test_fusion_training_attention_is_eager_on_cpu_and_restored(tmp_path, cache_dir):
+    """Fusion stages train with eager attention on the CPU (its flash-attention backward is slow there) and the
+    returned / saved model is back on its own implementation; an explicit choice is honoured, a bad one named."""
+    from transformers import TrainerCallback
+
+    from minivlm_hf.training.recipes import training_attention
+
+    assert training_attention({"fusion": {}}, use_cpu=True) == "eager"
+    assert training_attention({"fusion": {"train_attn_implementation": "auto"}}, use_cpu=False) is None
+    assert training_attention({"fusion": {"train_attn_implementation": "sdpa"}}, use_cpu=True) == "sdpa"
+    assert training_attention({"fusion": {"train_attn_implementation": None}}, use_cpu=True) is None
+    with pytest.raises(ValueError, match="train_attn_implementation"):
+        training_attention({"fusion": {"train_attn_implementation": "flash"}}, use_cpu=True)
+
+    seen = []
+
+    class RecordAttention(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            seen.append(model.config._attn_implementation)
+
+    # With the TEE inside (it has no attention and stays on its own implementation): a real detector, oracle off.
+    config = load_recipe_config(None, tiny_config(cache_dir, max_steps=2, save_strategy="no"))
+    config["data"]["features"] = "detector"
+    config["fusion"]["with_vision"] = True
+    data = RecipeData(config)
+    detector = run_stage("detector", {**config, "training": {**config["training"], "max_steps": 1}},
+                         tmp_path / "detector", data=data, evaluate=False, progress=False)
+    config["data"]["detector"] = str(tmp_path / "detector")
+    result = run_stage("vqa", config, tmp_path / "vqa", data=RecipeData(config), evaluate=False, progress=False,
+                       callbacks=(RecordAttention(),))
+    assert detector.model is not None and result.model.minivlm.vision_model is not None
+    assert seen == ["eager", "eager"]
+    assert result.model.config._attn_implementation == "sdpa"
+    assert "eager" not in (tmp_path / "vqa" / "config.json").read_text()
+
+
+def test_head_lr_multiplier_gives_heads_their_own_learning_rate(tmp_path, cache_dir):
+    """fusion.head_lr_multiplier: region embedding, pooler and task heads learn at k x lr, the text embeddings and
+    transformer layers at lr (one optimizer, the same schedule); every trainable parameter is in exactly one group."""
+    config = load_recipe_config(None, tiny_config(cache_dir, max_steps=2, save_strategy="no", learning_rate=1e-3))
+    config["fusion"]["head_lr_multiplier"] = 10.0
+    result = run_stage("vqa", config, tmp_path / "vqa", data=RecipeData(config), evaluate=False, progress=False)
+    optimizer = result.trainer.optimizer
+    names = {id(p): n for n, p in result.model.named_parameters() if p.requires_grad}
+    grouped = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    assert sorted(grouped) == sorted(names) and len(set(grouped)) == len(grouped)
+    for group in optimizer.param_groups:
+        group_names = [names[id(p)] for p in group["params"]]
+        text = [n.startswith(("minivlm.embeddings.", "minivlm.encoder.")) for n in group_names]
+        assert all(text) or not any(text), group_names
+        assert group["initial_lr"] == pytest.approx(1e-3 if text[0] else 1e-2)
+    assert any("classifier" in names[id(p)] for g in optimizer.param_groups if g["initial_lr"] > 5e-3
+               for p in g["params"])
+    with pytest.raises(ValueError, match="head_lr_multiplier"):
+        from minivlm_hf.training.trainers import FusionTrainer
+
+        FusionTrainer(model=result.model, args=result.trainer.args, head_lr_multiplier=0)
