@@ -365,3 +365,27 @@ def test_cli_data_scenes_saves_a_datasetdict(tmp_path, monkeypatch, capsys):
     # A non-empty output folder is refused with a one-line error (exit code 2).
     assert cli.main(["data", "scenes", "--out", str(out), "--num-train", "1"]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_using_a_cached_dataset_does_not_invalidate_the_cache(tmp_path):
+    """Splitting the NLVR pairs into image / statement tables (what the fusion recipes do) must not leave files in
+    the cache that make the next load rebuild it (datasets writes ``cache-*.arrow`` index maps next to a loaded
+    dataset); a foreign file still counts as corruption."""
+    import warnings
+
+    from minivlm_hf.training.features import nlvr_images
+
+    params = dict(num_train=8, num_validation=2, num_test=2, seed=1, statements_per_pair=4)
+    nlvr = load_nlvr(tmp_path, **params)
+    for split in nlvr.values():
+        images, statements = nlvr_images(split)
+        assert images.num_rows == 2 * split.num_rows // 4 and statements.num_rows == split.num_rows
+        split.select([3, 1])  # datasets' own index-map file next to the cached table
+    folder = next(p for p in tmp_path.iterdir() if p.name.startswith("nlvr-"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a "rebuilding it" warning would fail here
+        again = load_nlvr(tmp_path, **params)
+    assert again["train"]["sentence"] == nlvr["train"]["sentence"]
+    (folder / "train" / "stray.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match="differ from its manifest"):
+        load_nlvr(tmp_path, rebuild_corrupt=False, **params)

@@ -42,10 +42,13 @@ def cache_key(params: dict[str, Any]) -> str:
 
 
 def _file_sizes(folder: Path) -> dict[str, int]:
+    """Sizes of the files of a cached dataset, leaving out the manifest and the ``cache-*.arrow`` files that
+    ``datasets`` itself writes next to a loaded dataset (index maps of ``select`` and the like): derived data that
+    must not make the next load rebuild the cache."""
     return {
         str(p.relative_to(folder)): p.stat().st_size
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST_NAME
+        if p.is_file() and p.name != MANIFEST_NAME and not (p.name.startswith("cache-") and p.suffix == ".arrow")
     }
 
 

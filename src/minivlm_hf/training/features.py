@@ -246,7 +246,7 @@ def nlvr_images(nlvr: datasets.Dataset) -> tuple[datasets.Dataset, datasets.Data
     for i, pid in enumerate(pair_ids):
         first.setdefault(pid, i)
     order = list(first.values())
-    pairs = nlvr.select(order)
+    pairs = nlvr.select(order, keep_in_memory=True)  # no index-map file written into the scenes cache
     sides = []
     for side in ("left", "right"):
         table = pairs.select_columns([f"{side}_image", f"{side}_objects"])
