@@ -377,11 +377,15 @@ def test_using_a_cached_dataset_does_not_invalidate_the_cache(tmp_path):
 
     params = dict(num_train=8, num_validation=2, num_test=2, seed=1, statements_per_pair=4)
     nlvr = load_nlvr(tmp_path, **params)
+    folder = next(p for p in tmp_path.iterdir() if p.name.startswith("nlvr-"))
+    files = sorted(folder.rglob("*"))
     for split in nlvr.values():
         images, statements = nlvr_images(split)
         assert images.num_rows == 2 * split.num_rows // 4 and statements.num_rows == split.num_rows
-        split.select([3, 1])  # datasets' own index-map file next to the cached table
-    folder = next(p for p in tmp_path.iterdir() if p.name.startswith("nlvr-"))
+    assert sorted(folder.rglob("*")) == files  # nothing written into the cache (other processes read it)
+    for split in nlvr.values():
+        split.select([3, 1]).flatten_indices()  # datasets' own cache-*.arrow files next to the cached table
+    assert len(sorted(folder.rglob("*"))) > len(files)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a "rebuilding it" warning would fail here
         again = load_nlvr(tmp_path, **params)

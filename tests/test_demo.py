@@ -79,7 +79,7 @@ def test_demo_stage_settings():
     from minivlm_hf.training.demo import demo_config, init_stage, stage_config
 
     settings = demo_config(quick=False)
-    assert init_stage(settings, "vqa") == "pretrain"
+    assert init_stage(settings, "retrieval") == "pretrain"
     vqa = stage_config(settings, "vqa")
     assert vqa["training"]["bf16"] == "auto" and vqa["fusion"]["vqa_loss"] == "softmax" and vqa["data"]["tag_attributes"]
     settings = demo_config(quick=False, overrides={"stages": {"vqa": {"init_from_stage": "caption"}}})
@@ -88,6 +88,9 @@ def test_demo_stage_settings():
     settings = demo_config(quick=True, overrides={"stages": {"vqa": {"init_from_stage": "nlvr"}}})
     with pytest.raises(ValueError, match="earlier fusion stage"):
         init_stage(settings, "vqa")
+    settings = demo_config(quick=True, overrides={"stages": {"caption": {"init_from_stage": "minilm"}}})
+    assert init_stage(settings, "caption") == "minilm"
+    assert stage_config(settings, "caption")["fusion"]["init_from"] is None
 
 
 def test_bf16_auto_resolves_to_a_bool(tmp_path):

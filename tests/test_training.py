@@ -228,3 +228,19 @@ def test_head_lr_multiplier_gives_heads_their_own_learning_rate(tmp_path, cache_
         from minivlm_hf.training.trainers import FusionTrainer
 
         FusionTrainer(model=result.model, args=result.trainer.args, head_lr_multiplier=0)
+
+
+def test_a_task_starts_from_another_tasks_checkpoint(tmp_path, cache_dir):
+    """fusion.init_from another task (the demo chains caption → VQA → retrieval → NLVR): the shared transformer
+    weights carry over, a head of another shape is re-initialised, and VQA's answer labels stay with VQA."""
+    from minivlm_hf.training.recipes import build_fusion_model
+
+    config = load_recipe_config(None, tiny_config(cache_dir, max_steps=1, save_strategy="no"))
+    data = RecipeData(config)
+    vqa = run_stage("vqa", config, tmp_path / "vqa", data=data, evaluate=False, progress=False).model
+    config["fusion"]["init_from"] = str(tmp_path / "vqa")
+    for stage in ("nlvr", "retrieval"):
+        model = build_fusion_model(stage, config, data)
+        assert model.config.num_labels == 2 and len(model.config.id2label) == 2
+        torch.testing.assert_close(model.minivlm.encoder.layer[1].output.dense.weight,
+                                   vqa.minivlm.encoder.layer[1].output.dense.weight, rtol=0, atol=0)

@@ -21,6 +21,7 @@ import torch
 from .recipes import _merge, evaluate_stage, load_recipe_config, run_stage
 
 FUSION_TASKS = ("caption", "vqa", "retrieval", "nlvr")
+MINILM = "minilm"  # init_from_stage value: start from the offline MiniLM instead of an earlier stage
 
 #: Presets: "common" overrides the recipe defaults for every stage; "stages" adds per-stage overrides.
 PRESETS: dict[str, dict] = {
@@ -123,12 +124,13 @@ def stage_config(settings: dict, stage: str, **extra) -> dict:
 
 
 def init_stage(settings: dict, task: str) -> str:
-    """The earlier stage whose model a fine-tuning task starts from (``pretrain`` unless the preset says otherwise)."""
+    """What a fine-tuning task starts from: an earlier fusion stage's model (``pretrain`` unless the preset says
+    otherwise) or ``"minilm"`` (a fresh model with the offline MiniLM text weights, as the pre-training starts)."""
     source = settings["stages"].get(task, {}).get("init_from_stage", "pretrain")
-    order = ["pretrain", *FUSION_TASKS]
+    order = [MINILM, "pretrain", *FUSION_TASKS]
     if source not in order or order.index(source) >= order.index(task):
-        raise ValueError(f"stages.{task}.init_from_stage must be an earlier fusion stage {order[:order.index(task)]}, "
-                         f"got {source!r}")
+        raise ValueError(f"stages.{task}.init_from_stage must be {MINILM!r} or an earlier fusion stage "
+                         f"{order[1:order.index(task)]}, got {source!r}")
     return source
 
 
@@ -324,9 +326,11 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
     titles = {"caption": "image captioning", "vqa": "visual question answering",
               "retrieval": "image-text retrieval", "nlvr": "NLVR (image-pair reasoning)"}
     for task in FUSION_TASKS:
-        header(task, f"fine-tune {titles[task]} from the {init_stage(settings, task)} model")
         source = init_stage(settings, task)
-        config = stage_config(settings, task, fusion={"init_from": str(output_dir / source)})
+        header(task, f"fine-tune {titles[task]} from " + (
+            "the offline MiniLM" if source == MINILM else f"the {source} model"))
+        init_from = None if source == MINILM else str(output_dir / source)
+        config = stage_config(settings, task, fusion={"init_from": init_from})
         with clock(f"{task}: train"):
             trained = run_stage(task, config, output_dir / task, data=data, evaluate=False, progress=progress)
         with clock(f"{task}: reload ({AUTO_CLASSES[task]})"):
@@ -370,6 +374,7 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
                    f"TEE inside (vision_config), tag threshold {d['tag_threshold']}, "
                    f"{'attribute tags' if d.get('tag_attributes') else 'class-name tags'}, "
                    f"VQA loss {base['fusion'].get('vqa_loss', 'bce')}"),
+        "fine-tuning starts from": ", ".join(f"{t} ← {init_stage(settings, t)}" for t in FUSION_TASKS),
         "steps × batch @ lr": ", ".join(
             f"{s} {t['max_steps']}×{t['per_device_train_batch_size']} @ {t['learning_rate']:g}"
             + (" bf16" if t.get("bf16") else "")

@@ -246,7 +246,9 @@ def nlvr_images(nlvr: datasets.Dataset) -> tuple[datasets.Dataset, datasets.Data
     for i, pid in enumerate(pair_ids):
         first.setdefault(pid, i)
     order = list(first.values())
-    pairs = nlvr.select(order, keep_in_memory=True)  # no index-map file written into the scenes cache
+    # In memory: an index map (select) or its flattening (before add_column) would otherwise be written as
+    # cache-*.arrow files into the scenes cache, racing with other processes reading it.
+    pairs = nlvr.select(order, keep_in_memory=True).flatten_indices(keep_in_memory=True)
     sides = []
     for side in ("left", "right"):
         table = pairs.select_columns([f"{side}_image", f"{side}_objects"])

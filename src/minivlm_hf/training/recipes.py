@@ -246,7 +246,10 @@ def build_fusion_model(stage: str, config: dict, data: RecipeData):
         path = Path(init_from)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"fusion.init_from: {path / 'config.json'} does not exist")
-        model = cls.from_pretrained(str(path), **extra, **fields)
+        if stage != "vqa":
+            extra = {"num_labels": 2}  # a VQA source's answer labels do not carry over to another task
+        # Another task's checkpoint: its own head is dropped or, under the same name, re-initialised.
+        model = cls.from_pretrained(str(path), **extra, **fields, ignore_mismatched_sizes=True)
     else:
         detector = data.detector if (with_vision and config["data"]["features"] == "detector") else None
         vision_config = detector.config if detector is not None else None
