@@ -122,6 +122,20 @@ def test_pretraining_masking_and_pollution(tok, table, store):
     assert abs(mask_hits / text_sel - 0.8) < 0.1
 
 
+def test_pretraining_without_masked_labels_on_polluted_pairs(tok, table, store):
+    """mask_polluted=False: the same batch (same draws), but polluted rows carry no masked-token labels."""
+    rows = _rows(caption_examples(table), 0, 24)
+    full = PreTrainingCollator(tok, regions=store, seed=3)(rows)
+    clean = PreTrainingCollator(tok, regions=store, seed=3, mask_polluted=False)(rows)
+    polluted = full["contrastive_labels"] != 0
+    assert 0 < int(polluted.sum()) < len(rows)
+    assert torch.equal(full["input_ids"], clean["input_ids"]) and torch.equal(full["tag_ids"], clean["tag_ids"])
+    for key in ("labels", "tag_labels"):
+        assert (clean[key][polluted] == -100).all()
+        assert torch.equal(clean[key][~polluted], full[key][~polluted])
+    assert (full["labels"][polluted] != -100).any()
+
+
 def test_pretraining_two_way_and_determinism(tok, table, store):
     examples = caption_examples(table)
     rows = _rows(examples, 0, 12)

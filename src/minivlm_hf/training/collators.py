@@ -315,11 +315,14 @@ class PreTrainingCollator(FusionCollator):
     ``pollution - caption_pollution`` (0.25) the tags are replaced by another image's tags (label 1); otherwise the
     pair stays matched (0). With ``num_contrastive_labels=2`` both kinds are label 1. Donors are other rows of the
     batch whose image differs and whose replaced content differs; without one the pair stays matched.
-    ``self.last_swaps`` lists ``(row, kind, donor_row)`` of the last batch.
+    ``self.last_swaps`` lists ``(row, kind, donor_row)`` of the last batch. With ``mask_polluted=False`` the
+    polluted rows carry no masked-token labels (all -100): their text or tags describe another image, and predicting
+    masked words from a mismatched image teaches the model to ignore the image.
     """
 
     def __init__(self, tokenizer, *, mask_probability: float = 0.15, pollution: float = 0.5,
-                 caption_pollution: float = 0.25, num_contrastive_labels: int = 3, **kwargs):
+                 caption_pollution: float = 0.25, num_contrastive_labels: int = 3, mask_polluted: bool = True,
+                 **kwargs):
         super().__init__(tokenizer, **kwargs)
         if not 0 <= caption_pollution <= pollution <= 1:
             raise ValueError(f"need 0 <= caption_pollution <= pollution <= 1, got {caption_pollution}, {pollution}")
@@ -329,6 +332,7 @@ class PreTrainingCollator(FusionCollator):
         self.pollution = pollution
         self.caption_pollution = caption_pollution
         self.num_contrastive_labels = num_contrastive_labels
+        self.mask_polluted = mask_polluted
         self.last_swaps: list[tuple[int, str, int]] = []
 
     def __call__(self, rows: Sequence[dict]) -> dict:
@@ -378,6 +382,10 @@ class PreTrainingCollator(FusionCollator):
                       random_token_range=self.random_token_range)
         masked_ids, labels = mask_tokens(input_ids, ~self._special(input_ids), g, **common)
         masked_tags, tag_labels = mask_tokens(tag_ids, ~self._special(tag_ids), g, **common)
+        if not self.mask_polluted:
+            polluted = contrastive != 0
+            labels[polluted] = -100
+            tag_labels[polluted] = -100
         return {
             "input_ids": masked_ids,
             "attention_mask": attention_mask,

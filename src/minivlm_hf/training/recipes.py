@@ -35,7 +35,8 @@ Recipe config (JSON; every key optional, defaults in :data:`DEFAULT_CONFIG` and 
         "head_lr_multiplier": 1.0             #   lr multiple for region embedding, pooler and task heads
       },
       "collator": {"mask_probability": 0.15, "max_masked_tokens": 3, "pollution": 0.5, "caption_pollution": 0.25,
-                   "caption_swap": 0.5, "tag_source": "detected", "hflip_probability": 0.5},
+                   "caption_swap": 0.5, "tag_source": "detected", "hflip_probability": 0.5,
+                   "mask_polluted": true},            # masked-token labels on polluted pre-training pairs too
       "training": {...},                      # any transformers.TrainingArguments field (max_steps, learning_rate,
                                               # per_device_train_batch_size, warmup_steps, save_steps, ...);
                                               # "bf16": "auto" = bf16 autocast where the hardware has it
@@ -93,7 +94,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     },
     "collator": {
         "mask_probability": 0.15, "max_masked_tokens": 3, "pollution": 0.5, "caption_pollution": 0.25,
-        "caption_swap": 0.5, "tag_source": "detected", "hflip_probability": 0.5,
+        "caption_swap": 0.5, "tag_source": "detected", "hflip_probability": 0.5, "mask_polluted": True,
     },
     "training": {},
     "debug": {"param_hash": False},
@@ -294,7 +295,8 @@ def build_collators(stage: str, config: dict, data: RecipeData, model=None, spli
     if stage == "pretrain":
         return C.PreTrainingCollator(
             tok, regions=data.store(split), mask_probability=col["mask_probability"], pollution=col["pollution"],
-            caption_pollution=col["caption_pollution"], num_contrastive_labels=mcfg.num_contrastive_labels, **common)
+            caption_pollution=col["caption_pollution"], num_contrastive_labels=mcfg.num_contrastive_labels,
+            mask_polluted=col.get("mask_polluted", True), **common)
     if stage == "caption":
         return C.CaptioningCollator(
             tok, regions=data.store(split), mask_probability=col["mask_probability"],
