@@ -79,7 +79,11 @@ def test_demo_stage_settings():
     from minivlm_hf.training.demo import demo_config, init_stage, stage_config
 
     settings = demo_config(quick=False)
-    assert init_stage(settings, "retrieval") == "pretrain"
+    assert [init_stage(settings, t) for t in ("caption", "vqa", "retrieval", "nlvr")] == [
+        "minilm", "caption", "vqa", "retrieval"]
+    assert init_stage(demo_config(quick=True), "retrieval") == "pretrain"  # the default
+    assert stage_config(settings, "retrieval")["evaluation"]["bf16"] == "auto"
+    assert stage_config(settings, "vqa")["evaluation"]["bf16"] is False
     vqa = stage_config(settings, "vqa")
     assert vqa["training"]["bf16"] == "auto" and vqa["fusion"]["vqa_loss"] == "softmax" and vqa["data"]["tag_attributes"]
     settings = demo_config(quick=False, overrides={"stages": {"vqa": {"init_from_stage": "caption"}}})

@@ -244,3 +244,42 @@ def test_a_task_starts_from_another_tasks_checkpoint(tmp_path, cache_dir):
         assert model.config.num_labels == 2 and len(model.config.id2label) == 2
         torch.testing.assert_close(model.minivlm.encoder.layer[1].output.dense.weight,
                                    vqa.minivlm.encoder.layer[1].output.dense.weight, rtol=0, atol=0)
+
+
+def test_fast_extraction_and_bf16_evaluation(tmp_path, cache_dir):
+    """data.extract_fast extracts with the folded-BN + NHWC copy of the trained TEE: the same tags and boxes, features
+    equal to fp32 rounding, the detector itself untouched. evaluation.bf16 runs the evaluation under bf16 autocast."""
+    from unittest import mock
+
+    config = load_recipe_config(None, tiny_config(cache_dir, max_steps=2, save_strategy="no"))
+    config["data"]["features"] = "detector"
+    detector = run_stage("detector", config, tmp_path / "detector", data=RecipeData(config), evaluate=False,
+                         progress=False)
+    config["data"]["detector"] = str(tmp_path / "detector")
+    plain, fast = RecipeData(config), RecipeData({**config, "data": {**config["data"], "extract_fast": True}})
+    assert plain.extractor is plain.detector
+    assert fast.extractor is not fast.detector and fast.extractor.minivlm_optimizations.folded_batch_norms > 0
+    a, b = plain.features("test"), fast.features("test")
+    assert a["tags"] == b["tags"] and a["region_mask"] == b["region_mask"]
+    torch.testing.assert_close(torch.tensor(b["region_boxes"]), torch.tensor(a["region_boxes"]), rtol=0, atol=1e-4)
+    torch.testing.assert_close(torch.tensor(b["region_features"]), torch.tensor(a["region_features"]),
+                               rtol=1e-3, atol=1e-3)
+    assert any(m.__class__.__name__ == "BatchNorm2d" for m in fast.detector.modules())
+    assert detector.model is not None
+
+    from minivlm_hf.training import recipes
+
+    config["evaluation"]["bf16"] = True
+    result = run_stage("nlvr", config, tmp_path / "nlvr", data=plain, evaluate=False, progress=False)
+    seen = []
+    original = recipes._evaluate_stage
+
+    def spy(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return original(*args, **kwargs)
+
+    with mock.patch.object(recipes, "_evaluate_stage", spy):
+        metrics, _ = recipes.evaluate_stage("nlvr", result.model, config, plain, progress=False)
+        config["evaluation"]["bf16"] = False
+        recipes.evaluate_stage("nlvr", result.model, config, plain, progress=False)
+    assert seen == [True, False] and 0.0 <= metrics["accuracy"] <= 1.0

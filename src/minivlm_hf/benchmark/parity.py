@@ -86,7 +86,8 @@ def run_parity(model_dir, *, limit: int | None = None, cache_dir=None, tasks=("d
         tmp = tempfile.TemporaryDirectory(prefix="minivlm-parity-")
         cache_dir = tmp.name
     settings["common"].setdefault("data", {})["cache_dir"] = str(cache_dir)
-    overrides = {"evaluation": {"limit": limit}} if limit else {}
+    # Every variant is evaluated as it is: no bf16 autocast from the demo's evaluation settings.
+    overrides = {"evaluation": {"limit": limit, "bf16": False}} if limit else {"evaluation": {"bf16": False}}
 
     def cfg(stage):
         return stage_config(settings, stage, **overrides)

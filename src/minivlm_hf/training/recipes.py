@@ -20,6 +20,7 @@ Recipe config (JSON; every key optional, defaults in :data:`DEFAULT_CONFIG` and 
                                               # (ground-truth codes, for tests / upper bounds)
         "detector": null,                     # folder of a trained detector (train detector ... output)
         "features_dir": null,                 # reuse / store extracted features here
+        "extract_fast": false,                # extract with the folded-BN + NHWC copy of the TEE (same detections)
         "oracle_feature_size": 32, "oracle_num_regions": 10,
         "tag_threshold": 0.3,                 # a region becomes a tag at this detection score
         "tag_attributes": false,              # tags "attribute … class" per region (VinVL style) instead of
@@ -41,7 +42,8 @@ Recipe config (JSON; every key optional, defaults in :data:`DEFAULT_CONFIG` and 
                                               # per_device_train_batch_size, warmup_steps, save_steps, ...);
                                               # "bf16": "auto" = bf16 autocast where the hardware has it
       "evaluation": {"split": "test", "limit": null, "num_candidates": 100, "max_new_tokens": 20, "num_beams": 1,
-                     "batch_size": 64, "detection_threshold": 0.0},
+                     "batch_size": 64, "detection_threshold": 0.0,
+                     "bf16": false},                  # evaluate under bf16 autocast ("auto": where it is fast)
       "debug": {"param_hash": false}          # every rank writes param_hash_rank{R}.json at the end (DDP checks)
     }
 
@@ -79,7 +81,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "nlvr_num_train": 1000, "nlvr_num_validation": 50, "nlvr_num_test": 100, "nlvr_statements_per_pair": 2,
         "min_size": 160, "max_size": 320, "image_size": 256, "fusion_num_train": None, "features": "detector",
         "detector": None, "features_dir": None,
-        "oracle_feature_size": 32, "oracle_num_regions": 10, "extract_batch_size": 16, "tag_threshold": 0.3,
+        "oracle_feature_size": 32, "oracle_num_regions": 10, "extract_batch_size": 16, "extract_fast": False,
+        "tag_threshold": 0.3,
         "tag_attributes": False, "tag_attribute_threshold": 0.5,
     },
     "detector": {
@@ -100,7 +103,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "debug": {"param_hash": False},
     "evaluation": {
         "split": "test", "limit": None, "num_candidates": 100, "max_new_tokens": 20, "num_beams": 1, "batch_size": 64,
-        "detection_threshold": 0.0,
+        "detection_threshold": 0.0, "bf16": False,
     },
 }
 
@@ -330,6 +333,17 @@ def stage_datasets(stage: str, data: RecipeData, split: str):
 # evaluation on the held-out split
 # ---------------------------------------------------------------------------------------------------------------------
 def evaluate_stage(stage: str, model, config: dict, data: RecipeData, *, progress: bool = True) -> tuple[dict, dict]:
+    """Evaluate ``model`` on ``config["evaluation"]["split"]``; with ``evaluation.bf16`` (true / "auto") under bf16
+    autocast (the model's weights stay as they are)."""
+    use_bf16 = config["evaluation"].get("bf16", False)
+    device_type = next(model.parameters()).device.type
+    if use_bf16 == "auto":
+        use_bf16 = bf16_available(cpu=device_type == "cpu")
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bool(use_bf16)):
+        return _evaluate_stage(stage, model, config, data, progress=progress)
+
+
+def _evaluate_stage(stage: str, model, config: dict, data: RecipeData, *, progress: bool = True) -> tuple[dict, dict]:
     from .features import caption_examples, vqa_examples
 
     ev = config["evaluation"]
