@@ -129,16 +129,15 @@ def batched_nms_top_k(
     """
     prefix = prefix_factor * k
     counts = torch.bincount(batch_index, minlength=batch_size)
-    if scores.numel() == 0 or int(counts.max()) <= prefix:
+    keep = None
+    if scores.numel() > 0 and int(counts.max()) > prefix:
+        order = scores.argsort(descending=True, stable=True)
+        best, _ = _top_k_per_image(order, batch_index[order], prefix, batch_size)
+        keep = best[batched_nms(boxes[best], scores[best], batch_index[best], iou_threshold)]
+        if not bool(((torch.bincount(batch_index[keep], minlength=batch_size) >= k) | (counts <= prefix)).all()):
+            keep = None  # some image's prefix ran out before k boxes were kept: full NMS
+    if keep is None:
         keep = batched_nms(boxes, scores, batch_index, iou_threshold)
-        return _top_k_per_image(keep, batch_index[keep], k, batch_size)
-    order = scores.argsort(descending=True, stable=True)
-    best, _ = _top_k_per_image(order, batch_index[order], prefix, batch_size)
-    keep = best[batched_nms(boxes[best], scores[best], batch_index[best], iou_threshold)]
-    kept_counts = torch.bincount(batch_index[keep], minlength=batch_size)
-    if bool(((kept_counts >= k) | (counts <= prefix)).all()):
-        return _top_k_per_image(keep, batch_index[keep], k, batch_size)
-    keep = batched_nms(boxes, scores, batch_index, iou_threshold)
     return _top_k_per_image(keep, batch_index[keep], k, batch_size)
 
 

@@ -87,7 +87,7 @@ def run_parity(model_dir, *, limit: int | None = None, cache_dir=None, tasks=("d
         cache_dir = tmp.name
     settings["common"].setdefault("data", {})["cache_dir"] = str(cache_dir)
     # Every variant is evaluated as it is: no bf16 autocast from the demo's evaluation settings.
-    overrides = {"evaluation": {"limit": limit, "bf16": False}} if limit else {"evaluation": {"bf16": False}}
+    overrides = {"evaluation": {"bf16": False, **({"limit": limit} if limit else {})}}
 
     def cfg(stage):
         return stage_config(settings, stage, **overrides)

@@ -20,7 +20,6 @@ generator (then successive calls differ).
 from __future__ import annotations
 
 import abc
-
 import zlib
 from collections.abc import Sequence
 from typing import Any

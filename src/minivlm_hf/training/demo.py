@@ -61,7 +61,8 @@ PRESETS: dict[str, dict] = {
             "vqa": {"init_from_stage": "caption",
                     "training": {"max_steps": 400, "per_device_train_batch_size": 48, "learning_rate": 1e-4,
                                  "bf16": "auto"}},
-            # Scoring 100 x 100 image-caption pairs is the costliest evaluation: bf16 autocast (parity: same R@k).
+            # Scoring 100 x 100 image-caption pairs is the costliest evaluation: bf16 autocast (54 -> 20 s; the same
+            # R@k as fp32 scoring of the same model in the measured demo runs).
             "retrieval": {"init_from_stage": "vqa", "evaluation": {"bf16": "auto"},
                           "training": {"max_steps": 150, "per_device_train_batch_size": 32, "learning_rate": 1e-4,
                                        "bf16": "auto"}},

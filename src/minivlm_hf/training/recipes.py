@@ -174,7 +174,7 @@ def training_attention(config: dict, use_cpu: bool) -> str | None:
     of a training step; the eager matmul + softmax path made the step 1.7x faster. Elsewhere the model's own
     (``sdpa``) is kept."""
     choice = config.get("fusion", {}).get("train_attn_implementation", "auto")
-    if choice in (None, "", "model"):
+    if not choice:
         return None
     if choice == "auto":
         return "eager" if use_cpu else None
