@@ -41,23 +41,39 @@ class MiniVLMEmbeddings(nn.Module):
 
 
 class MiniVLMRegionEmbeddings(nn.Module):
-    """Linear(region feature ⊕ box geometry → hidden), LayerNorm, dropout. No position or token-type embedding."""
+    """Region feature + box geometry → hidden; no position or token-type embedding.
+
+    `config.region_box_embedding == "concat"` (OSCAR): LayerNorm(Linear(feature ⊕ geometry)), dropout.
+    `"separate"` (LXMERT): (LayerNorm(Linear(feature)) + LayerNorm(Linear(geometry))) / 2, dropout: each input is
+    normalised on its own, so the geometry counts as much as the feature from the first step.
+    """
 
     def __init__(self, config: MiniVLMConfig):
         super().__init__()
-        self.projection = nn.Linear(config.region_feature_size + config.box_feature_size, config.hidden_size)
+        self.separate_boxes = config.region_box_embedding == "separate"
+        in_features = config.region_feature_size + (0 if self.separate_boxes else config.box_feature_size)
+        self.projection = nn.Linear(in_features, config.hidden_size)
         self.LayerNorm = (
             nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.use_image_layer_norm else nn.Identity()
         )
+        if self.separate_boxes:
+            self.box_projection = nn.Linear(config.box_feature_size, config.hidden_size)
+            self.box_LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.box_feature_size = config.box_feature_size
 
     def forward(self, region_features: torch.FloatTensor, region_boxes: torch.FloatTensor) -> torch.FloatTensor:
+        """`region_features` (batch, regions, region_feature_size), `region_boxes` (batch, regions, 4) normalised
+        xyxy → (batch, regions, hidden_size)."""
         geometry = region_boxes
         if self.box_feature_size == 6:
             wh = region_boxes[..., 2:4] - region_boxes[..., 0:2]
             geometry = torch.cat([region_boxes, wh], dim=-1)
-        features = torch.cat([region_features, geometry.to(region_features.dtype)], dim=-1)
+        geometry = geometry.to(region_features.dtype)
+        if self.separate_boxes:
+            features = self.LayerNorm(self.projection(region_features))
+            return self.dropout((features + self.box_LayerNorm(self.box_projection(geometry))) / 2)
+        features = torch.cat([region_features, geometry], dim=-1)
         return self.dropout(self.LayerNorm(self.projection(features)))
 
 

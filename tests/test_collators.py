@@ -217,6 +217,29 @@ def test_retrieval_negatives(tok, table, store):
     assert kinds == {"caption", "image"}
 
 
+def test_hard_retrieval_negatives_take_the_most_similar_caption(tok, table, store):
+    examples = caption_examples(table)
+    rows = [examples[i] for i in range(0, 200, 5)][:16]
+    collator = RetrievalCollator(tok, regions=store, seed=2, hard_negatives=1.0)
+    collator(rows)
+    words = [set(r["caption"].split()) for r in rows]
+
+    def jaccard(a, b):
+        return len(words[a] & words[b]) / len(words[a] | words[b])
+
+    for i, _kind, j in collator.last_swaps:
+        donors = [k for k in range(len(rows)) if rows[k]["image_index"] != rows[i]["image_index"]
+                  and rows[k]["caption"] != rows[i]["caption"]]
+        assert j in donors and jaccard(i, j) == max(jaccard(i, k) for k in donors)
+    # Random donors are less similar on average than the hardest ones.
+    easy = RetrievalCollator(tok, regions=store, seed=2)
+    easy(rows)
+    mean = lambda swaps: sum(jaccard(i, j) for i, _, j in swaps) / len(swaps)  # noqa: E731
+    assert mean(collator.last_swaps) > mean(easy.last_swaps) + 0.1
+    with pytest.raises(ValueError, match="hard_negatives"):
+        RetrievalCollator(tok, hard_negatives=1.5)
+
+
 def test_nlvr_collator_pairs(tok):
     nlvr = build_nlvr(6, 0, 0, seed=1)["train"]
     images, statements = nlvr_images(nlvr)

@@ -489,13 +489,26 @@ class RetrievalCollator(FusionCollator):
     """Image-text matching batches with one negative per positive: each row (image, ``caption``) gives the matched
     pair (label 1) followed by a negative (label 0) in which, with probability ``caption_swap`` (0.5), the caption is
     another image's caption, otherwise the image (regions + tags) is another row's image. Donors come from the
-    batch (a different image and a different caption). The output has 2 × batch rows; ``self.last_swaps`` lists
+    batch (a different image and a different caption). With probability ``hard_negatives`` the donor is a hard one:
+    the row whose caption shares the most words with this row's (Jaccard over word sets, ties at random), e.g. "a
+    red circle above a blue square" against "a red circle above a green square", so the model must read the
+    details; otherwise any donor at random. The output has 2 × batch rows; ``self.last_swaps`` lists
     ``(row, kind, donor_row)``."""
 
-    def __init__(self, tokenizer, *, caption_swap: float = 0.5, **kwargs):
+    def __init__(self, tokenizer, *, caption_swap: float = 0.5, hard_negatives: float = 0.0, **kwargs):
         super().__init__(tokenizer, **kwargs)
+        if not 0.0 <= hard_negatives <= 1.0:
+            raise ValueError(f"hard_negatives must be a probability in [0, 1], got {hard_negatives}")
         self.caption_swap = caption_swap
+        self.hard_negatives = hard_negatives
         self.last_swaps: list[tuple[int, str, int]] = []
+
+    @staticmethod
+    def _hardest(i: int, donors: list[int], words: list[set], g: torch.Generator) -> list[int]:
+        """The donors whose captions overlap most with caption ``i`` (Jaccard of word sets)."""
+        overlap = [len(words[i] & words[j]) / max(1, len(words[i] | words[j])) for j in donors]
+        best = max(overlap)
+        return [j for j, o in zip(donors, overlap) if o == best]
 
     def __call__(self, rows: Sequence[dict]) -> dict:
         if len(rows) < 2:
@@ -509,6 +522,8 @@ class RetrievalCollator(FusionCollator):
         texts, image_rows, labels = [], [], []
         self.last_swaps = []
         draws = torch.rand(len(rows), generator=g)
+        hard = torch.rand(len(rows), generator=g) < self.hard_negatives
+        words = [set(c.split()) for c in captions] if self.hard_negatives else []
         for i in range(len(rows)):
             texts.append(captions[i])
             image_rows.append(i)
@@ -516,6 +531,8 @@ class RetrievalCollator(FusionCollator):
             donors = [j for j in range(len(rows)) if image_keys[j] != image_keys[i] and captions[j] != captions[i]]
             if not donors:  # every row shows the same image: fall back to any other caption
                 donors = [j for j in range(len(rows)) if captions[j] != captions[i]] or [(i + 1) % len(rows)]
+            if hard[i]:
+                donors = self._hardest(i, donors, words, g)
             j = donors[int(torch.randint(len(donors), (1,), generator=g))]
             if float(draws[i]) < self.caption_swap:
                 texts.append(captions[j])

@@ -55,15 +55,21 @@ PRESETS: dict[str, dict] = {
             "pretrain": {"collator": {"mask_polluted": False},
                          "training": {"max_steps": 100, "per_device_train_batch_size": 48, "learning_rate": 1e-4,
                                       "bf16": "auto"}},
+            # Captioning: 50% of the caption tokens masked (at most 12) instead of OSCAR's 15% / 3 and lr 3e-4: CIDEr-D
+            # 0.87 vs 0.62 (0.75 with the masking alone; 0.55 at lr 6e-4); 3-beam search 0.92 vs greedy 0.87.
             "caption": {"init_from_stage": MINILM,
-                        "training": {"max_steps": 200, "per_device_train_batch_size": 48, "learning_rate": 1e-4,
+                        "collator": {"mask_probability": 0.5, "max_masked_tokens": 12},
+                        "evaluation": {"num_beams": 3},
+                        "training": {"max_steps": 200, "per_device_train_batch_size": 48, "learning_rate": 3e-4,
                                      "bf16": "auto"}},
             "vqa": {"init_from_stage": "caption",
                     "training": {"max_steps": 400, "per_device_train_batch_size": 48, "learning_rate": 1e-4,
                                  "bf16": "auto"}},
             # Scoring 100 x 100 image-caption pairs is the costliest evaluation: bf16 autocast (54 -> 20 s; the same
-            # R@k as fp32 scoring of the same model in the measured demo runs).
+            # R@k as fp32 scoring of the same model in the measured demo runs). Half the negatives are the batch's most
+            # similar caption / its image: image->text R@1 37% vs 33% with random negatives only (38% with all hard).
             "retrieval": {"init_from_stage": "vqa", "evaluation": {"bf16": "auto"},
+                          "collator": {"hard_negatives": 0.5},
                           "training": {"max_steps": 150, "per_device_train_batch_size": 32, "learning_rate": 1e-4,
                                        "bf16": "auto"}},
             "nlvr": {"init_from_stage": "retrieval",
@@ -389,6 +395,8 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
             f"{s} {t['max_steps']}×{t['per_device_train_batch_size']} @ {t['learning_rate']:g}"
             + (" bf16" if t.get("bf16") else "")
             for s, t in ((s, {**_stage_defaults(s), **v}) for s, v in stage_settings.items())),
+        "caption decoding": f"{stage_config(settings, 'caption')['evaluation']['num_beams']}-beam search, "
+                            f"at most {stage_config(settings, 'caption')['evaluation']['max_new_tokens']} tokens",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                    f"{'CUDA' if torch.cuda.is_available() else 'CPU only'}",
     }
@@ -474,7 +482,8 @@ def _gallery(path: Path, data, detector, task_models: dict, settings: dict, quic
         max_new = min(settings["common"].get("evaluation", {}).get("max_new_tokens", 20),
                       captioner.config.max_text_length - 2)
         ids = captioner.generate(pixel_values=pixels["pixel_values"], pixel_mask=pixels["pixel_mask"],
-                                 max_new_tokens=max_new, do_sample=False)
+                                 max_new_tokens=max_new, do_sample=False,
+                                 num_beams=stage_config(settings, "caption")["evaluation"]["num_beams"])
         caption = caption_processor.batch_decode(ids)[0]
         question = row["questions"][0]
         qa_inputs = vqa_processor(images=[image], text=[question], return_tensors="pt")
