@@ -43,7 +43,8 @@ class MiniVLMEmbeddings(nn.Module):
 class MiniVLMRegionEmbeddings(nn.Module):
     """Region feature + box geometry → hidden; no position or token-type embedding.
 
-    `config.region_box_embedding == "concat"` (OSCAR): LayerNorm(Linear(feature ⊕ geometry)), dropout.
+    `config.region_box_embedding == "concat"` (OSCAR): LayerNorm(Linear(feature ⊕ geometry)), dropout; a fresh
+    model's geometry columns are initialised at sqrt(feature size / 6) x the usual std (see `_init_weights`).
     `"separate"` (LXMERT): (LayerNorm(Linear(feature)) + LayerNorm(Linear(geometry))) / 2, dropout: each input is
     normalised on its own, so the geometry counts as much as the feature from the first step.
     """
@@ -53,6 +54,8 @@ class MiniVLMRegionEmbeddings(nn.Module):
         self.separate_boxes = config.region_box_embedding == "separate"
         in_features = config.region_feature_size + (0 if self.separate_boxes else config.box_feature_size)
         self.projection = nn.Linear(in_features, config.hidden_size)
+        # read by MiniVLMPreTrainedModel._init_weights: the geometry columns start at the features' variance share
+        self.projection.geometry_columns = 0 if self.separate_boxes else config.box_feature_size
         self.LayerNorm = (
             nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.use_image_layer_norm else nn.Identity()
         )

@@ -193,3 +193,20 @@ def test_separate_box_embedding_is_lxmert_average_and_reloads(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**text_inputs(), **inputs).last_hidden_state,
                                    model(**text_inputs(), **inputs).last_hidden_state, atol=0, rtol=0)
+
+
+def test_concat_geometry_columns_start_with_the_features_variance_share(tmp_path):
+    torch.manual_seed(0)
+    config = tiny_fusion_config(region_feature_size=384, hidden_size=64, num_attention_heads=4)
+    model = MiniVLMModel(config)
+    weight = model.region_embeddings.projection.weight
+    features, geometry = weight[:, :-6], weight[:, -6:]
+    ratio = geometry.std() / features.std()
+    assert abs(ratio - (384 / 6) ** 0.5) < 0.25 * (384 / 6) ** 0.5  # sqrt(64) = 8x the feature columns' std
+    # The two blocks now contribute comparable variance for inputs of comparable size.
+    x = torch.randn(4096, 390)
+    assert 0.5 < (x[:, -6:] @ geometry.T).var() / (x[:, :-6] @ features.T).var() < 2.0
+    # Loading never re-scales stored weights.
+    model.save_pretrained(tmp_path)
+    reloaded = MiniVLMModel.from_pretrained(tmp_path)
+    assert torch.equal(reloaded.region_embeddings.projection.weight, weight)
