@@ -48,17 +48,23 @@ def _outside_tees(name: str, tee_prefixes: list[str]) -> bool:
     return not any(name == p or name.startswith(p + ".") or p == "" for p in tee_prefixes)
 
 
-def fusion_linear_names(model: nn.Module, include_lm_head: bool = True) -> list[str]:
+def fusion_linear_names(model: nn.Module, include_lm_head: bool = True,
+                        include_region_embedding: bool = False) -> list[str]:
     """Qualified names of the ``nn.Linear`` layers of ``model`` that are not inside a TEE.
 
     ``include_lm_head=False`` skips a masked-LM decoder (``cls.predictions.decoder``, tied to the word
     embeddings): quantising it unties it (an int8 copy is made) and shifts every vocabulary logit a little.
+    The region embedding (``region_embeddings.*``) is skipped unless ``include_region_embedding``: its weight mixes
+    ~1024 feature columns with 6 geometry columns started ~13x larger (see ``MiniVLMPreTrainedModel._init_weights``),
+    so one int8 scale per tensor would round the feature weights coarsely; it is one small matmul per region.
     """
     tees = _tee_prefixes(model)
     names = []
     for name, module in model.named_modules():
         if type(module) is nn.Linear and _outside_tees(name, tees):
             if not include_lm_head and name.endswith("predictions.decoder"):
+                continue
+            if not include_region_embedding and "region_embeddings." in name:
                 continue
             names.append(name)
     return names
