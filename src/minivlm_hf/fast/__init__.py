@@ -15,10 +15,11 @@ part) and :mod:`.fusion` (int8, bf16, compiled encoder). Parity of each path is 
 ``tests/test_fast_paths.py``; speed by ``minivlm-hf benchmark --part fast`` and quality on the scenes test split
 by ``minivlm-hf benchmark --part parity --model-dir DEMO_OUT``.
 
-Measured quality (``--part parity`` on a full ``minivlm-hf demo`` run, scenes test split): fused BN + channels_last
-gives identical detections; bf16 and int8 keep VQA and captioning within 1 point (int8 CIDEr -0.7); int8 loses up
-to 7 points of retrieval recall (per-channel or encoder-only int8 did not recover it) and 2 points of NLVR accuracy,
-so prefer bf16 (or fp32) for retrieval / NLVR.
+Measured quality (``--part parity`` on the 17.2-minute ``minivlm-hf demo`` run of the previous preset, scenes test
+split, see the README): fused BN + channels_last gives identical detections; bf16 stays within 1 point except VQA
+relation -1.7 / count +1.2 and CIDEr-D -1.4; int8 (region embedding then quantised too) lost VQA -3.0, CIDEr-D -10.7,
+NLVR -3.0 and retrieval R@5 -4, so prefer bf16 (or fp32) where quality matters. int8 now keeps the region embedding
+in float (see ``fusion_linear_names``); not re-measured.
 
 Notes:
 - int8 needs ``torch.ao.quantization.quantize_dynamic`` (deprecated upstream in favour of torchao, still working
