@@ -15,11 +15,10 @@ part) and :mod:`.fusion` (int8, bf16, compiled encoder). Parity of each path is 
 ``tests/test_fast_paths.py``; speed by ``minivlm-hf benchmark --part fast`` and quality on the scenes test split
 by ``minivlm-hf benchmark --part parity --model-dir DEMO_OUT``.
 
-Measured quality (``--part parity`` on the 17.2-minute ``minivlm-hf demo`` run of the previous preset, scenes test
-split, see the README): fused BN + channels_last gives identical detections; bf16 stays within 1 point except VQA
-relation -1.7 / count +1.2 and CIDEr-D -1.4; int8 (region embedding then quantised too) lost VQA -3.0, CIDEr-D -10.7,
-NLVR -3.0 and retrieval R@5 -4, so prefer bf16 (or fp32) where quality matters. int8 now keeps the region embedding
-in float (see ``fusion_linear_names``); not re-measured.
+Measured quality (``--part parity`` on a full ``minivlm-hf demo`` run, scenes test split; see the README for
+every figure): fused BN + channels_last gives identical detections and VQA; bf16 stays within about 1 point (VQA
+-0.4, CIDEr-D +1.2, NLVR +0); int8 (region embedding kept in float) loses VQA -2.3, CIDEr-D -13.2 and NLVR -3.5,
+so prefer bf16 (or fp32) where quality matters.
 
 Notes:
 - int8 needs ``torch.ao.quantization.quantize_dynamic`` (deprecated upstream in favour of torchao, still working
