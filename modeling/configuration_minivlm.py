@@ -38,8 +38,8 @@ class MiniVLMConfig(PreTrainedConfig):
         region_box_embedding (`str`, defaults to `"concat"`): how box geometry enters the region embedding.
             `"concat"` (OSCAR): one Linear over the feature ⊕ geometry. `"separate"` (LXMERT): Linear + LayerNorm of
             the feature and of the geometry, averaged, so the 6 geometry values are not drowned by the feature
-            (TEE features have norms ~50 against ~1 for the box); on the synthetic scenes "concat" left left/right
-            questions at chance.
+            (TEE features have norms ~50 against ~1 for the box). A fresh "concat" model starts its geometry columns
+            scaled up for the same reason (see `MiniVLMPreTrainedModel._init_weights`).
         freeze_vision_model (`bool`, defaults to `True`):
             Run the TEE inside the fusion model as a frozen extractor (eval mode, no gradients), as OSCAR uses its
             detector. Train the TEE on its own with `TEEForObjectDetection`.

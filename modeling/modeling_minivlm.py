@@ -17,9 +17,8 @@ Remote-code file: imports only torch, transformers and sibling files (flat relat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn

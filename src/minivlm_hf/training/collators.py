@@ -504,7 +504,7 @@ class RetrievalCollator(FusionCollator):
         self.last_swaps: list[tuple[int, str, int]] = []
 
     @staticmethod
-    def _hardest(i: int, donors: list[int], words: list[set], g: torch.Generator) -> list[int]:
+    def _hardest(i: int, donors: list[int], words: list[set]) -> list[int]:
         """The donors whose captions overlap most with caption ``i`` (Jaccard of word sets)."""
         overlap = [len(words[i] & words[j]) / max(1, len(words[i] | words[j])) for j in donors]
         best = max(overlap)
@@ -532,7 +532,7 @@ class RetrievalCollator(FusionCollator):
             if not donors:  # every row shows the same image: fall back to any other caption
                 donors = [j for j in range(len(rows)) if captions[j] != captions[i]] or [(i + 1) % len(rows)]
             if hard[i]:
-                donors = self._hardest(i, donors, words, g)
+                donors = self._hardest(i, donors, words)
             j = donors[int(torch.randint(len(donors), (1,), generator=g))]
             if float(draws[i]) < self.caption_swap:
                 texts.append(captions[j])
