@@ -67,6 +67,11 @@ class MiniVLMConfig(PreTrainedConfig):
         num_contrastive_labels (`int`, defaults to 3): 3 = matched / tags polluted / caption polluted, 2 = matched
             / polluted.
         caption_label_smoothing (`float`, defaults to 0.1): label smoothing of the captioning loss.
+        caption_objective (`str`, defaults to `"masked_tokens"`): how captioning trains. `"masked_tokens"` (OSCAR):
+            the collator replaces some caption tokens by [MASK] and the model predicts them, each seeing the
+            (partly masked) caption before it. `"next_token"`: the caption is left intact (`labels` = `input_ids`,
+            pads -100) and one [MASK] query per position predicts every next token in one pass, each query seeing
+            the image, the real caption tokens before it and itself: exactly the computation of a `generate` step.
         vqa_classifier (`str`, defaults to `"mlp"`): `"mlp"` (h → 2h → answers, as OSCAR) or `"linear"`.
         classifier_dropout (`float`, *optional*): dropout before the classification heads.
         mask_token_id, cls_token_id, sep_token_id: special token ids (BERT uncased by default).
@@ -104,6 +109,7 @@ class MiniVLMConfig(PreTrainedConfig):
     tag_attribute_token_ids: dict | None = None
     num_contrastive_labels: int = 3
     caption_label_smoothing: float | int = 0.1
+    caption_objective: str = "masked_tokens"
     vqa_classifier: str = "mlp"
     vqa_loss: str = "bce"
     classifier_dropout: float | int | None = None
@@ -159,6 +165,8 @@ class MiniVLMConfig(PreTrainedConfig):
             fail("max_tag_attributes", f"must be >= 0, got {self.max_tag_attributes}")
         if not 0.0 <= self.caption_label_smoothing < 1.0:
             fail("caption_label_smoothing", f"must be in [0, 1), got {self.caption_label_smoothing}")
+        if self.caption_objective not in ("masked_tokens", "next_token"):
+            fail("caption_objective", f"must be 'masked_tokens' or 'next_token', got {self.caption_objective!r}")
         if self.type_vocab_size < 2:
             fail("type_vocab_size", "needs 2 token types (0 = text, 1 = tags)")
         if self.vision_config is not None and self.vision_config.box_head_dim != self.region_feature_size:

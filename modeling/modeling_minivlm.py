@@ -82,6 +82,8 @@ class MiniVLMModelOutput(ModelOutput):
     text_slice (`slice`): where the `input_ids` tokens sit in `last_hidden_state`.
     tag_slice (`slice`): where the tag tokens sit.
     region_slice (`slice`): where the region tokens sit.
+    query_slice (`slice`): caption mode: where the appended [MASK] queries sit (`append_mask_token` /
+        `next_token_queries`).
     prefix_attention_mask (`torch.LongTensor` of shape `(batch_size, num_tags + num_regions)`):
         Validity of the cached image prefix in caption mode (used by generation).
     cache (`Cache`): key/value cache (caption mode with `use_cache=True`).
@@ -96,6 +98,7 @@ class MiniVLMModelOutput(ModelOutput):
     text_slice: slice | None = None
     tag_slice: slice | None = None
     region_slice: slice | None = None
+    query_slice: slice | None = None
     prefix_attention_mask: torch.LongTensor | None = None
     cache: Cache | None = None
     region_boxes: torch.FloatTensor | None = None
@@ -308,6 +311,7 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
         use_cache: bool | None = None,
         prefix_attention_mask: torch.LongTensor | None = None,
         append_mask_token: bool = False,
+        next_token_queries: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -336,6 +340,9 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
                 cached tags + regions when decoding with a cache (returned by the prefill call).
             append_mask_token (`bool`): caption mode: append a `[MASK]` query after the caption whose state
                 predicts the next word; it attends to everything and is never cached.
+            next_token_queries (`bool`): caption mode, training (no cache): append `text_length - 1` `[MASK]`
+                queries; query `k` sits at position `k + 1` and sees the prefix, the caption tokens `0 … k` and itself
+                (not the other queries), so it computes what `append_mask_token` computes after `k + 1` tokens.
         """
         output_attentions = bool(output_attentions)
         output_hidden_states = (
@@ -405,15 +412,28 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             past_caption = attention_mask.shape[1] - text_length
             position_ids = (torch.arange(text_length, device=device) + past_caption).unsqueeze(0).expand(batch, -1)
         text_embeddings = self._embed_tokens(input_ids, token_type_ids, 0, position_ids)
-        mask_embeddings = None
-        if append_mask_token:
+        mask_embeddings, mask_positions = None, None
+        if append_mask_token or next_token_queries:
             if attention_mode != "caption":
-                raise ValueError("append_mask_token is only used in attention_mode='caption'")
-            next_position = (position_ids[:, -1:] + 1) if position_ids is not None else None
-            mask_ids = torch.full((batch, 1), self.config.mask_token_id, dtype=torch.long, device=device)
-            mask_embeddings = self._embed_tokens(mask_ids, 0, text_length, next_position)
+                raise ValueError("append_mask_token / next_token_queries are only used in attention_mode='caption'")
+            if append_mask_token and next_token_queries:
+                raise ValueError("pass append_mask_token (generation) or next_token_queries (training), not both")
+            if next_token_queries and cached:
+                raise ValueError("next_token_queries cannot be combined with a filled cache")
+            past_caption = attention_mask.shape[1] - text_length
+            if append_mask_token:  # one query after the caption so far
+                mask_positions = torch.tensor([past_caption + text_length], device=device)
+                query_position_ids = (position_ids[:, -1:] + 1) if position_ids is not None else None
+            else:  # one query per next token: positions 1 … text_length-1
+                mask_positions = torch.arange(1, text_length, device=device)
+                query_position_ids = position_ids[:, 1:] if position_ids is not None else None
+            mask_ids = torch.full((batch, mask_positions.numel()), self.config.mask_token_id, dtype=torch.long,
+                                  device=device)
+            start = past_caption + text_length if append_mask_token else 1
+            mask_embeddings = self._embed_tokens(mask_ids, 0, start, query_position_ids)
 
         dtype = text_embeddings.dtype
+        query_slice = None
         if attention_mode == "bidirectional":
             hidden = torch.cat([text_embeddings] + pieces, dim=1)
             valid = torch.cat([attention_mask.long()] + masks, dim=1).bool()
@@ -424,12 +444,15 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             commit, prefix_valid = None, None
         else:
             hidden, allowed, prefix_valid = self._caption_layout(
-                text_embeddings, mask_embeddings, pieces, masks, attention_mask, prefix_attention_mask, cached, cache
+                text_embeddings, mask_embeddings, mask_positions, pieces, masks, attention_mask, prefix_attention_mask,
+                cached,
             )
             prefix_length = 0 if cached else num_tags + num_regions
             tag_slice = slice(0, num_tags)
             region_slice = slice(num_tags, prefix_length)
             text_slice = slice(prefix_length, prefix_length + text_length)
+            if mask_embeddings is not None:
+                query_slice = slice(text_slice.stop, text_slice.stop + mask_embeddings.shape[1])
             commit = prefix_length + text_length if cache is not None else None
             valid = None
 
@@ -437,7 +460,7 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             from transformers.cache_utils import DynamicCache
 
             cache = DynamicCache(config=self.config)
-            commit = hidden.shape[1] - (1 if append_mask_token else 0)
+            commit = hidden.shape[1] - (mask_embeddings.shape[1] if mask_embeddings is not None else 0)
 
         additive = self._additive(allowed, dtype)
         sequence_output, all_hidden, all_attentions = self.encoder(
@@ -459,6 +482,7 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             text_slice=text_slice,
             tag_slice=tag_slice,
             region_slice=region_slice,
+            query_slice=query_slice,
             prefix_attention_mask=prefix_valid,
             cache=cache if (use_cache or cached) else None,
             region_boxes=vision.get("region_boxes"),
@@ -471,8 +495,13 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
-    def _caption_layout(self, text_embeddings, mask_embeddings, pieces, masks, attention_mask, prefix_mask, cached, cache):
-        """Caption-mode sequence `[tags, regions, caption, ([MASK])]` and its (batch, q, k) boolean visibility."""
+    def _caption_layout(
+        self, text_embeddings, mask_embeddings, mask_positions, pieces, masks, attention_mask, prefix_mask, cached
+    ):
+        """Caption-mode sequence `[tags, regions, caption, [MASK] queries]` and its (batch, q, k) boolean visibility.
+
+        Caption token `i` sees the prefix and caption tokens `≤ i`; the `[MASK]` query at caption index `p` sees the
+        prefix, caption tokens `< p` and itself. The prefix sees only itself."""
         batch, text_length = text_embeddings.shape[:2]
         device = text_embeddings.device
         if cached:
@@ -489,26 +518,41 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
         past = caption_valid.shape[1] - text_length
         if past < 0:
             raise ValueError("attention_mask is shorter than input_ids")
-        queries = [text_embeddings] + ([mask_embeddings] if mask_embeddings is not None else [])
-        query_hidden = torch.cat(queries, dim=1)
-        n_query = query_hidden.shape[1]
-        # Keys: prefix, all caption tokens (past + current), then the transient [MASK] if any.
+        num_masks = 0 if mask_embeddings is None else mask_embeddings.shape[1]
+        query_hidden = text_embeddings if mask_embeddings is None else torch.cat([text_embeddings, mask_embeddings], 1)
+        # Keys: prefix, all caption tokens (past + current), then the transient [MASK] queries.
         key_valid = torch.cat(
-            [prefix_valid, caption_valid]
-            + ([torch.ones((batch, 1), dtype=torch.bool, device=device)] if mask_embeddings is not None else []),
-            dim=1,
+            [prefix_valid, caption_valid, torch.ones((batch, num_masks), dtype=torch.bool, device=device)], dim=1
         )
         n_key = key_valid.shape[1]
-        caption_start = prefix_length
-        # Query i of the caption (absolute caption index past + i) sees prefix keys and caption keys ≤ its index.
-        q_index = torch.arange(n_query, device=device) + past  # the [MASK] gets index past + text_length
-        k_index = torch.arange(n_key, device=device) - caption_start
-        causal = k_index[None, :] <= q_index[:, None]
-        is_prefix_key = torch.arange(n_key, device=device) < caption_start
-        query_allowed = (causal | is_prefix_key[None, :])[None] & key_valid[:, None, :]
+        caption_index = torch.arange(caption_valid.shape[1], device=device)
+        prefix_keys = torch.ones((1, prefix_length), dtype=torch.bool, device=device)
+        # Caption query i (absolute caption index past + i): prefix, caption keys ≤ its index, no [MASK] query.
+        token_rows = torch.cat(
+            [
+                prefix_keys.expand(text_length, -1),
+                caption_index[None, :] <= (torch.arange(text_length, device=device) + past)[:, None],
+                torch.zeros((text_length, num_masks), dtype=torch.bool, device=device),
+            ],
+            dim=1,
+        )
+        rows = [token_rows]
+        if num_masks:
+            rows.append(
+                torch.cat(
+                    [
+                        prefix_keys.expand(num_masks, -1),
+                        caption_index[None, :] < mask_positions[:, None],
+                        torch.eye(num_masks, dtype=torch.bool, device=device),
+                    ],
+                    dim=1,
+                )
+            )
+        query_allowed = torch.cat(rows, dim=0)[None] & key_valid[:, None, :]
         if cached:
             return query_hidden, query_allowed, prefix_valid
         # Prefix queries see only the prefix.
+        is_prefix_key = torch.arange(n_key, device=device) < prefix_length
         prefix_allowed = (is_prefix_key[None, None, :] & key_valid[:, None, :]).expand(-1, prefix_length, -1)
         prefix_allowed = prefix_allowed | (
             ~prefix_valid[:, :, None] & torch.eye(prefix_length, n_key, dtype=torch.bool, device=device)[None]

@@ -1,7 +1,9 @@
 """MiniVLM image captioning: masked caption-token training and cached step-by-step generation.
 
-Training (OSCAR): 15% of the caption tokens are replaced by [MASK] (by the collator) and predicted under the caption
-attention mask, with label smoothing, by an MLM head whose decoder is tied to the word embeddings.
+Training, `config.caption_objective="masked_tokens"` (OSCAR): 15% of the caption tokens are replaced by [MASK] (by
+the collator) and predicted under the caption attention mask, with label smoothing, by an MLM head whose decoder is
+tied to the word embeddings. `"next_token"`: the caption stays intact and one [MASK] query per position (see
+`MiniVLMModel`'s `next_token_queries`) predicts every next token in one pass, each exactly as a generation step would.
 
 Generation: the model appends a [MASK] after the caption so far and predicts it. With `use_cache=True` (default) the
 first call encodes the image prefix (tags + regions) and the prompt once and stores their keys/values; each later
@@ -32,8 +34,10 @@ class MiniVLMCaptioningOutput(ModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `()`): label-smoothed cross-entropy over the labelled caption tokens.
     logits (`torch.FloatTensor` of shape `(batch_size, caption_length, vocab_size)`): per caption token; with
-        `predict_next=True`, shape `(batch_size, 1, vocab_size)`: the prediction for the appended [MASK]. `None` in
-        training mode when `labels` mask some tokens: the decoder then runs on the masked positions only.
+        `predict_next=True`, shape `(batch_size, 1, vocab_size)`: the prediction for the appended [MASK]; with the
+        `"next_token"` objective and `labels`, shape `(batch_size, caption_length - 1, vocab_size)`: `logits[:, k]`
+        predicts `input_ids[:, k + 1]`. `None` in training mode when `labels` select some tokens: the decoder then
+        runs on those positions only.
     cache (`Cache`): keys/values of the image prefix and the caption so far.
     prefix_attention_mask (`torch.LongTensor` of shape `(batch_size, prefix_length)`): validity of the cached prefix.
     region_boxes, region_labels, region_scores, region_mask, tag_ids: the TEE's regions when it ran.
@@ -96,8 +100,9 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
         Args:
             input_ids (`torch.LongTensor` of shape `(batch_size, caption_length)`): `[CLS] caption [SEP]` with some
                 tokens replaced by [MASK] for training; the caption so far for generation.
-            labels (`torch.LongTensor` of shape `(batch_size, caption_length)`): the original ids at masked
-                positions, -100 elsewhere.
+            labels (`torch.LongTensor` of shape `(batch_size, caption_length)`): `"masked_tokens"` objective: the
+                original ids at masked positions, -100 elsewhere. `"next_token"`: `input_ids` with -100 at padding
+                (position 0 is never predicted).
             predict_next (`bool`): append a [MASK] and return only its logits (used by `generate`).
             Other arguments: as [`MiniVLMModel.forward`]. `token_type_ids` are accepted (tokenizers emit them) and
             ignored: caption tokens are segment 0.
@@ -123,6 +128,26 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
                 f"captions are limited to config.max_text_length={self.config.max_text_length} tokens "
                 f"([CLS] and the [MASK] query included); lower max_length / max_new_tokens"
             )
+        if labels is not None:
+            if predict_next:
+                raise ValueError("labels cannot be combined with predict_next")
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+        next_token = labels is not None and self.config.caption_objective == "next_token"
+        if next_token:
+            if cache is not None and cache.get_seq_length() > 0:
+                raise ValueError("the next_token objective trains on whole captions: no cache")
+            if (input_ids == self.config.mask_token_id).any():
+                raise ValueError(
+                    "config.caption_objective='next_token' expects intact captions (labels = input_ids), but "
+                    "input_ids contain [MASK]: the collator is set up for the 'masked_tokens' objective"
+                )
+            # Padding columns past the longest caption only cost compute.
+            keep = int(attention_mask.any(0).nonzero().max()) + 1 if attention_mask is not None else input_ids.shape[1]
+            input_ids, labels = input_ids[:, :keep], labels[:, :keep]
+            attention_mask = attention_mask[:, :keep] if attention_mask is not None else None
+            position_ids = position_ids[:, :keep] if position_ids is not None else None
+            use_cache = False
         outputs = self.minivlm(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -139,26 +164,26 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             prefix_attention_mask=prefix_attention_mask,
             append_mask_token=predict_next,
+            next_token_queries=next_token,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
         sequence = outputs.last_hidden_state
-        if labels is not None:
-            if predict_next:
-                raise ValueError("labels cannot be combined with predict_next")
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+        # Which hidden states predict which labels: the [MASK] queries predict tokens 1 … for "next_token".
+        predicting = sequence[:, outputs.query_slice] if next_token else sequence[:, outputs.text_slice]
+        if next_token:
+            labels = labels[:, 1:]
         selected = labels != -100 if labels is not None else None
         if predict_next:
             logits = self.cls(sequence[:, -1:])
             masked_logits = None
         elif self.training and selected is not None and bool(selected.any()):
-            # Training: the vocabulary-sized decoder runs on the masked positions only; `logits` stays None.
+            # Training: the vocabulary-sized decoder runs on the selected positions only; `logits` stays None.
             logits = None
-            masked_logits = self.cls(sequence[:, outputs.text_slice][selected])
+            masked_logits = self.cls(predicting[selected])
         else:
-            logits = self.cls(sequence[:, outputs.text_slice])
+            logits = self.cls(predicting)
             masked_logits = logits[selected] if selected is not None else None
 
         loss = None

@@ -171,6 +171,13 @@ def test_captioning_collator(tok, table, store):
         assert batch["labels"][i, selected].tolist() == original[i, selected].tolist()
         unselected = [p for p in range(24) if p not in selected]
         assert batch["input_ids"][i, unselected].tolist() == original[i, unselected].tolist()
+    next_token = CaptioningCollator(tok, regions=store, max_text_length=24, max_tag_length=12, seed=0,
+                                    objective="next_token")(rows)
+    valid = next_token["attention_mask"].bool()
+    assert torch.equal(next_token["input_ids"], original)  # nothing masked
+    assert torch.equal(next_token["labels"][valid], original[valid]) and bool((next_token["labels"][~valid] == -100).all())
+    with pytest.raises(ValueError, match="objective"):
+        CaptioningCollator(tok, regions=store, objective="causal")
     generation = CaptioningCollator(tok, regions=store, for_generation=True, return_image_index=True)(rows[:3])
     assert "input_ids" not in generation and generation["image_index"].tolist() == [r["image_index"] for r in rows[:3]]
     assert generation["tag_ids"].shape[0] == 3

@@ -403,15 +403,21 @@ class PreTrainingCollator(FusionCollator):
 class CaptioningCollator(FusionCollator):
     """OSCAR captioning batches: ``[CLS] caption [SEP]`` padded to ``max_text_length``; ``round(15%)`` (at least one,
     at most ``max_masked_tokens``) of the caption tokens ([SEP] included, so the model learns to stop) are selected
-    and replaced 80/10/10 → ``labels`` at those positions, -100 elsewhere; tags as ``tag_ids``.
+    and replaced 80/10/10 → ``labels`` at those positions, -100 elsewhere; tags as ``tag_ids``. With
+    ``objective="next_token"`` (for ``config.caption_objective="next_token"``) nothing is masked: ``labels`` are the
+    ``input_ids`` with -100 at padding.
 
     Rows: ``caption`` (or ``captions``, one drawn at random) + image inputs. With ``for_generation=True`` the batch
     has no caption at all (image inputs and tags); ``return_image_index=True`` adds the rows' ``image_index`` (for
     :class:`~minivlm_hf.training.trainers.CaptioningTrainer`, which pops it before the model sees the batch)."""
 
     def __init__(self, tokenizer, *, mask_probability: float = 0.15, max_masked_tokens: int | None = 3,
-                 for_generation: bool = False, return_image_index: bool = False, **kwargs):
+                 objective: str = "masked_tokens", for_generation: bool = False, return_image_index: bool = False,
+                 **kwargs):
         super().__init__(tokenizer, **kwargs)
+        if objective not in ("masked_tokens", "next_token"):
+            raise ValueError(f"objective must be 'masked_tokens' or 'next_token', got {objective!r}")
+        self.objective = objective
         self.mask_probability = mask_probability
         self.max_masked_tokens = max_masked_tokens
         self.for_generation = for_generation
@@ -438,6 +444,10 @@ class CaptioningCollator(FusionCollator):
             else:
                 raise ValueError(f"captioning rows need 'caption' or 'captions', got {sorted(row)}")
         input_ids, attention_mask = self.encode_text(captions, pad_to=self.max_text_length)
+        if self.objective == "next_token":
+            batch.update(input_ids=input_ids, attention_mask=attention_mask,
+                         labels=input_ids.masked_fill(attention_mask == 0, -100))
+            return batch
         selected = torch.zeros_like(input_ids, dtype=torch.bool)
         for i in range(len(rows)):
             length = int(attention_mask[i].sum())

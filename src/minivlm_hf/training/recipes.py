@@ -305,7 +305,8 @@ def build_collators(stage: str, config: dict, data: RecipeData, model=None, spli
     if stage == "caption":
         return C.CaptioningCollator(
             tok, regions=data.store(split), mask_probability=col["mask_probability"],
-            max_masked_tokens=col["max_masked_tokens"], return_image_index=split != "train", **common)
+            max_masked_tokens=col["max_masked_tokens"], objective=mcfg.caption_objective,
+            return_image_index=split != "train", **common)
     if stage == "vqa":
         return C.VQACollator(tok, regions=data.store(split), answer2id=mcfg.label2id, **common)
     if stage == "retrieval":
