@@ -72,6 +72,10 @@ class MiniVLMConfig(PreTrainedConfig):
             (partly masked) caption before it. `"next_token"`: the caption is left intact (`labels` = `input_ids`,
             pads -100) and one [MASK] query per position predicts every next token in one pass, each query seeing
             the image, the real caption tokens before it and itself: exactly the computation of a `generate` step.
+        retrieval_loss (`str`, defaults to `"binary"`): image-text matching loss. `"binary"` (OSCAR): cross-entropy
+            of match / no match per pair. `"listwise"`: the batch comes in groups `[matched pair, its negatives…]`
+            (`RetrievalCollator(negatives_per_positive=…)`); the binary loss plus a softmax cross-entropy over each
+            group's match margins (logit 1 − logit 0, the ranking score), which trains the ranking directly.
         vqa_classifier (`str`, defaults to `"mlp"`): `"mlp"` (h → 2h → answers, as OSCAR) or `"linear"`.
         classifier_dropout (`float`, *optional*): dropout before the classification heads.
         mask_token_id, cls_token_id, sep_token_id: special token ids (BERT uncased by default).
@@ -110,6 +114,7 @@ class MiniVLMConfig(PreTrainedConfig):
     num_contrastive_labels: int = 3
     caption_label_smoothing: float | int = 0.1
     caption_objective: str = "masked_tokens"
+    retrieval_loss: str = "binary"
     vqa_classifier: str = "mlp"
     vqa_loss: str = "bce"
     classifier_dropout: float | int | None = None
@@ -167,6 +172,8 @@ class MiniVLMConfig(PreTrainedConfig):
             fail("caption_label_smoothing", f"must be in [0, 1), got {self.caption_label_smoothing}")
         if self.caption_objective not in ("masked_tokens", "next_token"):
             fail("caption_objective", f"must be 'masked_tokens' or 'next_token', got {self.caption_objective!r}")
+        if self.retrieval_loss not in ("binary", "listwise"):
+            fail("retrieval_loss", f"must be 'binary' or 'listwise', got {self.retrieval_loss!r}")
         if self.type_vocab_size < 2:
             fail("type_vocab_size", "needs 2 token types (0 = text, 1 = tags)")
         if self.vision_config is not None and self.vision_config.box_head_dim != self.region_feature_size:

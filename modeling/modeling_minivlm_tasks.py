@@ -305,9 +305,12 @@ class MiniVLMForImageTextRetrieval(_PooledClassifierMixin, MiniVLMPreTrainedMode
         r"""
         Args:
             labels (`torch.LongTensor` of shape `(batch_size,)`): 1 = the text describes the image, 0 = it does not.
+                With `config.retrieval_loss="listwise"` the rows come in equal groups `[1, 0, …, 0]`.
             Other arguments: as [`MiniVLMModel.forward`].
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if labels is not None and self.config.retrieval_loss == "listwise":
+            group = self._listwise_group_size(labels.view(-1))
         pooled, outputs = self._pooled(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, tag_ids=tag_ids,
             tag_attention_mask=tag_attention_mask, pixel_values=pixel_values, pixel_mask=pixel_mask,
@@ -318,11 +321,29 @@ class MiniVLMForImageTextRetrieval(_PooledClassifierMixin, MiniVLMPreTrainedMode
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.float(), labels.view(-1).long())
+            if self.config.retrieval_loss == "listwise":
+                margins = (logits[:, 1] - logits[:, 0]).float().view(-1, group)
+                loss = loss + nn.functional.cross_entropy(margins, margins.new_zeros(margins.shape[0], dtype=torch.long))
         output = MiniVLMClassifierOutput(
             loss=loss, logits=logits, pooler_output=pooled, hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def _listwise_group_size(labels: torch.LongTensor) -> int:
+        """The group size of a listwise batch `[1, 0, …, 0] * groups`; a clear error for any other layout."""
+        starts = (labels == 1).nonzero().flatten()
+        size = int(starts[1] - starts[0]) if starts.numel() > 1 else labels.numel()
+        expected = torch.zeros(size, dtype=labels.dtype, device=labels.device)
+        expected[0] = 1
+        if starts.numel() == 0 or size < 2 or labels.numel() % size or not torch.equal(labels, expected.repeat(labels.numel() // size)):
+            raise ValueError(
+                "config.retrieval_loss='listwise' needs labels in equal groups [1, 0, …, 0] (a matched pair, then its "
+                f"negatives), as RetrievalCollator makes them; got {labels.tolist()[:12]}…"
+            )
+        return size
+
 
     # ---------------------------------------------------------------------------------------------------------
     @torch.no_grad()

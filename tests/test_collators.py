@@ -224,6 +224,34 @@ def test_retrieval_negatives(tok, table, store):
     assert kinds == {"caption", "image"}
 
 
+def test_retrieval_groups_of_several_negatives(tok, table, store):
+    examples = caption_examples(table)
+    rows = [examples[i] for i in range(0, 200, 5)][:8]
+    collator = RetrievalCollator(tok, regions=store, seed=3, negatives_per_positive=3, hard_negatives=0.5)
+    batch = collator(rows)
+    assert batch["input_ids"].shape[0] == 32 and batch["labels"].tolist() == [1, 0, 0, 0] * 8
+    assert len(collator.last_swaps) == 24
+    texts = collator.encode_text([r["caption"] for r in rows])[0]
+    width = texts.shape[1]
+    for n, (i, kind, j) in enumerate(collator.last_swaps):
+        pos, neg = 4 * i, 4 * i + 1 + n % 3
+        assert n // 3 == i and rows[j]["image_index"] != rows[i]["image_index"]
+        if kind == "caption":
+            assert torch.equal(batch["region_features"][neg], batch["region_features"][pos])
+            assert batch["input_ids"][neg, :width].tolist() == texts[j].tolist()
+        else:
+            assert torch.equal(batch["region_features"][neg], store.region_features[rows[j]["image_index"]].float())
+            assert torch.equal(batch["input_ids"][neg], batch["input_ids"][pos])
+    for i in range(8):  # distinct donors within a group (the batch has enough)
+        donors = [j for r, _, j in collator.last_swaps if r == i]
+        assert len(set(donors)) == 3
+    # one negative per positive draws exactly as before the option existed
+    single = RetrievalCollator(tok, regions=store, seed=3, negatives_per_positive=1)
+    assert single(rows)["labels"].tolist() == [1, 0] * 8
+    with pytest.raises(ValueError, match="negatives_per_positive"):
+        RetrievalCollator(tok, negatives_per_positive=0)
+
+
 def test_hard_retrieval_negatives_take_the_most_similar_caption(tok, table, store):
     examples = caption_examples(table)
     rows = [examples[i] for i in range(0, 200, 5)][:16]

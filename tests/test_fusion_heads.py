@@ -248,3 +248,25 @@ def test_next_token_objective_loss_drops_when_overfitting():
     # and greedy generation now reproduces the memorised first caption
     generated = model.eval().generate(**{k: v[:1] for k, v in region_inputs().items()}, max_new_tokens=6)
     assert generated[0].tolist() == inputs["input_ids"][0].tolist()
+
+
+def test_listwise_retrieval_loss_is_binary_plus_group_softmax():
+    torch.manual_seed(0)
+    model = MiniVLMForImageTextRetrieval(tiny_fusion_config(retrieval_loss="listwise")).eval()
+    regions = region_inputs(batch=6)
+    texts = text_inputs(batch=6)
+    labels = torch.tensor([1, 0, 0, 1, 0, 0])
+    out = model(**texts, **regions, labels=labels)
+    margins = (out.logits[:, 1] - out.logits[:, 0]).view(2, 3)
+    expected = torch.nn.functional.cross_entropy(out.logits, labels) + torch.nn.functional.cross_entropy(
+        margins, torch.zeros(2, dtype=torch.long))
+    torch.testing.assert_close(out.loss, expected)
+    binary = MiniVLMForImageTextRetrieval(tiny_fusion_config()).eval()
+    binary.load_state_dict(model.state_dict())
+    torch.testing.assert_close(binary(**texts, **regions, labels=labels).loss,
+                               torch.nn.functional.cross_entropy(out.logits, labels))
+    for bad in ([1, 0, 0, 0, 1, 0], [0, 1, 0, 0, 1, 0], [1, 1, 1, 1, 1, 1], [1, 0, 0, 1, 0, 1]):
+        with pytest.raises(ValueError, match="equal groups"):
+            model(**texts, **regions, labels=torch.tensor(bad))
+    with pytest.raises(ValueError, match="retrieval_loss"):
+        tiny_fusion_config(retrieval_loss="triplet")

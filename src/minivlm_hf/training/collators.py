@@ -496,21 +496,28 @@ class VQACollator(FusionCollator):
 # image-text retrieval
 # ---------------------------------------------------------------------------------------------------------------------
 class RetrievalCollator(FusionCollator):
-    """Image-text matching batches with one negative per positive: each row (image, ``caption``) gives the matched
-    pair (label 1) followed by a negative (label 0) in which, with probability ``caption_swap`` (0.5), the caption is
-    another image's caption, otherwise the image (regions + tags) is another row's image. Donors come from the
-    batch (a different image and a different caption). With probability ``hard_negatives`` the donor is a hard one:
-    the row whose caption shares the most words with this row's (Jaccard over word sets, ties at random), e.g. "a
-    red circle above a blue square" against "a red circle above a green square", so the model must read the
-    details; otherwise any donor at random. The output has 2 × batch rows; ``self.last_swaps`` lists
-    ``(row, kind, donor_row)``."""
+    """Image-text matching batches: each row (image, ``caption``) gives the matched pair (label 1) followed by
+    ``negatives_per_positive`` negatives (label 0). For each negative, with probability ``caption_swap`` (0.5), the
+    caption is another image's caption, otherwise the image (regions + tags) is another row's image. Donors come from
+    the batch (a different image and a different caption; distinct donors within a row's group while the batch has
+    enough). With probability ``hard_negatives`` the donor is a hard one: the row whose caption shares the most words
+    with this row's (Jaccard over word sets, ties at random), e.g. "a red circle above a blue square" against "a red
+    circle above a green square", so the model must read the details; otherwise any donor at random.
 
-    def __init__(self, tokenizer, *, caption_swap: float = 0.5, hard_negatives: float = 0.0, **kwargs):
+    The output has ``(1 + negatives_per_positive) × batch`` rows in groups ``[positive, negatives…]`` (the layout
+    ``config.retrieval_loss="listwise"`` expects); ``self.last_swaps`` lists ``(row, kind, donor_row)`` per negative,
+    in output order."""
+
+    def __init__(self, tokenizer, *, caption_swap: float = 0.5, hard_negatives: float = 0.0,
+                 negatives_per_positive: int = 1, **kwargs):
         super().__init__(tokenizer, **kwargs)
         if not 0.0 <= hard_negatives <= 1.0:
             raise ValueError(f"hard_negatives must be a probability in [0, 1], got {hard_negatives}")
+        if int(negatives_per_positive) < 1:
+            raise ValueError(f"negatives_per_positive must be >= 1, got {negatives_per_positive}")
         self.caption_swap = caption_swap
         self.hard_negatives = hard_negatives
+        self.negatives_per_positive = int(negatives_per_positive)
         self.last_swaps: list[tuple[int, str, int]] = []
 
     @staticmethod
@@ -531,8 +538,9 @@ class RetrievalCollator(FusionCollator):
         image_keys = [row.get("image_index", row.get("image_id", i)) for i, row in enumerate(rows)]
         texts, image_rows, labels = [], [], []
         self.last_swaps = []
-        draws = torch.rand(len(rows), generator=g)
-        hard = torch.rand(len(rows), generator=g) < self.hard_negatives
+        per_row = self.negatives_per_positive
+        draws = torch.rand(len(rows), per_row, generator=g)
+        hard = torch.rand(len(rows), per_row, generator=g) < self.hard_negatives
         words = [set(c.split()) for c in captions] if self.hard_negatives else []
         for i in range(len(rows)):
             texts.append(captions[i])
@@ -541,18 +549,22 @@ class RetrievalCollator(FusionCollator):
             donors = [j for j in range(len(rows)) if image_keys[j] != image_keys[i] and captions[j] != captions[i]]
             if not donors:  # every row shows the same image: fall back to any other caption
                 donors = [j for j in range(len(rows)) if captions[j] != captions[i]] or [(i + 1) % len(rows)]
-            if hard[i]:
-                donors = self._hardest(i, donors, words)
-            j = donors[int(torch.randint(len(donors), (1,), generator=g))]
-            if float(draws[i]) < self.caption_swap:
-                texts.append(captions[j])
-                image_rows.append(i)
-                self.last_swaps.append((i, "caption", j))
-            else:
-                texts.append(captions[i])
-                image_rows.append(j)
-                self.last_swaps.append((i, "image", j))
-            labels.append(0)
+            used: set[int] = set()
+            for n in range(per_row):
+                pool = [j for j in donors if j not in used] or donors
+                if hard[i, n]:
+                    pool = self._hardest(i, pool, words)
+                j = pool[int(torch.randint(len(pool), (1,), generator=g))]
+                used.add(j)
+                if float(draws[i, n]) < self.caption_swap:
+                    texts.append(captions[j])
+                    image_rows.append(i)
+                    self.last_swaps.append((i, "caption", j))
+                else:
+                    texts.append(captions[i])
+                    image_rows.append(j)
+                    self.last_swaps.append((i, "image", j))
+                labels.append(0)
         index = torch.tensor(image_rows)
         input_ids, attention_mask = self.encode_text(texts)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, **_take_rows(image_inputs, index)}

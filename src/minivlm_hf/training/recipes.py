@@ -38,7 +38,8 @@ Recipe config (JSON; every key optional, defaults in :data:`DEFAULT_CONFIG` and 
       "collator": {"mask_probability": 0.15, "max_masked_tokens": 3, "pollution": 0.5, "caption_pollution": 0.25,
                    "caption_swap": 0.5, "tag_source": "detected", "hflip_probability": 0.5,
                    "mask_polluted": true,             # masked-token labels on polluted pre-training pairs too
-                   "hard_negatives": 0.0},            # retrieval: share of negatives from the most similar caption
+                   "hard_negatives": 0.0,             # retrieval: share of negatives from the most similar caption
+                   "negatives_per_positive": 1},      # retrieval: negatives after each matched pair
       "training": {...},                      # any transformers.TrainingArguments field (max_steps, learning_rate,
                                               # per_device_train_batch_size, warmup_steps, save_steps, ...);
                                               # "bf16": "auto" = bf16 autocast where the hardware has it
@@ -99,7 +100,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "collator": {
         "mask_probability": 0.15, "max_masked_tokens": 3, "pollution": 0.5, "caption_pollution": 0.25,
         "caption_swap": 0.5, "tag_source": "detected", "hflip_probability": 0.5, "mask_polluted": True,
-        "hard_negatives": 0.0,
+        "hard_negatives": 0.0, "negatives_per_positive": 1,
     },
     "training": {},
     "debug": {"param_hash": False},
@@ -311,7 +312,8 @@ def build_collators(stage: str, config: dict, data: RecipeData, model=None, spli
         return C.VQACollator(tok, regions=data.store(split), answer2id=mcfg.label2id, **common)
     if stage == "retrieval":
         return C.RetrievalCollator(tok, regions=data.store(split), caption_swap=col["caption_swap"],
-                                   hard_negatives=col["hard_negatives"], **common)
+                                   hard_negatives=col["hard_negatives"],
+                                   negatives_per_positive=col["negatives_per_positive"], **common)
     if stage == "nlvr":
         return C.NLVRCollator(tok, regions=data.nlvr_store(split), **common)
     raise ValueError(f"unknown stage {stage!r}; choose from {STAGES}")
