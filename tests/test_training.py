@@ -283,3 +283,28 @@ def test_fast_extraction_and_bf16_evaluation(tmp_path, cache_dir):
         config["evaluation"]["bf16"] = False
         recipes.evaluate_stage("nlvr", result.model, config, plain, progress=False)
     assert seen == [True, False] and 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_next_token_captioning_and_listwise_retrieval_recipes(tmp_path, cache_dir):
+    """The recipe options of the demo's captioning (next-token objective; evaluated decoding saved as the model's
+    generation_config) and of listwise retrieval (groups of a positive and 3 negatives) train end to end."""
+    from transformers import GenerationConfig
+
+    config = tiny_config(cache_dir, max_steps=2, save_strategy="no", eval_strategy="steps", eval_steps=2,
+                         per_device_eval_batch_size=4)
+    config["evaluation"].update(num_beams=2, length_penalty=2.0, max_new_tokens=6)
+    caption = load_recipe_config(None, {**config, "fusion": {**config["fusion"], "caption_objective": "next_token"}})
+    data = RecipeData(caption)
+    result = run_stage("caption", caption, tmp_path / "caption", data=data, progress=False)
+    assert result.model.config.caption_objective == "next_token"
+    assert any("eval_loss" in h for h in result.trainer.state.log_history) and "test_cider" in result.metrics
+    saved = GenerationConfig.from_pretrained(tmp_path / "caption")
+    assert (saved.num_beams, saved.length_penalty, saved.max_new_tokens) == (2, 2.0, 6)
+
+    retrieval = load_recipe_config(None, {**config, "fusion": {**config["fusion"], "retrieval_loss": "listwise"},
+                                          "collator": {"negatives_per_positive": 3}})
+    result = run_stage("retrieval", retrieval, tmp_path / "retrieval", data=data, progress=False)
+    assert result.model.config.retrieval_loss == "listwise"
+    losses = [h["loss"] for h in result.trainer.state.log_history if "loss" in h]
+    assert losses and all(loss == loss and loss > 0 for loss in losses)  # finite, positive
+    assert 0.0 <= result.metrics["test_i2t_r1"] <= 1.0

@@ -71,9 +71,10 @@ def evaluate_detector(detector, image_processor, scenes, *, batch_size: int = 16
 # ---------------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def generate_captions(model, collator: CaptioningCollator, rows: list[dict], *, batch_size: int = 32,
-                      max_new_tokens: int = 20, num_beams: int = 1, progress: bool = True,
-                      desc: str = "Generating captions") -> tuple[list[str], list[list[int]]]:
-    """Captions for ``rows`` (image inputs only; ``collator.for_generation`` is forced)."""
+                      max_new_tokens: int = 20, num_beams: int = 1, length_penalty: float = 1.0,
+                      progress: bool = True, desc: str = "Generating captions") -> tuple[list[str], list[list[int]]]:
+    """Captions for ``rows`` (image inputs only; ``collator.for_generation`` is forced). ``length_penalty`` > 1
+    favours longer beams (beam score = log-probability / length ** length_penalty)."""
     model.eval()
     device = _device(model)
     tokenizer = collator.tokenizer
@@ -84,7 +85,8 @@ def generate_captions(model, collator: CaptioningCollator, rows: list[dict], *, 
         for chunk in tqdm(list(_batches(rows, batch_size)), desc=desc, disable=not progress):
             batch = _to(collator(chunk), device)
             limit = min(max_new_tokens, model.config.max_text_length - 2)
-            generated = model.generate(**batch, max_new_tokens=limit, num_beams=num_beams, do_sample=False)
+            generated = model.generate(**batch, max_new_tokens=limit, num_beams=num_beams, do_sample=False,
+                                       length_penalty=length_penalty)
             for seq in generated.cpu().tolist():
                 ids.append(seq)
                 texts.append(tokenizer.decode(seq, skip_special_tokens=True).strip())
@@ -95,14 +97,14 @@ def generate_captions(model, collator: CaptioningCollator, rows: list[dict], *, 
 
 def evaluate_captioning(model, collator: CaptioningCollator, examples, *, limit: int | None = None,
                         batch_size: int = 32, max_new_tokens: int = 20, num_beams: int = 1,
-                        progress: bool = True) -> tuple[dict, dict]:
+                        length_penalty: float = 1.0, progress: bool = True) -> tuple[dict, dict]:
     """BLEU-1..4 and CIDEr-D of generated captions against each image's reference captions. ``examples``: one row
     per image with ``captions`` (see ``caption_examples(per_caption=False)``)."""
     from ..metrics import compute_caption_metrics
 
     rows = _rows(examples, limit)
     captions, ids = generate_captions(model, collator, rows, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                      num_beams=num_beams, progress=progress)
+                                      num_beams=num_beams, length_penalty=length_penalty, progress=progress)
     references = [list(r["captions"]) for r in rows]
     metrics = compute_caption_metrics([c if c else "." for c in captions], references)
     return metrics, {"captions": captions, "token_ids": ids, "references": references}

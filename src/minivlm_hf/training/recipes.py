@@ -44,6 +44,7 @@ Recipe config (JSON; every key optional, defaults in :data:`DEFAULT_CONFIG` and 
                                               # per_device_train_batch_size, warmup_steps, save_steps, ...);
                                               # "bf16": "auto" = bf16 autocast where the hardware has it
       "evaluation": {"split": "test", "limit": null, "num_candidates": 100, "max_new_tokens": 20, "num_beams": 1,
+                     "length_penalty": 1.0,           # captioning beams: log-probability / length ** this
                      "batch_size": 64, "detection_threshold": 0.0,
                      "bf16": false},                  # evaluate under bf16 autocast ("auto": where it is fast)
       "debug": {"param_hash": false}          # every rank writes param_hash_rank{R}.json at the end (DDP checks)
@@ -105,7 +106,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "training": {},
     "debug": {"param_hash": False},
     "evaluation": {
-        "split": "test", "limit": None, "num_candidates": 100, "max_new_tokens": 20, "num_beams": 1, "batch_size": 64,
+        "split": "test", "limit": None, "num_candidates": 100, "max_new_tokens": 20, "num_beams": 1,
+        "length_penalty": 1.0, "batch_size": 64,
         "detection_threshold": 0.0, "bf16": False,
     },
 }
@@ -371,8 +373,7 @@ def _evaluate_stage(stage: str, model, config: dict, data: RecipeData, *, progre
     if stage == "caption":
         collator = C.CaptioningCollator(tok, regions=store, **common)
         return E.evaluate_captioning(model, collator, caption_examples(table, per_caption=False), limit=limit,
-                                     batch_size=bs, max_new_tokens=ev["max_new_tokens"], num_beams=ev["num_beams"],
-                                     progress=progress)
+                                     batch_size=bs, **caption_generation_kwargs(config), progress=progress)
     if stage == "vqa":
         collator = C.VQACollator(tok, regions=store, answer2id=mcfg.label2id, **common)
         return E.evaluate_vqa(model, collator, vqa_examples(table), limit=limit, batch_size=bs, progress=progress)
@@ -444,8 +445,7 @@ def run_stage(
         kwargs["head_lr_multiplier"] = config["fusion"].get("head_lr_multiplier", 1.0)
         if stage == "caption":
             trainer = T.CaptioningTrainer(
-                generation_kwargs={"max_new_tokens": config["evaluation"]["max_new_tokens"],
-                                   "num_beams": config["evaluation"]["num_beams"]},
+                generation_kwargs=caption_generation_kwargs(config),
                 compute_metrics=T.caption_metrics_fn(data.tokenizer, eval_set) if eval_set is not None else None,
                 **kwargs,
             )
@@ -473,6 +473,10 @@ def run_stage(
                          trainer=trainer, train_seconds=timing.seconds)
     metrics = {f"train_{k}" if not k.startswith("train") else k: v for k, v in train_output.metrics.items()}
     metrics["global_step"] = trainer.state.global_step
+    if stage == "caption":  # the saved model decodes as it was evaluated (generation_config.json)
+        decode = caption_generation_kwargs(config)
+        decode["max_new_tokens"] = min(decode["max_new_tokens"], model.config.max_text_length - 2)
+        model.generation_config.update(**decode)
     if trainer.is_world_process_zero():
         trainer.save_model(str(output_dir))
         data.save_processor(output_dir, stage, result.model)
@@ -488,6 +492,14 @@ def run_stage(
     if trainer.is_world_process_zero():
         (output_dir / "metrics.json").write_text(json.dumps({"stage": stage, **metrics}, indent=1, default=float))
     return result
+
+
+def caption_generation_kwargs(config: dict) -> dict:
+    """The captioning decode settings of ``config["evaluation"]``: ``max_new_tokens``, ``num_beams``,
+    ``length_penalty``."""
+    ev = config["evaluation"]
+    return {"max_new_tokens": ev["max_new_tokens"], "num_beams": ev["num_beams"],
+            "length_penalty": ev.get("length_penalty", 1.0)}
 
 
 def _eval_loader(trainer, collator):
