@@ -44,8 +44,8 @@ class MiniVLMConfig(PreTrainedConfig):
             Run the TEE inside the fusion model as a frozen extractor (eval mode, no gradients), as OSCAR uses its
             detector. Train the TEE on its own with `TEEForObjectDetection`.
         max_regions (`int`, defaults to 50): regions fed to the encoder at most.
-        max_text_length (`int`, defaults to 40): text tokens at most, [CLS] and [SEP] included. In captioning the
-            caption segment is padded to this length, so tags always start at position `max_text_length`.
+        max_text_length (`int`, defaults to 40): text tokens at most, [CLS] and [SEP] included. Tag tokens take
+            the positions from `max_text_length` on, however long the text is.
         max_tag_length (`int`, defaults to 30): tag tokens at most, the closing [SEP] included.
         tag_score_threshold (`float`, defaults to 0.2): a TEE region becomes a tag when its score is at least this.
         tag_attributes (`bool`, defaults to `False`): tag style. `False` (OSCAR): each detected class name once.

@@ -401,7 +401,7 @@ class PreTrainingCollator(FusionCollator):
 # captioning
 # ---------------------------------------------------------------------------------------------------------------------
 class CaptioningCollator(FusionCollator):
-    """OSCAR captioning batches: ``[CLS] caption [SEP]`` padded to ``max_text_length``; ``round(15%)`` (at least one,
+    """OSCAR captioning batches: ``[CLS] caption [SEP]`` padded to the batch's longest caption; ``round(15%)`` (at least one,
     at most ``max_masked_tokens``) of the caption tokens ([SEP] included, so the model learns to stop) are selected
     and replaced 80/10/10 → ``labels`` at those positions, -100 elsewhere; tags as ``tag_ids``. With
     ``objective="next_token"`` (for ``config.caption_objective="next_token"``) nothing is masked: ``labels`` are the
@@ -443,7 +443,7 @@ class CaptioningCollator(FusionCollator):
                 captions.append(row["captions"][int(torch.randint(len(row["captions"]), (1,), generator=g))])
             else:
                 raise ValueError(f"captioning rows need 'caption' or 'captions', got {sorted(row)}")
-        input_ids, attention_mask = self.encode_text(captions, pad_to=self.max_text_length)
+        input_ids, attention_mask = self.encode_text(captions)
         if self.objective == "next_token":
             batch.update(input_ids=input_ids, attention_mask=attention_mask,
                          labels=input_ids.masked_fill(attention_mask == 0, -100))
