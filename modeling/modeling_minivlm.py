@@ -420,16 +420,14 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
                 raise ValueError("pass append_mask_token (generation) or next_token_queries (training), not both")
             if next_token_queries and cached:
                 raise ValueError("next_token_queries cannot be combined with a filled cache")
-            past_caption = attention_mask.shape[1] - text_length
-            if append_mask_token:  # one query after the caption so far
-                mask_positions = torch.tensor([past_caption + text_length], device=device)
+            if append_mask_token:  # one query after the caption so far (cached tokens included)
+                start, count = attention_mask.shape[1], 1
                 query_position_ids = (position_ids[:, -1:] + 1) if position_ids is not None else None
-            else:  # one query per next token: positions 1 … text_length-1
-                mask_positions = torch.arange(1, text_length, device=device)
+            else:  # one query per next token: caption indices 1 … text_length-1
+                start, count = 1, text_length - 1
                 query_position_ids = position_ids[:, 1:] if position_ids is not None else None
-            mask_ids = torch.full((batch, mask_positions.numel()), self.config.mask_token_id, dtype=torch.long,
-                                  device=device)
-            start = past_caption + text_length if append_mask_token else 1
+            mask_positions = torch.arange(start, start + count, device=device)
+            mask_ids = torch.full((batch, count), self.config.mask_token_id, dtype=torch.long, device=device)
             mask_embeddings = self._embed_tokens(mask_ids, 0, start, query_position_ids)
 
         dtype = text_embeddings.dtype

@@ -132,7 +132,9 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
             if predict_next:
                 raise ValueError("labels cannot be combined with predict_next")
             if labels.shape != input_ids.shape:
-                raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+                raise ValueError(
+                    f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}"
+                )
         next_token = labels is not None and self.config.caption_objective == "next_token"
         if next_token:
             if cache is not None and cache.get_seq_length() > 0:

@@ -333,11 +333,12 @@ class MiniVLMForImageTextRetrieval(_PooledClassifierMixin, MiniVLMPreTrainedMode
     @staticmethod
     def _listwise_group_size(labels: torch.LongTensor) -> int:
         """The group size of a listwise batch `[1, 0, …, 0] * groups`; a clear error for any other layout."""
-        starts = (labels == 1).nonzero().flatten()
-        size = int(starts[1] - starts[0]) if starts.numel() > 1 else labels.numel()
-        expected = torch.zeros(size, dtype=labels.dtype, device=labels.device)
-        expected[0] = 1
-        if starts.numel() == 0 or size < 2 or labels.numel() % size or not torch.equal(labels, expected.repeat(labels.numel() // size)):
+        groups = int((labels == 1).sum())
+        size = labels.numel() // max(groups, 1)
+        pattern = torch.zeros(size, dtype=labels.dtype, device=labels.device)
+        pattern[:1] = 1
+        layout_ok = size >= 2 and groups * size == labels.numel()
+        if not (layout_ok and torch.equal(labels.view(-1, size), pattern.expand(groups, -1))):
             raise ValueError(
                 "config.retrieval_loss='listwise' needs labels in equal groups [1, 0, …, 0] (a matched pair, then its "
                 f"negatives), as RetrievalCollator makes them; got {labels.tolist()[:12]}…"

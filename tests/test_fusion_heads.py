@@ -137,18 +137,24 @@ def test_caption_longer_than_max_text_length_is_refused():
         model.generate(**region_inputs(), max_new_tokens=20, min_new_tokens=20)
 
 
-def test_vqa_loss_drops_when_overfitting():
-    torch.manual_seed(0)
-    model = MiniVLMForQuestionAnswering(tiny_fusion_config()).train()
-    inputs = {**region_inputs(), **text_inputs(), "labels": torch.tensor([[1.0, 0, 0], [0, 0, 1.0]])}
+def _overfit(model, inputs, steps):
+    """AdamW (lr 3e-3) on one fixed batch; the loss of every step."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(25):
+    for _ in range(steps):
         loss = model(**inputs).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+    return losses
+
+
+def test_vqa_loss_drops_when_overfitting():
+    torch.manual_seed(0)
+    model = MiniVLMForQuestionAnswering(tiny_fusion_config()).train()
+    inputs = {**region_inputs(), **text_inputs(), "labels": torch.tensor([[1.0, 0, 0], [0, 0, 1.0]])}
+    losses = _overfit(model, inputs, 25)
     assert losses[-1] < 0.3 * losses[0]
 
 
@@ -236,14 +242,7 @@ def test_next_token_objective_loss_drops_when_overfitting():
     model = MiniVLMForImageCaptioning(tiny_fusion_config(caption_objective="next_token")).train()
     inputs = {**region_inputs(), **text_inputs()}
     inputs["labels"] = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        loss = model(**inputs).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = _overfit(model, inputs, 30)
     assert losses[-1] < 0.4 * losses[0]
     # and greedy generation now reproduces the memorised first caption
     generated = model.eval().generate(**{k: v[:1] for k, v in region_inputs().items()}, max_new_tokens=6)

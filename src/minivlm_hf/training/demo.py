@@ -18,7 +18,13 @@ from pathlib import Path
 
 import torch
 
-from .recipes import _merge, evaluate_stage, load_recipe_config, run_stage
+from .recipes import (
+    _merge,
+    caption_generation_kwargs,
+    evaluate_stage,
+    load_recipe_config,
+    run_stage,
+)
 
 FUSION_TASKS = ("caption", "vqa", "retrieval", "nlvr")
 MINILM = "minilm"  # init_from_stage value: start from the offline MiniLM instead of an earlier stage
@@ -493,6 +499,7 @@ def _gallery(path: Path, data, detector, task_models: dict, settings: dict, quic
     caption_processor = load_processor("caption", output_dir / "caption")
     vqa_processor = load_processor("vqa", output_dir / "vqa")
     captioner, answerer = task_models["caption"], task_models["vqa"]
+    decode = caption_generation_kwargs(stage_config(settings, "caption"), captioner)  # as the test evaluation
     test = data.scenes["test"]
     features = data.features("test")
     id2label = {int(k): v for k, v in detector.config.id2label.items()}
@@ -506,12 +513,8 @@ def _gallery(path: Path, data, detector, task_models: dict, settings: dict, quic
                                                                    target_sizes=[(image.size[1], image.size[0])])[0]
         # one call each: image → caption, (image, question) → answer (the TEE runs inside the fusion models)
         pixels = caption_processor(images=[image], return_tensors="pt")
-        max_new = min(settings["common"].get("evaluation", {}).get("max_new_tokens", 20),
-                      captioner.config.max_text_length - 2)
-        caption_eval = stage_config(settings, "caption")["evaluation"]
         ids = captioner.generate(pixel_values=pixels["pixel_values"], pixel_mask=pixels["pixel_mask"],
-                                 max_new_tokens=max_new, do_sample=False, num_beams=caption_eval["num_beams"],
-                                 length_penalty=caption_eval.get("length_penalty", 1.0))
+                                 do_sample=False, **decode)
         caption = caption_processor.batch_decode(ids)[0]
         question = row["questions"][0]
         qa_inputs = vqa_processor(images=[image], text=[question], return_tensors="pt")

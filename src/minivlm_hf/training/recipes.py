@@ -474,9 +474,7 @@ def run_stage(
     metrics = {f"train_{k}" if not k.startswith("train") else k: v for k, v in train_output.metrics.items()}
     metrics["global_step"] = trainer.state.global_step
     if stage == "caption":  # the saved model decodes as it was evaluated (generation_config.json)
-        decode = caption_generation_kwargs(config)
-        decode["max_new_tokens"] = min(decode["max_new_tokens"], model.config.max_text_length - 2)
-        model.generation_config.update(**decode)
+        model.generation_config.update(**caption_generation_kwargs(config, model))
     if trainer.is_world_process_zero():
         trainer.save_model(str(output_dir))
         data.save_processor(output_dir, stage, result.model)
@@ -494,12 +492,12 @@ def run_stage(
     return result
 
 
-def caption_generation_kwargs(config: dict) -> dict:
-    """The captioning decode settings of ``config["evaluation"]``: ``max_new_tokens``, ``num_beams``,
-    ``length_penalty``."""
+def caption_generation_kwargs(config: dict, model=None) -> dict:
+    """The captioning decode settings of ``config["evaluation"]``: ``max_new_tokens`` (with ``model``: at most what
+    its ``max_text_length`` leaves after [CLS] and the [MASK] query), ``num_beams``, ``length_penalty``."""
     ev = config["evaluation"]
-    return {"max_new_tokens": ev["max_new_tokens"], "num_beams": ev["num_beams"],
-            "length_penalty": ev.get("length_penalty", 1.0)}
+    max_new = ev["max_new_tokens"] if model is None else min(ev["max_new_tokens"], model.config.max_text_length - 2)
+    return {"max_new_tokens": max_new, "num_beams": ev["num_beams"], "length_penalty": ev.get("length_penalty", 1.0)}
 
 
 def _eval_loader(trainer, collator):
