@@ -16,9 +16,9 @@ part) and :mod:`.fusion` (int8, bf16, compiled encoder). Parity of each path is 
 by ``minivlm-hf benchmark --part parity --model-dir DEMO_OUT``.
 
 Measured quality (``--part parity`` on a full ``minivlm-hf demo`` run, scenes test split; see the README for
-every figure): fused BN + channels_last gives identical detections and VQA; bf16 stays within about 1 point (VQA
--0.4, CIDEr-D +1.2, NLVR +0); int8 (region embedding kept in float) loses VQA -2.3, CIDEr-D -13.2 and NLVR -3.5,
-so prefer bf16 (or fp32) where quality matters.
+every figure): fused BN + channels_last gives identical detections; bf16 costs VQA -0.6, CIDEr-D -2.3, NLVR +0;
+int8 (region embedding kept in float) costs VQA -2.5, image->text R@1 -6 and NLVR -4.0 (CIDEr-D +0.7), so prefer
+bf16 (or fp32) where quality matters.
 
 Notes:
 - int8 needs ``torch.ao.quantization.quantize_dynamic`` (deprecated upstream in favour of torchao, still working

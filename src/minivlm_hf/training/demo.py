@@ -66,7 +66,9 @@ PRESETS: dict[str, dict] = {
             # Captioning: 50% of the caption tokens masked (at most 12) instead of OSCAR's 15% / 3 and lr 3e-4: CIDEr-D
             # 0.87 vs 0.62 at 200 steps (0.75 with the masking alone; 0.55 at lr 6e-4); 3-beam search 0.92 vs greedy
             # 0.87; 300 steps 1.09-1.11 (VQA from it 78.8%, relation 61% with the scaled geometry init vs 56%).
-            # Steps (5 beams, length penalty 2, test split): 300 → 1.19, 400 → 1.39, 500 → 1.55.
+            # Steps (5 beams, length penalty 2, test split): 300 → 1.19, 400 → 1.39, 500 → 1.55 (probes before the
+            # captions were padded to the batch's longest; after it: 1.47 with seed 1, 600 steps 1.47, the full run at
+            # 500 steps 1.36 — run-to-run spread of about ±0.1).
             # Decoding chosen on the validation split (20 images; the 17-min run's model): 5 beams with length penalty
             # 2 (beam score = log p / length²) CIDEr-D 1.234 vs 1.106 with 3 plain beams (1.182: 3 beams, penalty 2;
             # 1.131: 5 beams, penalty 3): the plain beams prefer the short generic "there is a red object in the
