@@ -55,6 +55,11 @@ class MiniVLMConfig(PreTrainedConfig):
         tag_attribute_threshold (`float`, defaults to 0.5): an attribute is named when its probability (sigmoid
             of the TEE's attribute logit) is at least this.
         max_tag_attributes (`int`, defaults to 2): attributes named per region at most (the most probable).
+        tag_geometry (`bool`, defaults to `False`): add to every tag token the box geometry of the region its phrase
+            names (`MiniVLMTagGeometryEmbedding`: Linear(box geometry → hidden), added before the embeddings'
+            LayerNorm; tokens naming no region get nothing). Tag text alone does not say where an object is, so
+            with plain OSCAR tags relations and counts must be recovered by matching tags to regions through
+            attention. Tags then need `tag_region_index` (the model makes it when it detects the tags itself).
         tag_attribute_token_ids (`dict[int, list[int]]`, *optional*): word-piece ids of every TEE attribute name
             (filled like `tag_token_ids`).
         tag_token_ids (`dict[int, list[int]]`, *optional*): word-piece ids of every TEE class name, used to turn
@@ -111,6 +116,7 @@ class MiniVLMConfig(PreTrainedConfig):
     tag_attribute_threshold: float | int = 0.5
     max_tag_attributes: int = 2
     tag_attribute_token_ids: dict | None = None
+    tag_geometry: bool = False
     num_contrastive_labels: int = 3
     caption_label_smoothing: float | int = 0.1
     caption_objective: str = "masked_tokens"

@@ -87,6 +87,7 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
         region_features: torch.FloatTensor | None = None,
         region_boxes: torch.FloatTensor | None = None,
         region_mask: torch.BoolTensor | None = None,
+        tag_region_index: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         cache: Cache | None = None,
         use_cache: bool | None = None,
@@ -161,6 +162,7 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
             region_features=region_features,
             region_boxes=region_boxes,
             region_mask=region_mask,
+            tag_region_index=tag_region_index,
             attention_mode="caption",
             cache=cache,
             use_cache=use_cache,
@@ -234,9 +236,11 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
             with torch.no_grad():
                 regions = self.minivlm.extract_regions(pixel_values, pixel_mask)
                 if kwargs.get("tag_ids") is None:
-                    kwargs["tag_ids"], kwargs["tag_attention_mask"] = self.minivlm.tags_from_regions(
-                        regions["region_labels"], regions["region_scores"], regions["region_mask"],
-                        regions["region_attribute_scores"],
+                    kwargs["tag_ids"], kwargs["tag_attention_mask"], kwargs["tag_region_index"] = (
+                        self.minivlm.tags_from_regions(
+                            regions["region_labels"], regions["region_scores"], regions["region_mask"],
+                            regions["region_attribute_scores"], return_region_index=True,
+                        )
                     )
             for name in ("region_features", "region_boxes", "region_mask"):
                 kwargs[name] = regions[name]
@@ -266,7 +270,7 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
         inputs.update(input_ids=input_ids, cache=cache if use_cache else None)
         for name in (
             "pixel_values", "pixel_mask", "region_features", "region_boxes", "region_mask", "tag_ids",
-            "tag_attention_mask",
+            "tag_attention_mask", "tag_region_index",
         ):
             if kwargs.get(name) is not None:
                 inputs[name] = kwargs[name]

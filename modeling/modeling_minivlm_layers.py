@@ -31,13 +31,48 @@ class MiniVLMEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.LongTensor, token_type_ids: torch.LongTensor, position_ids: torch.LongTensor):
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        token_type_ids: torch.LongTensor,
+        position_ids: torch.LongTensor,
+        extra_embeddings: torch.FloatTensor | None = None,
+    ):
+        """`extra_embeddings` (batch, length, hidden), e.g. tag geometry, is added before the LayerNorm."""
         embeddings = (
             self.word_embeddings(input_ids)
             + self.token_type_embeddings(token_type_ids)
             + self.position_embeddings(position_ids)
         )
+        if extra_embeddings is not None:
+            embeddings = embeddings + extra_embeddings.to(embeddings.dtype)
         return self.dropout(self.LayerNorm(embeddings))
+
+
+def box_geometry(boxes: torch.FloatTensor, size: int) -> torch.FloatTensor:
+    """Normalised xyxy boxes (..., 4) → the geometry the model embeds: xyxy (`size` 4) or xyxy + w, h (6)."""
+    if size == 6:
+        return torch.cat([boxes, boxes[..., 2:4] - boxes[..., 0:2]], dim=-1)
+    return boxes
+
+
+class MiniVLMTagGeometryEmbedding(nn.Module):
+    """`config.tag_geometry`: the box geometry of the region a tag token names → hidden, added to that token's
+    embedding (zero for tokens that name no region, `tag_region_index` -1), so that text can find where an object
+    is, and how many there are, through its tag."""
+
+    def __init__(self, config: MiniVLMConfig):
+        super().__init__()
+        self.box_feature_size = config.box_feature_size
+        self.projection = nn.Linear(config.box_feature_size, config.hidden_size)
+        self.projection.zero_init = True  # read by MiniVLMPreTrainedModel._init_weights
+
+    def forward(self, tag_region_index: torch.LongTensor, region_boxes: torch.FloatTensor) -> torch.FloatTensor:
+        """`tag_region_index` (batch, tag_length), `region_boxes` (batch, regions, 4) → (batch, tag_length, hidden)."""
+        named = tag_region_index >= 0
+        boxes = torch.gather(region_boxes, 1, tag_region_index.clamp(min=0).unsqueeze(-1).expand(-1, -1, 4))
+        geometry = box_geometry(boxes, self.box_feature_size).to(self.projection.weight.dtype)
+        return self.projection(geometry) * named.unsqueeze(-1).to(geometry.dtype)
 
 
 class MiniVLMRegionEmbeddings(nn.Module):
@@ -68,11 +103,7 @@ class MiniVLMRegionEmbeddings(nn.Module):
     def forward(self, region_features: torch.FloatTensor, region_boxes: torch.FloatTensor) -> torch.FloatTensor:
         """`region_features` (batch, regions, region_feature_size), `region_boxes` (batch, regions, 4) normalised
         xyxy → (batch, regions, hidden_size)."""
-        geometry = region_boxes
-        if self.box_feature_size == 6:
-            wh = region_boxes[..., 2:4] - region_boxes[..., 0:2]
-            geometry = torch.cat([region_boxes, wh], dim=-1)
-        geometry = geometry.to(region_features.dtype)
+        geometry = box_geometry(region_boxes, self.box_feature_size).to(region_features.dtype)
         if self.separate_boxes:
             features = self.LayerNorm(self.projection(region_features))
             return self.dropout((features + self.box_LayerNorm(self.box_projection(geometry))) / 2)

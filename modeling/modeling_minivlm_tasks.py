@@ -20,6 +20,7 @@ from .modeling_minivlm_heads import MiniVLMPreTrainingHeads
 
 _REGION_INPUTS = (
     "pixel_values", "pixel_mask", "region_features", "region_boxes", "region_mask", "tag_ids", "tag_attention_mask",
+    "tag_region_index",
 )
 
 
@@ -105,6 +106,7 @@ class MiniVLMForPreTraining(MiniVLMPreTrainedModel):
         region_features: torch.FloatTensor | None = None,
         region_boxes: torch.FloatTensor | None = None,
         region_mask: torch.BoolTensor | None = None,
+        tag_region_index: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         tag_labels: torch.LongTensor | None = None,
         contrastive_labels: torch.LongTensor | None = None,
@@ -133,6 +135,7 @@ class MiniVLMForPreTraining(MiniVLMPreTrainedModel):
             region_features=region_features,
             region_boxes=region_boxes,
             region_mask=region_mask,
+            tag_region_index=tag_region_index,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
@@ -242,6 +245,7 @@ class MiniVLMForQuestionAnswering(_PooledClassifierMixin, MiniVLMPreTrainedModel
         region_features: torch.FloatTensor | None = None,
         region_boxes: torch.FloatTensor | None = None,
         region_mask: torch.BoolTensor | None = None,
+        tag_region_index: torch.LongTensor | None = None,
         labels: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -258,7 +262,8 @@ class MiniVLMForQuestionAnswering(_PooledClassifierMixin, MiniVLMPreTrainedModel
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, tag_ids=tag_ids,
             tag_attention_mask=tag_attention_mask, pixel_values=pixel_values, pixel_mask=pixel_mask,
             region_features=region_features, region_boxes=region_boxes, region_mask=region_mask,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            tag_region_index=tag_region_index, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         logits = self.classifier(self.dropout(pooled))
         loss = None
@@ -297,6 +302,7 @@ class MiniVLMForImageTextRetrieval(_PooledClassifierMixin, MiniVLMPreTrainedMode
         region_features: torch.FloatTensor | None = None,
         region_boxes: torch.FloatTensor | None = None,
         region_mask: torch.BoolTensor | None = None,
+        tag_region_index: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -315,7 +321,8 @@ class MiniVLMForImageTextRetrieval(_PooledClassifierMixin, MiniVLMPreTrainedMode
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, tag_ids=tag_ids,
             tag_attention_mask=tag_attention_mask, pixel_values=pixel_values, pixel_mask=pixel_mask,
             region_features=region_features, region_boxes=region_boxes, region_mask=region_mask,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            tag_region_index=tag_region_index, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         logits = self.classifier(self.dropout(pooled))
         loss = None
@@ -354,9 +361,11 @@ class MiniVLMForImageTextRetrieval(_PooledClassifierMixin, MiniVLMPreTrainedMode
         if "pixel_values" in inputs:
             regions = self.minivlm.extract_regions(inputs.pop("pixel_values"), inputs.pop("pixel_mask", None))
             if "tag_ids" not in inputs:
-                inputs["tag_ids"], inputs["tag_attention_mask"] = self.minivlm.tags_from_regions(
-                    regions["region_labels"], regions["region_scores"], regions["region_mask"],
-                    regions["region_attribute_scores"],
+                inputs["tag_ids"], inputs["tag_attention_mask"], inputs["tag_region_index"] = (
+                    self.minivlm.tags_from_regions(
+                        regions["region_labels"], regions["region_scores"], regions["region_mask"],
+                        regions["region_attribute_scores"], return_region_index=True,
+                    )
                 )
             for key in ("region_features", "region_boxes", "region_mask"):
                 inputs[key] = regions[key]
@@ -444,6 +453,7 @@ class MiniVLMForVisualReasoning(_PooledClassifierMixin, MiniVLMPreTrainedModel):
         region_features: torch.FloatTensor | None = None,
         region_boxes: torch.FloatTensor | None = None,
         region_mask: torch.BoolTensor | None = None,
+        tag_region_index: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -455,7 +465,7 @@ class MiniVLMForVisualReasoning(_PooledClassifierMixin, MiniVLMPreTrainedModel):
             pixel_values (`torch.FloatTensor` of shape `(batch_size, 2, 3, height, width)`), pixel_mask
                 `(batch_size, 2, height, width)`; or region_features `(batch_size, 2, regions, features)`,
                 region_boxes `(batch_size, 2, regions, 4)`, region_mask `(batch_size, 2, regions)`;
-                tag_ids / tag_attention_mask `(batch_size, 2, tag_length)`: the image pair.
+                tag_ids / tag_attention_mask (/ tag_region_index) `(batch_size, 2, tag_length)`: the image pair.
             labels (`torch.LongTensor` of shape `(batch_size,)`): 1 = the statement is true.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -466,7 +476,7 @@ class MiniVLMForVisualReasoning(_PooledClassifierMixin, MiniVLMPreTrainedModel):
         for name, value in (
             ("pixel_values", pixel_values), ("pixel_mask", pixel_mask), ("region_features", region_features),
             ("region_boxes", region_boxes), ("region_mask", region_mask), ("tag_ids", tag_ids),
-            ("tag_attention_mask", tag_attention_mask),
+            ("tag_attention_mask", tag_attention_mask), ("tag_region_index", tag_region_index),
         ):
             if value is None:
                 continue

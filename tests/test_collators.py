@@ -85,7 +85,7 @@ def test_pretraining_masking_and_pollution(tok, table, store):
         text = _unmask(batch["input_ids"], batch["labels"])
         tags = _unmask(batch["tag_ids"], batch["tag_labels"])
         own_text = collator.encode_text([r["caption"] for r in rows])[0]
-        own_tags = collator.encode_tags([store.tags[r["image_index"]] for r in rows])[0]
+        own_tags = collator.encode_tags([store.tags[r["image_index"]] for r in rows])["tag_ids"]
         swaps = {i: (kind, j) for i, kind, j in collator.last_swaps}
         for i in range(B):
             label = int(batch["contrastive_labels"][i])

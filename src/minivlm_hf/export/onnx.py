@@ -19,7 +19,8 @@ data-dependent (the number of boxes surviving NMS decides every later shape); tr
 frozen to the example's counts. They are cheap (a few ms of the TEE's time, see the benchmark).
 ``fusion_vqa.onnx``      ``input_ids``, ``attention_mask`` ``(B, T)``, ``tag_ids``, ``tag_attention_mask`` ``(B, G)``,
                          ``region_features (B, K, F)``, ``region_boxes (B, K, 4)`` (normalised xyxy),
-                         ``region_mask (B, K)`` (bool) → ``logits (B, num_answers)``; dynamic B, T, G, K.
+                         ``region_mask (B, K)`` (bool), and for a model with ``tag_geometry`` ``tag_region_index``
+                         ``(B, G)`` → ``logits (B, num_answers)``; dynamic B, T, G, K.
                          Embeddings, encoder (eager attention), pooler and VQA classifier. Turning detections into
                          tag tokens (``MiniVLMModel.tags_from_regions``) stays in Python.
 
@@ -65,6 +66,11 @@ VQA_INPUTS = (
 )
 
 
+def vqa_input_names(config) -> tuple[str, ...]:
+    """The VQA graph's inputs: :data:`VQA_INPUTS`, plus ``tag_region_index`` for a model with ``tag_geometry``."""
+    return VQA_INPUTS + (("tag_region_index",) if getattr(config, "tag_geometry", False) else ())
+
+
 # ------------------------------------------------------------------------------------------------------------ graphs
 
 
@@ -100,13 +106,10 @@ class FusionVQAGraph(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.input_names = vqa_input_names(model.config)
 
-    def forward(self, input_ids, attention_mask, tag_ids, tag_attention_mask, region_features, region_boxes,
-                region_mask):
-        return self.model(
-            input_ids=input_ids, attention_mask=attention_mask, tag_ids=tag_ids, tag_attention_mask=tag_attention_mask,
-            region_features=region_features, region_boxes=region_boxes, region_mask=region_mask, return_dict=True,
-        ).logits
+    def forward(self, *inputs):
+        return self.model(**dict(zip(self.input_names, inputs)), return_dict=True).logits
 
 
 # ------------------------------------------------------------------------------------------------------------ helpers
@@ -287,6 +290,7 @@ def vqa_example_inputs(model: nn.Module, batch: int = 2, text: int = 8, tags: in
     attention_mask = torch.ones_like(input_ids)
     tag_ids = torch.randint(low, c.vocab_size, (batch, tags), generator=gen)
     tag_mask = torch.ones_like(tag_ids)
+    tag_region_index = torch.randint(-1, regions, (batch, tags), generator=gen)
     xy = torch.rand(batch, regions, 2, generator=gen) * 0.5
     wh = torch.rand(batch, regions, 2, generator=gen) * 0.4 + 0.05
     region_mask = torch.ones(batch, regions, dtype=torch.bool)
@@ -298,6 +302,7 @@ def vqa_example_inputs(model: nn.Module, batch: int = 2, text: int = 8, tags: in
         "input_ids": input_ids, "attention_mask": attention_mask, "tag_ids": tag_ids, "tag_attention_mask": tag_mask,
         "region_features": torch.rand(batch, regions, c.region_feature_size, generator=gen),
         "region_boxes": torch.cat([xy, xy + wh], dim=-1), "region_mask": region_mask,
+        "tag_region_index": tag_region_index,
     }
 
 
@@ -313,15 +318,17 @@ def export_vqa(model: nn.Module, output_dir: str | Path, opset: int = DEFAULT_OP
     model.config._attn_implementation = "eager"
     base.config._attn_implementation = "eager"
     example = example if example is not None else vqa_example_inputs(model)
-    args = tuple(example[name] for name in VQA_INPUTS)
+    names = vqa_input_names(model.config)
+    args = tuple(example[name] for name in names)
     axes = {
         "input_ids": {0: "batch", 1: "text"}, "attention_mask": {0: "batch", 1: "text"},
         "tag_ids": {0: "batch", 1: "tags"}, "tag_attention_mask": {0: "batch", 1: "tags"},
         "region_features": {0: "batch", 1: "regions"}, "region_boxes": {0: "batch", 1: "regions"},
-        "region_mask": {0: "batch", 1: "regions"}, "logits": {0: "batch"},
+        "region_mask": {0: "batch", 1: "regions"}, "tag_region_index": {0: "batch", 1: "tags"},
+        "logits": {0: "batch"},
     }
     with torch.no_grad():
-        _export(FusionVQAGraph(model), args, output_dir / FUSION_VQA, VQA_INPUTS, ["logits"], axes, opset)
+        _export(FusionVQAGraph(model), args, output_dir / FUSION_VQA, list(names), ["logits"], axes, opset)
     return str(output_dir / FUSION_VQA)
 
 
@@ -451,7 +458,7 @@ def export_onnx(model: nn.Module, output_dir, opset: int = DEFAULT_OPSET, verify
         "inputs": {
             "tee_dense": ["pixel_values (B, 3, H, W), H and W multiples of 2**max_level, normalised, zero padded"],
             "tee_box_head": ["pooled (R, bifpn_channels, roi_output_size, roi_output_size)"],
-            "fusion_vqa": list(VQA_INPUTS),
+            "fusion_vqa": list(vqa_input_names(model.config)) if is_vqa else [],
         },
         "python_side": [
             "TEE: padding + image sizes, anchors, proposal selection (top-k, decode, clip, NMS), multi-level "

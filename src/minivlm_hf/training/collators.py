@@ -3,7 +3,8 @@
 Region inputs of the fusion stages come from one of three places, tried in this order for each batch:
 
 1. the rows themselves (``region_features`` ``[K, F]``, ``region_boxes`` ``[K, 4]`` normalised xyxy, ``region_mask``
-   ``[K]`` and ``tags`` (detected class names)), e.g. rows of a precomputed-feature dataset
+   ``[K]``, ``tags`` (detected class names) and ``tag_regions`` (the region each tag names)), e.g. rows of a
+   precomputed-feature dataset
    (:func:`minivlm_hf.training.features.extract_features`);
 2. a :class:`~minivlm_hf.training.features.RegionStore` passed as ``regions=``, indexed by the row's ``image_index``
    (task rows then stay small: an image's features are stored once, not once per caption / question);
@@ -29,7 +30,8 @@ from transformers import TrainerCallback
 
 from ..data.scenes import detection_annotations
 from ..data.vocab import OBJECT_ID2LABEL
-from ..modeling.processing_minivlm import vqa_soft_scores
+from ..modeling.processing_minivlm import encode_tag_phrases, vqa_soft_scores
+from .features import tag_pairs
 
 REGION_KEYS = ("region_features", "region_boxes", "region_mask")
 NLVR_SIDES = ("left", "right")
@@ -217,16 +219,24 @@ class FusionCollator(abc.ABC):
         rows = [[self.cls_id] + ids[: self.max_text_length - 2] + [self.sep_id] for ids in self._word_pieces(texts)]
         return self._pad(rows, pad_to)
 
-    def encode_tags(self, tag_lists: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``tag … [SEP]`` word pieces (truncated to ``max_tag_length``)."""
-        rows = []
+    def encode_tags(self, tag_lists: list[list]) -> dict[str, torch.Tensor]:
+        """``tag … [SEP]`` word pieces (truncated to ``max_tag_length``) → ``tag_ids``, ``tag_attention_mask`` and
+        ``tag_region_index`` (the region each piece names, for ``MiniVLMConfig.tag_geometry``; -1 for [SEP], padding
+        and tags without a region). A tag is a phrase or a ``(phrase, region index)`` pair (see :meth:`image_inputs`)."""
+        rows, regions = [], []
         for tags in tag_lists:
             key = tuple(tags)
             if key not in self._tag_cache:
-                ids = self.tokenizer(" ".join(tags), add_special_tokens=False)["input_ids"] if tags else []
-                self._tag_cache[key] = ids[: self.max_tag_length - 1] + [self.sep_id]
-            rows.append(self._tag_cache[key])
-        return self._pad(rows)
+                phrases = [t[0] if isinstance(t, tuple) else t for t in tags]
+                index = [t[1] if isinstance(t, tuple) else -1 for t in tags]
+                self._tag_cache[key] = encode_tag_phrases(self.tokenizer, phrases, self.max_tag_length, index)
+            rows.append(self._tag_cache[key][0])
+            regions.append(self._tag_cache[key][1])
+        ids, mask = self._pad(rows)
+        region_index = torch.full_like(ids, -1)
+        for i, row in enumerate(regions):
+            region_index[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        return {"tag_ids": ids, "tag_attention_mask": mask, "tag_region_index": region_index}
 
     def _pad(self, rows: list[list[int]], pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         length = max(pad_to or 0, max(len(r) for r in rows))
@@ -241,9 +251,11 @@ class FusionCollator(abc.ABC):
         return (ids == self.cls_id) | (ids == self.sep_id) | (ids == self.pad_id)
 
     # -- images ---------------------------------------------------------------------------------------------------
-    def image_inputs(self, rows: Sequence[dict], side: str | None = None) -> tuple[dict, list[list[str]]]:
-        """Region tensors (or pixels) for ``rows`` and the tag names of each image. ``side`` = ``"left"`` /
-        ``"right"`` reads NLVR columns (``left_index``, ``left_region_features``, ``left_image`` …)."""
+    def image_inputs(self, rows: Sequence[dict], side: str | None = None) -> tuple[dict, list[list] | None]:
+        """Region tensors (or pixels) for ``rows`` and the tags of each image: ``(phrase, region index)`` pairs when
+        the features say which region each tag names (``tag_regions``), else phrases (ground-truth tags name no
+        detected region). ``side`` = ``"left"`` / ``"right"`` reads NLVR columns (``left_index``,
+        ``left_region_features``, ``left_image`` …)."""
         prefix = f"{side}_" if side else ""
         index_key = f"{side}_index" if side else "image_index"
         first = rows[0]
@@ -255,7 +267,7 @@ class FusionCollator(abc.ABC):
                 else torch.ones(f.shape[0], dtype=torch.bool) for r, f in zip(rows, feats)
             ]
             inputs = _stack_regions(feats, boxes, masks)
-            tags = [list(r.get(f"{prefix}tags") or []) for r in rows]
+            tags = [tag_pairs(r.get(f"{prefix}tags"), r.get(f"{prefix}tag_regions")) for r in rows]
             if self.tag_source == "gt":
                 tags = [_tags_of(r, "gt") for r in rows]
         elif index_key in first and self.regions is not None:
@@ -351,6 +363,7 @@ class PreTrainingCollator(FusionCollator):
             raise ValueError("pre-training needs tags: use precomputed features or tag_source='gt'")
         image_keys = [row.get("image_index", row.get("image_id", i)) for i, row in enumerate(rows)]
         texts, tag_lists = list(captions), [list(t) for t in tags]
+        phrases = [[t[0] if isinstance(t, tuple) else t for t in ts] for ts in tags]
         contrastive = torch.zeros(len(rows), dtype=torch.long)
         self.last_swaps = []
         draws = torch.rand(len(rows), generator=g)
@@ -361,7 +374,7 @@ class PreTrainingCollator(FusionCollator):
                 donors = [j for j in range(len(rows)) if image_keys[j] != image_keys[i] and captions[j] != captions[i]]
             elif u < self.pollution:
                 kind = "tags"
-                donors = [j for j in range(len(rows)) if image_keys[j] != image_keys[i] and tags[j] != tags[i]]
+                donors = [j for j in range(len(rows)) if image_keys[j] != image_keys[i] and phrases[j] != phrases[i]]
             else:
                 continue
             if not donors:
@@ -376,7 +389,8 @@ class PreTrainingCollator(FusionCollator):
             self.last_swaps.append((i, kind, j))
 
         input_ids, attention_mask = self.encode_text(texts)
-        tag_ids, tag_attention_mask = self.encode_tags(tag_lists)
+        tags_encoded = self.encode_tags(tag_lists)
+        tag_ids = tags_encoded["tag_ids"]
         common = dict(mask_token_id=self.mask_id, probability=self.mask_probability,
                       random_token_range=self.random_token_range)
         masked_ids, labels = mask_tokens(input_ids, ~self._special(input_ids), g, **common)
@@ -388,8 +402,8 @@ class PreTrainingCollator(FusionCollator):
         return {
             "input_ids": masked_ids,
             "attention_mask": attention_mask,
+            **tags_encoded,
             "tag_ids": masked_tags,
-            "tag_attention_mask": tag_attention_mask,
             **image_inputs,
             "labels": labels,
             "tag_labels": tag_labels,
@@ -430,7 +444,7 @@ class CaptioningCollator(FusionCollator):
         image_inputs, tags = self.image_inputs(rows)
         batch = dict(image_inputs)
         if tags is not None:
-            batch["tag_ids"], batch["tag_attention_mask"] = self.encode_tags(tags)
+            batch.update(self.encode_tags(tags))
         if self.return_image_index:
             batch["image_index"] = torch.tensor([int(r.get("image_index", i)) for i, r in enumerate(rows)])
         if self.for_generation:
@@ -485,7 +499,7 @@ class VQACollator(FusionCollator):
         input_ids, attention_mask = self.encode_text([r["question"] for r in rows])
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, **image_inputs}
         if tags is not None:
-            batch["tag_ids"], batch["tag_attention_mask"] = self.encode_tags(tags)
+            batch.update(self.encode_tags(tags))
         if all(r.get("answers") is not None for r in rows):
             answers = [[a] if isinstance(a, str) else list(a) for a in (r["answers"] for r in rows)]
             batch["labels"] = vqa_soft_scores(answers, self.answer2id)
@@ -569,7 +583,7 @@ class RetrievalCollator(FusionCollator):
         input_ids, attention_mask = self.encode_text(texts)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, **_take_rows(image_inputs, index)}
         if tags is not None:
-            batch["tag_ids"], batch["tag_attention_mask"] = self.encode_tags([tags[k] for k in image_rows])
+            batch.update(self.encode_tags([tags[k] for k in image_rows]))
         batch["labels"] = torch.tensor(labels, dtype=torch.long)
         return batch
 
@@ -582,7 +596,7 @@ class RetrievalScoringCollator(FusionCollator):
         input_ids, attention_mask = self.encode_text([r["caption"] for r in rows])
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, **image_inputs}
         if tags is not None:
-            batch["tag_ids"], batch["tag_attention_mask"] = self.encode_tags(tags)
+            batch.update(self.encode_tags(tags))
         return batch
 
 
@@ -622,9 +636,8 @@ class NLVRCollator(FusionCollator):
                 count = max(left.shape[1], right.shape[1])
                 batch[key] = torch.stack([_pad_dim1(left, count), _pad_dim1(right, count)], dim=1)
         if sides[0][1] is not None:
-            tag_ids, tag_mask = self.encode_tags([t for pair in zip(sides[0][1], sides[1][1]) for t in pair])
-            batch["tag_ids"] = tag_ids.view(batch_size, 2, -1)
-            batch["tag_attention_mask"] = tag_mask.view(batch_size, 2, -1)
+            encoded = self.encode_tags([t for pair in zip(sides[0][1], sides[1][1]) for t in pair])
+            batch.update({key: value.view(batch_size, 2, -1) for key, value in encoded.items()})
         if all(r.get("label") is not None for r in rows):
             batch["labels"] = torch.tensor([int(r["label"]) for r in rows], dtype=torch.long)
         return batch

@@ -35,21 +35,25 @@ def region_features_schema(num_regions: int, feature_size: int, dtype: str = "fl
         "region_scores": List(Value("float32"), length=num_regions),
         "region_labels": List(Value("int32"), length=num_regions),
         "tags": List(Value("string")),
+        "tag_regions": List(Value("int32")),
     }
 
 
 def tags_from_detections(labels, scores, mask, id2label: dict, threshold: float, attribute_scores=None,
                          attribute_id2label: dict | None = None, attribute_threshold: float = 0.5,
-                         max_attributes: int = 2) -> list[str]:
+                         max_attributes: int = 2, return_regions: bool = False):
     """Tag strings of one image by :func:`select_tag_phrases` (the rule ``MiniVLMModel.tags_from_regions`` applies):
-    class names once each, or with ``attribute_scores`` one "attribute … class" phrase per region."""
-    phrases = select_tag_phrases(labels, scores, mask, threshold, attribute_scores, attribute_threshold, max_attributes)
-    names = []
-    for label, attributes in phrases:
+    class names once each, or with ``attribute_scores`` one "attribute … class" phrase per region. With
+    ``return_regions``: ``(tags, regions)``, the index of the region each tag names."""
+    phrases = select_tag_phrases(labels, scores, mask, threshold, attribute_scores, attribute_threshold, max_attributes,
+                                 return_regions=True)
+    names, regions = [], []
+    for label, attributes, region in phrases:
         words = [attribute_id2label.get(a, str(a)) for a in attributes] if attributes else []
         words.append(id2label.get(label, str(label)))
         names.append(" ".join(w.replace("_", " ") for w in words))
-    return names
+        regions.append(int(region))
+    return (names, regions) if return_regions else names
 
 
 @torch.no_grad()
@@ -101,12 +105,13 @@ def extract_features(
         labels[:, :k] = out.region_labels[:, :k].cpu().numpy()
         attributes = out.attribute_logits[:, :k].float().sigmoid().cpu() if tag_attributes else [None] * n
         result = {key: batch[key] for key in base}
+        tags = [tags_from_detections(labels[i, :k], scores[i, :k], mask[i, :k], id2label, tag_threshold, attributes[i],
+                                     attribute_id2label, attribute_threshold, max_attributes, return_regions=True)
+                for i in range(n)]
         result.update(
             region_features=list(feats), region_boxes=list(boxes), region_mask=mask.tolist(),
             region_scores=scores.tolist(), region_labels=labels.tolist(),
-            tags=[tags_from_detections(labels[i, :k], scores[i, :k], mask[i, :k], id2label, tag_threshold,
-                                       attributes[i], attribute_id2label, attribute_threshold, max_attributes)
-                  for i in range(n)],
+            tags=[names for names, _ in tags], tag_regions=[regions for _, regions in tags],
         )
         return result
 
@@ -159,9 +164,23 @@ def oracle_features(dataset: datasets.Dataset, *, feature_size: int = 32, num_re
         rows["region_mask"].append(mask.tolist())
         rows["region_scores"].append(mask.astype(np.float32).tolist())
         rows["region_labels"].append(labels.tolist())
-        rows["tags"].append(tags_from_detections(labels, mask.astype(np.float32), mask, OBJECT_ID2LABEL, 0.5,
-                                                 attributes if tag_attributes else None, ATTRIBUTE_ID2LABEL))
+        tags, regions = tags_from_detections(labels, mask.astype(np.float32), mask, OBJECT_ID2LABEL, 0.5,
+                                             attributes if tag_attributes else None, ATTRIBUTE_ID2LABEL,
+                                             return_regions=True)
+        rows["tags"].append(tags)
+        rows["tag_regions"].append(regions)
     return datasets.Dataset.from_dict(rows, features=features)
+
+
+def tag_pairs(tags, regions) -> list:
+    """An image's tags as ``(phrase, region index)`` pairs when ``regions`` says which region each names, else as
+    phrases (e.g. tables extracted before ``tag_regions`` existed: no tag geometry)."""
+    tags = list(tags or [])
+    if regions is None:
+        return tags
+    if len(regions) != len(tags):
+        raise ValueError(f"tag_regions must give one region per tag: {len(tags)} tags, {len(regions)} regions")
+    return [(t, int(r)) for t, r in zip(tags, regions)]
 
 
 class RegionStore:
@@ -180,6 +199,9 @@ class RegionStore:
         self.region_boxes = torch.from_numpy(np.ascontiguousarray(table["region_boxes"])).float()
         self.region_mask = torch.from_numpy(np.ascontiguousarray(table["region_mask"])).bool()
         self.tags = [list(t) for t in dataset["tags"]]
+        # Tables extracted before tag_regions existed name no region per tag (no tag geometry).
+        regions = dataset["tag_regions"] if "tag_regions" in dataset.column_names else [None] * len(self.tags)
+        self.tags = [tag_pairs(t, r) for t, r in zip(self.tags, regions)]
 
     def __len__(self) -> int:
         return self.region_features.shape[0]
@@ -188,7 +210,8 @@ class RegionStore:
     def feature_size(self) -> int:
         return int(self.region_features.shape[-1])
 
-    def gather(self, indices: list[int]) -> tuple[dict, list[list[str]]]:
+    def gather(self, indices: list[int]) -> tuple[dict, list[list]]:
+        """Region tensors of the images ``indices`` and their tags, as ``(phrase, region index)`` pairs."""
         if indices and (min(indices) < 0 or max(indices) >= len(self)):
             raise IndexError(f"image_index out of range [0, {len(self)}): {indices}")
         index = torch.as_tensor(indices, dtype=torch.long)
@@ -305,6 +328,7 @@ __all__ = [
     "load_feature_table",
     "nlvr_images",
     "oracle_features",
+    "tag_pairs",
     "tags_from_detections",
     "vqa_examples",
 ]

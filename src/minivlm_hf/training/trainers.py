@@ -22,6 +22,7 @@ from transformers import Trainer, TrainerCallback
 
 GENERATION_INPUTS = (
     "pixel_values", "pixel_mask", "region_features", "region_boxes", "region_mask", "tag_ids", "tag_attention_mask",
+    "tag_region_index",
 )
 
 
