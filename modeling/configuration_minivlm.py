@@ -56,8 +56,8 @@ class MiniVLMConfig(PreTrainedConfig):
             of the TEE's attribute logit) is at least this.
         max_tag_attributes (`int`, defaults to 2): attributes named per region at most (the most probable).
         tag_geometry (`bool`, defaults to `False`): add to every tag token the box geometry of the region its phrase
-            names (`MiniVLMTagGeometryEmbedding`: Linear(box geometry → hidden), added before the embeddings'
-            LayerNorm; tokens naming no region get nothing). Tag text alone does not say where an object is, so
+            names (`MiniVLMTagGeometryEmbedding`: gate · LayerNorm(Linear(box geometry)) after the embeddings'
+            LayerNorm, the gate starting at 0; tokens naming no region get nothing). Tag text alone does not say where an object is, so
             with plain OSCAR tags relations and counts must be recovered by matching tags to regions through
             attention. Tags then need `tag_region_index` (the model makes it when it detects the tags itself).
         tag_attribute_token_ids (`dict[int, list[int]]`, *optional*): word-piece ids of every TEE attribute name

@@ -38,15 +38,15 @@ class MiniVLMEmbeddings(nn.Module):
         position_ids: torch.LongTensor,
         extra_embeddings: torch.FloatTensor | None = None,
     ):
-        """`extra_embeddings` (batch, length, hidden), e.g. tag geometry, is added before the LayerNorm."""
-        embeddings = (
+        """`extra_embeddings` (batch, length, hidden), e.g. tag geometry, is added after the LayerNorm."""
+        embeddings = self.LayerNorm(
             self.word_embeddings(input_ids)
             + self.token_type_embeddings(token_type_ids)
             + self.position_embeddings(position_ids)
         )
         if extra_embeddings is not None:
             embeddings = embeddings + extra_embeddings.to(embeddings.dtype)
-        return self.dropout(self.LayerNorm(embeddings))
+        return self.dropout(embeddings)
 
 
 def box_geometry(boxes: torch.FloatTensor, size: int) -> torch.FloatTensor:
@@ -57,22 +57,28 @@ def box_geometry(boxes: torch.FloatTensor, size: int) -> torch.FloatTensor:
 
 
 class MiniVLMTagGeometryEmbedding(nn.Module):
-    """`config.tag_geometry`: the box geometry of the region a tag token names → hidden, added to that token's
-    embedding (zero for tokens that name no region, `tag_region_index` -1), so that text can find where an object
-    is, and how many there are, through its tag."""
+    """`config.tag_geometry`: the box geometry of the region a tag token names → `gate` · LayerNorm(Linear(geometry)),
+    added to that token's (normalised) embedding; zero for tokens that name no region (`tag_region_index` -1). Text
+    can then find where an object is, and how many there are, through its tag.
+
+    The scalar `gate` starts at 0 (`_init_weights`), so a fine-tuned text encoder is unchanged at step 0 and the
+    geometry's share grows only as fast as the gate learns. Added ungated before the LayerNorm, the geometry swamped
+    the small differences between colour words' embeddings: captioning stopped binding colours to objects (CIDEr-D
+    0.77-0.90 in two probes vs 1.47-1.55 without tag geometry)."""
 
     def __init__(self, config: MiniVLMConfig):
         super().__init__()
         self.box_feature_size = config.box_feature_size
         self.projection = nn.Linear(config.box_feature_size, config.hidden_size)
-        self.projection.zero_init = True  # read by MiniVLMPreTrainedModel._init_weights
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.gate = nn.Parameter(torch.zeros(()))
 
     def forward(self, tag_region_index: torch.LongTensor, region_boxes: torch.FloatTensor) -> torch.FloatTensor:
         """`tag_region_index` (batch, tag_length), `region_boxes` (batch, regions, 4) → (batch, tag_length, hidden)."""
         named = tag_region_index >= 0
         boxes = torch.gather(region_boxes, 1, tag_region_index.clamp(min=0).unsqueeze(-1).expand(-1, -1, 4))
         geometry = box_geometry(boxes, self.box_feature_size).to(self.projection.weight.dtype)
-        return self.projection(geometry) * named.unsqueeze(-1).to(geometry.dtype)
+        return self.gate * self.LayerNorm(self.projection(geometry)) * named.unsqueeze(-1).to(geometry.dtype)
 
 
 class MiniVLMRegionEmbeddings(nn.Module):

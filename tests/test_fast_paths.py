@@ -179,6 +179,34 @@ def test_int8_fusion_logits_close_and_argmax_agrees():
     assert agreement >= 0.9, f"int8 argmax agreement {agreement:.2f}"
 
 
+def test_int8_weights_have_one_scale_per_output_channel_and_beat_per_tensor_scales():
+    import copy
+
+    from minivlm_hf.fast import quantize_fusion_int8
+
+    model = _vqa_model()
+    linear = model.minivlm.encoder.layer[0].output.dense
+    with torch.no_grad():  # rows of very different magnitude, as trained layers have
+        rows = torch.logspace(-2, 0, linear.out_features).unsqueeze(1)
+        linear.weight.mul_(rows[torch.randperm(linear.out_features, generator=torch.Generator().manual_seed(0))])
+    per_channel = quantize_fusion_int8(copy.deepcopy(model))
+    per_tensor = quantize_fusion_int8(copy.deepcopy(model), per_channel=False)
+    weight = per_channel.minivlm.encoder.layer[0].output.dense.weight()
+    assert weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+    assert weight.q_per_channel_scales().numel() == weight.shape[0]
+    coarse = per_tensor.minivlm.encoder.layer[0].output.dense.weight()
+    assert coarse.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric)
+    # relative rounding error of each row: per-tensor scales flatten the small rows to a few levels
+    row_error = lambda q: ((q.dequantize() - linear.weight).norm(dim=1) / linear.weight.norm(dim=1)).max()  # noqa: E731
+    assert row_error(weight) < 0.01 < row_error(coarse)
+    inputs = _vqa_inputs()
+    with torch.inference_mode():
+        ref = model(**inputs).logits
+        err_channel = (per_channel(**inputs).logits - ref).abs().mean()
+        err_tensor = (per_tensor(**inputs).logits - ref).abs().mean()
+    assert err_channel <= err_tensor
+
+
 def test_int8_leaves_the_tee_alone_and_excludes_bf16():
     model = MiniVLMForQuestionAnswering(tiny_fusion_config(vision_config=tiny_tee_config())).eval()
     fast = optimize_for_inference(model, int8=True)

@@ -34,18 +34,17 @@ def _inputs(index=INDEX):
 
 
 def _trained(model):
-    """A fresh model's tag geometry starts at zero: give it the weights training would."""
+    """A fresh model's tag geometry is gated off: open the gate as training would."""
     base = getattr(model, "minivlm", model)
     with torch.no_grad():
-        base.tag_geometry.projection.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(3))
-        base.tag_geometry.projection.bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(4))
+        base.tag_geometry.gate.fill_(1.0)
     return model
 
 
 def test_fresh_geometry_starts_at_zero_and_changes_nothing():
     torch.manual_seed(0)
     model = MiniVLMModel(tiny_fusion_config(tag_geometry=True)).eval()
-    assert model.tag_geometry.projection.weight.abs().max() == 0 and model.tag_geometry.projection.bias.abs().max() == 0
+    assert float(model.tag_geometry.gate) == 0.0 and model.tag_geometry.projection.weight.std() > 0
     plain = MiniVLMModel(tiny_fusion_config()).eval()
     plain.load_state_dict(model.state_dict(), strict=False)
     torch.testing.assert_close(model(**_inputs()).last_hidden_state, plain(**_inputs()).last_hidden_state)
@@ -75,7 +74,7 @@ def test_geometry_is_used_only_when_configured():
     torch.testing.assert_close(plain(**_inputs()).last_hidden_state, plain(**_inputs(none)).last_hidden_state)
 
 
-def test_geometry_equals_the_box_projection_before_layer_norm():
+def test_geometry_is_the_gated_normalised_box_projection():
     torch.manual_seed(0)
     model = _trained(MiniVLMModel(tiny_fusion_config(tag_geometry=True)).eval())
     inputs = _inputs()
@@ -84,9 +83,10 @@ def test_geometry_equals_the_box_projection_before_layer_norm():
     emb = model.embeddings
     tag = inputs["tag_ids"][0, 2]
     position = model.config.max_text_length + 2
-    raw = (emb.word_embeddings.weight[tag] + emb.token_type_embeddings.weight[1] + emb.position_embeddings.weight[position]
-           + model.tag_geometry.projection(geometry))
-    expected = emb.LayerNorm(raw)
+    with torch.no_grad():
+        model.tag_geometry.gate.fill_(0.3)
+    raw = emb.word_embeddings.weight[tag] + emb.token_type_embeddings.weight[1] + emb.position_embeddings.weight[position]
+    expected = emb.LayerNorm(raw) + 0.3 * model.tag_geometry.LayerNorm(model.tag_geometry.projection(geometry))
     got = model._embed_tokens(inputs["tag_ids"], 1, model.config.max_text_length, None,
                               model.tag_geometry(inputs["tag_region_index"], inputs["region_boxes"]))
     torch.testing.assert_close(got[0, 2], expected)
@@ -139,7 +139,7 @@ def test_pixels_and_stored_features_give_the_same_geometry(tokenizer):
     for row in table:
         assert len(row["tag_regions"]) == len(row["tags"]) and row["tag_regions"] == sorted(row["tag_regions"])
     collator = VQACollator(tokenizer, regions=RegionStore(table), answer2id={"yes": 0}, max_text_length=16,
-                           max_tag_length=40, max_regions=10)
+                           max_tag_length=40, max_regions=10, tag_geometry=True)
     batch = collator([{"image_index": i, "question": "is it red?", "answers": ["yes"] * 10} for i in range(2)])
     region_index = batch["tag_region_index"]
     assert (region_index[batch["tag_attention_mask"] == 0] == -1).all()
@@ -161,8 +161,9 @@ def test_beam_generation_and_reload_keep_the_geometry(tokenizer, tmp_path):
     a = model.generate(**pixels, max_new_tokens=4, num_beams=3, do_sample=False)
     model.save_pretrained(tmp_path)
     reloaded = MiniVLMForImageCaptioning.from_pretrained(tmp_path).eval()
-    torch.testing.assert_close(reloaded.minivlm.tag_geometry.projection.weight,
-                               model.minivlm.tag_geometry.projection.weight)
+    for name, value in model.minivlm.tag_geometry.state_dict().items():
+        torch.testing.assert_close(reloaded.minivlm.tag_geometry.state_dict()[name], value)
+    assert float(reloaded.minivlm.tag_geometry.gate) == 1.0
     assert torch.equal(reloaded.generate(**pixels, max_new_tokens=4, num_beams=3, do_sample=False), a)
 
 
@@ -170,7 +171,7 @@ def test_collators_align_region_index_with_word_pieces(tokenizer):
     table = _table(tokenizer)
     store = RegionStore(table)
     collator = PreTrainingCollator(tokenizer, regions=store, max_text_length=16, max_tag_length=12, pollution=0.0,
-                                   caption_pollution=0.0, seed=0)
+                                   caption_pollution=0.0, seed=0, tag_geometry=True)
     batch = collator([{"image_index": 0, "caption": "a red circle"}, {"image_index": 1, "caption": "two stars"}])
     red, circle = (tokenizer.convert_tokens_to_ids(w) for w in ("red", "circle"))
     assert batch["tag_ids"].shape == batch["tag_region_index"].shape
@@ -181,12 +182,23 @@ def test_collators_align_region_index_with_word_pieces(tokenizer):
     assert original[:2].tolist() == [red, circle]  # masking keeps the regions of the masked pieces
     # truncation to max_tag_length keeps pieces and regions aligned, the closing [SEP] names no region
     short = PreTrainingCollator(tokenizer, regions=store, max_text_length=16, max_tag_length=3, pollution=0.0,
-                                caption_pollution=0.0, seed=0)
+                                caption_pollution=0.0, seed=0, tag_geometry=True)
     assert short([{"image_index": 0, "caption": "x"}])["tag_region_index"][0].tolist() == [1, 1, -1]
-    nlvr = NLVRCollator(tokenizer, regions=store, max_text_length=16, max_tag_length=12)
+    nlvr = NLVRCollator(tokenizer, regions=store, max_text_length=16, max_tag_length=12, tag_geometry=True)
     pair = nlvr([{"left_index": 0, "right_index": 1, "sentence": "one star", "label": 1}])
     assert pair["tag_region_index"].shape == pair["tag_ids"].shape == (1, 2, pair["tag_ids"].shape[-1])
     assert pair["tag_region_index"][0, 1].tolist()[:3] == [0, 0, -1]
+    # without tag_geometry (models saved before it existed do not take the argument) no index is emitted
+    plain = PreTrainingCollator(tokenizer, regions=store, max_text_length=16, max_tag_length=12, seed=0)
+    assert "tag_region_index" not in plain([{"image_index": 0, "caption": "x"}])
+
+
+def test_recipe_collators_follow_the_model_config():
+    from minivlm_hf.training.recipes import fusion_collator_settings
+
+    assert fusion_collator_settings(tiny_fusion_config(tag_geometry=True))["tag_geometry"] is True
+    assert fusion_collator_settings(tiny_fusion_config(), seed=3) == dict(
+        max_text_length=12, max_tag_length=8, max_regions=5, tag_geometry=False, seed=3)
 
 
 def _table(tokenizer):
@@ -236,5 +248,5 @@ def test_adding_geometry_to_a_trained_checkpoint_starts_from_its_outputs(tmp_pat
     source = MiniVLMForQuestionAnswering(tiny_fusion_config()).eval()
     source.save_pretrained(tmp_path)
     model = MiniVLMForQuestionAnswering.from_pretrained(tmp_path, tag_geometry=True).eval()
-    assert model.minivlm.tag_geometry.projection.weight.abs().max() == 0  # missing keys start at zero, not random
+    assert float(model.minivlm.tag_geometry.gate) == 0.0  # missing keys start gated off
     torch.testing.assert_close(model(**_inputs()).logits, source(**_inputs()).logits)

@@ -309,3 +309,19 @@ def test_next_token_captioning_and_listwise_retrieval_recipes(tmp_path, cache_di
     losses = [h["loss"] for h in result.trainer.state.log_history if "loss" in h]
     assert losses and all(math.isfinite(loss) and loss > 0 for loss in losses)
     assert 0.0 <= result.metrics["test_i2t_r1"] <= 1.0
+
+
+def test_tag_geometry_recipes_train_and_evaluate(tmp_path, cache_dir):
+    """With fusion.tag_geometry the collators send tag_region_index (from the features' tag_regions) through
+    training, the Trainer's generation and the test evaluation, and the gate learns."""
+    config = tiny_config(cache_dir, max_steps=3, save_strategy="no", eval_strategy="steps", eval_steps=3,
+                         per_device_eval_batch_size=4, learning_rate=1e-2)
+    config["evaluation"].update(num_beams=2, max_new_tokens=4)
+    config = load_recipe_config(None, {**config, "fusion": {**config["fusion"], "tag_geometry": True}})
+    data = RecipeData(config)
+    table = data.features("train")
+    assert all(len(r) == len(t) for r, t in zip(table["tag_regions"], table["tags"]))
+    for stage, key in (("caption", "test_cider"), ("nlvr", "test_accuracy")):
+        result = run_stage(stage, config, tmp_path / stage, data=data, progress=False)
+        assert result.model.config.tag_geometry and key in result.metrics
+        assert float(result.model.minivlm.tag_geometry.gate) != 0.0

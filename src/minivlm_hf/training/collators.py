@@ -171,6 +171,8 @@ class FusionCollator(abc.ABC):
         max_text_length / max_tag_length: as in ``MiniVLMConfig``.
         max_regions: keep at most this many regions (default: all).
         tag_source: ``"detected"`` (the rows' / store's ``tags``), ``"gt"`` (the scenes' objects) or ``"none"``.
+        tag_geometry: also return ``tag_region_index`` (the region each tag piece names) for a model with
+            ``MiniVLMConfig.tag_geometry``; off by default, since other models do not take it.
         seed, generator: randomness (see the module docstring).
     """
 
@@ -183,6 +185,7 @@ class FusionCollator(abc.ABC):
         max_tag_length: int = 30,
         max_regions: int | None = None,
         tag_source: str = "detected",
+        tag_geometry: bool = False,
         seed: int = 0,
         generator: torch.Generator | None = None,
     ):
@@ -195,6 +198,7 @@ class FusionCollator(abc.ABC):
         self.max_tag_length = max_tag_length
         self.max_regions = max_regions
         self.tag_source = tag_source
+        self.tag_geometry = tag_geometry
         self.seed = seed
         self.epoch = 0
         self.generator = generator
@@ -221,8 +225,8 @@ class FusionCollator(abc.ABC):
 
     def encode_tags(self, tag_lists: list[list]) -> dict[str, torch.Tensor]:
         """``tag … [SEP]`` word pieces (truncated to ``max_tag_length``) → ``tag_ids``, ``tag_attention_mask`` and
-        ``tag_region_index`` (the region each piece names, for ``MiniVLMConfig.tag_geometry``; -1 for [SEP], padding
-        and tags without a region). A tag is a phrase or a ``(phrase, region index)`` pair (see :meth:`image_inputs`)."""
+        with ``tag_geometry`` ``tag_region_index`` (the region each piece names, -1 for [SEP], padding and tags without
+        a region). A tag is a phrase or a ``(phrase, region index)`` pair (see :meth:`image_inputs`)."""
         rows, regions = [], []
         for tags in tag_lists:
             key = tuple(tags)
@@ -233,6 +237,8 @@ class FusionCollator(abc.ABC):
             rows.append(self._tag_cache[key][0])
             regions.append(self._tag_cache[key][1])
         ids, mask = self._pad(rows)
+        if not self.tag_geometry:
+            return {"tag_ids": ids, "tag_attention_mask": mask}
         region_index = torch.full_like(ids, -1)
         for i, row in enumerate(regions):
             region_index[i, : len(row)] = torch.tensor(row, dtype=torch.long)

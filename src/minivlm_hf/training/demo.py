@@ -22,6 +22,7 @@ from .recipes import (
     _merge,
     caption_generation_kwargs,
     evaluate_stage,
+    fusion_collator_settings,
     load_recipe_config,
     run_stage,
 )
@@ -243,8 +244,7 @@ def compare_outputs(stage: str, memory_model, reloaded, data, config: dict) -> d
         return {"check": f"logits + region features of {len(images)} test images (max |Δ| {diff:.2g})",
                 "equal": diff <= 1e-5, "max_abs_diff": diff}
     mcfg = reloaded.config
-    common = dict(max_text_length=mcfg.max_text_length, max_tag_length=mcfg.max_tag_length,
-                  max_regions=mcfg.max_regions, seed=config["seed"])
+    common = fusion_collator_settings(mcfg, seed=config["seed"])
     tok = data.tokenizer
     if stage == "nlvr":
         rows = [data.nlvr_statements("test")[i] for i in range(min(4, len(data.nlvr_statements("test"))))]

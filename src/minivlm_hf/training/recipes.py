@@ -289,6 +289,14 @@ def build_fusion_model(stage: str, config: dict, data: RecipeData):
 # ---------------------------------------------------------------------------------------------------------------------
 # collators per stage
 # ---------------------------------------------------------------------------------------------------------------------
+def fusion_collator_settings(model_config, **extra) -> dict:
+    """The collator arguments a fusion model's config decides (lengths; ``tag_region_index`` only for a model with
+    ``tag_geometry``, so models saved before it existed, e.g. as remote code, get no argument they do not take)."""
+    return dict(max_text_length=model_config.max_text_length, max_tag_length=model_config.max_tag_length,
+                max_regions=model_config.max_regions, tag_geometry=bool(getattr(model_config, "tag_geometry", False)),
+                **extra)
+
+
 def build_collators(stage: str, config: dict, data: RecipeData, model=None, split: str = "train"):
     """The collator of a stage for ``split`` (``train``: with the training randomness; other splits: evaluation
     collators, e.g. the captioning one returns ``image_index`` for :class:`CaptioningTrainer`)."""
@@ -297,8 +305,7 @@ def build_collators(stage: str, config: dict, data: RecipeData, model=None, spli
         flip = col["hflip_probability"] if split == "train" else 0.0
         return C.DetectionCollator(data.image_processor, hflip_probability=flip, seed=seed)
     mcfg = model.config
-    common = dict(max_text_length=mcfg.max_text_length, max_tag_length=mcfg.max_tag_length,
-                  max_regions=mcfg.max_regions, tag_source=col["tag_source"], seed=seed)
+    common = fusion_collator_settings(mcfg, tag_source=col["tag_source"], seed=seed)
     tok = data.tokenizer
     if stage == "pretrain":
         return C.PreTrainingCollator(
@@ -362,8 +369,7 @@ def _evaluate_stage(stage: str, model, config: dict, data: RecipeData, *, progre
     if stage == "pretrain":
         return {}, {}
     mcfg, tok = model.config, data.tokenizer
-    common = dict(max_text_length=mcfg.max_text_length, max_tag_length=mcfg.max_tag_length,
-                  max_regions=mcfg.max_regions, tag_source=config["collator"]["tag_source"])
+    common = fusion_collator_settings(mcfg, tag_source=config["collator"]["tag_source"])
     if stage == "nlvr":
         collator = C.NLVRCollator(tok, regions=data.nlvr_store(split), **common)
         return E.evaluate_nlvr(model, collator, data.nlvr_statements(split), limit=limit, batch_size=bs,
