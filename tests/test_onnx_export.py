@@ -106,7 +106,7 @@ def test_tag_geometry_model_exports_with_its_region_index(tmp_path):
     torch.manual_seed(0)
     model = MiniVLMForQuestionAnswering(tiny_fusion_config(tag_geometry=True)).eval()
     with torch.no_grad():  # a fresh model's tag geometry is gated off: open the gate
-        model.minivlm.tag_geometry.gate.fill_(1.0)
+        model.minivlm.tag_geometry.gate.fill_(10.0)
     path = export_vqa(model, tmp_path)
     runner = OnnxVQA(path)
     assert runner.input_names[-1] == "tag_region_index"
