@@ -55,6 +55,9 @@ class MiniVLMConfig(PreTrainedConfig):
         tag_attribute_threshold (`float`, defaults to 0.5): an attribute is named when its probability (sigmoid
             of the TEE's attribute logit) is at least this.
         max_tag_attributes (`int`, defaults to 2): attributes named per region at most (the most probable).
+        tag_order (`str`, defaults to `"score"`): order of the tag phrases. `"score"` (OSCAR / VinVL): most confident
+            region first. `"area"`: largest box first (which regions become tags is decided by score either way), so
+            the most salient objects, which captions mention first, lead the tag segment.
         tag_geometry (`bool`, defaults to `False`): add to every tag token the box geometry of the region its phrase
             names (`MiniVLMTagGeometryEmbedding`: gate · LayerNorm(Linear(box geometry)) after the embeddings'
             LayerNorm, the gate starting at 0; tokens naming no region get nothing). Tag text alone does not say where an object is, so
@@ -115,6 +118,7 @@ class MiniVLMConfig(PreTrainedConfig):
     tag_attributes: bool = False
     tag_attribute_threshold: float | int = 0.5
     max_tag_attributes: int = 2
+    tag_order: str = "score"
     tag_attribute_token_ids: dict | None = None
     tag_geometry: bool = False
     num_contrastive_labels: int = 3
@@ -172,6 +176,8 @@ class MiniVLMConfig(PreTrainedConfig):
             fail("tag_score_threshold", f"must be in [0, 1], got {self.tag_score_threshold}")
         if not 0.0 <= self.tag_attribute_threshold <= 1.0:
             fail("tag_attribute_threshold", f"must be in [0, 1], got {self.tag_attribute_threshold}")
+        if self.tag_order not in ("score", "area"):
+            fail("tag_order", f"must be 'score' or 'area', got {self.tag_order!r}")
         if self.max_tag_attributes < 0:
             fail("max_tag_attributes", f"must be >= 0, got {self.max_tag_attributes}")
         if not 0.0 <= self.caption_label_smoothing < 1.0:

@@ -46,7 +46,7 @@ BOX_TOLERANCE = 1e-3
 
 def select_tag_phrases(
     labels, scores, mask, threshold: float, attribute_scores=None, attribute_threshold: float = 0.5,
-    max_attributes: int = 2, return_regions: bool = False,
+    max_attributes: int = 2, return_regions: bool = False, order: str = "score", boxes=None,
 ) -> list[tuple]:
     """The tags of one image as `(class id, attribute ids)` phrases, most confident region first.
 
@@ -56,12 +56,13 @@ def select_tag_phrases(
     whose probability is `>= attribute_threshold` (the most probable), listed in vocabulary order. The feature
     extraction of the minivlm_hf training recipes calls this same function, so precomputed tags and tags made
     from pixels agree. `return_regions=True` adds the region index of each phrase: `(class id, attribute ids,
-    region)` (the first region of the class without attributes)."""
+    region)` (the first region of the class without attributes). `order="area"` lists the chosen phrases largest
+    box first (`boxes`: `(num_regions, 4)` xyxy; ties keep the score order)."""
     labels, scores, mask = torch.as_tensor(labels), torch.as_tensor(scores).float(), torch.as_tensor(mask).bool()
     keep = mask & (scores >= threshold)
-    order = torch.argsort(scores.masked_fill(~keep, -1.0), descending=True, stable=True)[: int(keep.sum())]
+    ranked = torch.argsort(scores.masked_fill(~keep, -1.0), descending=True, stable=True)[: int(keep.sum())]
     phrases, seen = [], set()
-    for idx in order.tolist():
+    for idx in ranked.tolist():
         label = int(labels[idx])
         if attribute_scores is None:
             if label not in seen:
@@ -71,6 +72,14 @@ def select_tag_phrases(
         probs = torch.as_tensor(attribute_scores[idx]).float()
         top = torch.argsort(probs, descending=True, stable=True)[:max_attributes]
         phrases.append((label, sorted(int(a) for a in top.tolist() if float(probs[a]) >= attribute_threshold), idx))
+    if order == "area":
+        if boxes is None:
+            raise ValueError("tag order 'area' needs the regions' boxes")
+        boxes = torch.as_tensor(boxes).float()
+        area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).tolist()
+        phrases = sorted(phrases, key=lambda phrase: -area[phrase[2]])  # stable: equal areas keep the score order
+    elif order != "score":
+        raise ValueError(f"tag order must be 'score' or 'area', got {order!r}")
     return phrases if return_regions else [phrase[:2] for phrase in phrases]
 
 
@@ -242,14 +251,15 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
         }
 
     def tags_from_regions(
-        self, region_labels, region_scores, region_mask, region_attribute_scores=None, return_region_index=False
+        self, region_labels, region_scores, region_mask, region_attribute_scores=None, return_region_index=False,
+        region_boxes=None,
     ) -> tuple[torch.LongTensor, ...]:
         """Detected regions → tag word pieces `[tag … SEP]` (token type 1), most confident first: `(tag_ids,
         tag_attention_mask)`, plus `tag_region_index` (the region each token names, -1 for [SEP] / padding) with
         `return_region_index=True`.
 
         With `config.tag_attributes` each kept region gives "attribute … class" (see [`select_tag_phrases`]);
-        otherwise each detected class name appears once."""
+        otherwise each detected class name appears once. `config.tag_order="area"` needs `region_boxes`."""
         config = self.config
         if not config.tag_token_ids:
             raise ValueError(
@@ -269,6 +279,7 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
                 region_labels[b], region_scores[b], region_mask[b], config.tag_score_threshold,
                 region_attribute_scores[b] if config.tag_attributes else None,
                 config.tag_attribute_threshold, config.max_tag_attributes, return_regions=True,
+                order=config.tag_order, boxes=None if region_boxes is None else region_boxes[b],
             )
             pieces, regions = [], []
             for label, attributes, region in phrases:
@@ -431,7 +442,7 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
                 if tag_ids is None and not folded_tags:
                     tag_ids, tag_attention_mask, tag_region_index = self.tags_from_regions(
                         vision["region_labels"], vision["region_scores"], region_mask,
-                        vision["region_attribute_scores"], return_region_index=True,
+                        vision["region_attribute_scores"], return_region_index=True, region_boxes=region_boxes,
                     )
                     vision["tag_ids"] = tag_ids
             elif region_features is not None:

@@ -240,6 +240,7 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
                         self.minivlm.tags_from_regions(
                             regions["region_labels"], regions["region_scores"], regions["region_mask"],
                             regions["region_attribute_scores"], return_region_index=True,
+                            region_boxes=regions["region_boxes"],
                         )
                     )
             for name in ("region_features", "region_boxes", "region_mask"):

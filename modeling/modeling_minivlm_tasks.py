@@ -365,6 +365,7 @@ class MiniVLMForImageTextRetrieval(_PooledClassifierMixin, MiniVLMPreTrainedMode
                     self.minivlm.tags_from_regions(
                         regions["region_labels"], regions["region_scores"], regions["region_mask"],
                         regions["region_attribute_scores"], return_region_index=True,
+                        region_boxes=regions["region_boxes"],
                     )
                 )
             for key in ("region_features", "region_boxes", "region_mask"):

@@ -121,3 +121,50 @@ def test_vqa_model_uses_configured_loss_and_scores(tokenizer):
         tiny_fusion_config(vqa_loss="hinge")
     with pytest.raises(ValueError, match="tag_attribute_threshold"):
         tiny_fusion_config(tag_attribute_threshold=1.5)
+
+
+BOXES = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.1, 0.1], [0.2, 0.2, 0.9, 0.9], [0.0, 0.0, 1.0, 1.0]])
+
+
+def test_tag_order_area_lists_the_largest_box_first():
+    # the same phrases as by score (region 1: 0.9, region 2: 0.7, region 0: 0.5), reordered by box area
+    by_area = select_tag_phrases(LABELS, SCORES, MASK, 0.3, ATTRS, 0.5, 2, return_regions=True, order="area",
+                                 boxes=BOXES)
+    assert by_area == [(2, [], 2), (2, [0, 2], 0), (0, [1, 2], 1)]
+    # class mode: the class's phrase still names its most confident region, then the order follows area
+    assert select_tag_phrases(LABELS, SCORES, MASK, 0.3, order="area", boxes=BOXES) == [(2, []), (0, [])]
+    with pytest.raises(ValueError, match="needs the regions' boxes"):
+        select_tag_phrases(LABELS, SCORES, MASK, 0.3, order="area")
+    with pytest.raises(ValueError, match="tag order"):
+        select_tag_phrases(LABELS, SCORES, MASK, 0.3, order="size", boxes=BOXES)
+    with pytest.raises(ValueError, match="tag_order"):
+        MiniVLMConfig(tag_order="size")
+
+
+def test_area_ordered_tags_from_pixels_match_the_feature_extraction(tokenizer):
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    model = _model(tokenizer, tag_order="area")
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)) for _ in range(2)]
+    processor = tiny_image_processor()
+    pixels = processor(images=images, return_tensors="pt")
+    with torch.no_grad():
+        regions = model.extract_regions(pixels["pixel_values"], pixels["pixel_mask"])
+    tag_ids, tag_mask = model.tags_from_regions(regions["region_labels"], regions["region_scores"],
+                                                regions["region_mask"], regions["region_attribute_scores"],
+                                                region_boxes=regions["region_boxes"])
+    table = extract_features(model.vision_model, processor, datasets.Dataset.from_dict({"image": images}),
+                             tag_threshold=0.0, tag_attributes=True, attribute_threshold=0.0, max_attributes=1,
+                             tag_order="area", dtype="float32")
+    for b in range(2):
+        boxes = torch.tensor(table[b]["region_boxes"])
+        areas = [float((boxes[r, 2] - boxes[r, 0]) * (boxes[r, 3] - boxes[r, 1])) for r in table[b]["tag_regions"]]
+        assert len(areas) > 1 and areas == sorted(areas, reverse=True)
+        expected = tokenizer(" ".join(table[b]["tags"]), add_special_tokens=False)["input_ids"][:39]
+        assert tag_ids[b, : int(tag_mask[b].sum())].tolist() == expected + [tokenizer.sep_token_id]
+    with pytest.raises(ValueError, match="needs the regions' boxes"):
+        model.tags_from_regions(regions["region_labels"], regions["region_scores"], regions["region_mask"],
+                                regions["region_attribute_scores"])

@@ -224,7 +224,7 @@ class MiniVLMSide(_Common):
         r = base.extract_regions(pixel_values, pixel_mask)
         tag_ids, tag_mask, tag_regions = base.tags_from_regions(
             r["region_labels"], r["region_scores"], r["region_mask"], r.get("region_attribute_scores"),
-            return_region_index=True,
+            return_region_index=True, region_boxes=r["region_boxes"],
         )
         return {"region_features": r["region_features"], "region_boxes": r["region_boxes"],
                 "region_mask": r["region_mask"], "tag_ids": tag_ids, "tag_attention_mask": tag_mask,
@@ -304,7 +304,7 @@ class BaselineSide(_Common):
         mask = torch.ones(features.shape[:2], dtype=torch.bool)
         tag_ids, tag_mask, tag_regions = fusion_model.minivlm.tags_from_regions(
             self.extractor.last_labels, self.extractor.last_scores, mask,
-            getattr(self.extractor, "last_attribute_scores", None), return_region_index=True,
+            getattr(self.extractor, "last_attribute_scores", None), return_region_index=True, region_boxes=boxes,
         )
         return {"region_features": features, "region_boxes": boxes, "region_mask": mask, "tag_ids": tag_ids,
                 "tag_attention_mask": tag_mask, "tag_region_index": tag_regions}

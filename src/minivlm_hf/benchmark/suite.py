@@ -529,6 +529,7 @@ class _Runner:
                 tag_ids, tag_mask, tag_regions = m.vqa.minivlm.tags_from_regions(
                     r["region_labels"], r["region_scores"], r["region_mask"],
                     r["attribute_logits"].float().sigmoid(), return_region_index=True,
+                    region_boxes=r["region_boxes"],
                 )
                 return ort_vqa(**m.question, tag_ids=tag_ids, tag_attention_mask=tag_mask, tag_region_index=tag_regions,
                                region_features=r["region_features"], region_boxes=r["region_boxes"],

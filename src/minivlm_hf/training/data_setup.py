@@ -142,12 +142,14 @@ class RecipeData:
         d = self.data_config
         if self.oracle:
             table = oracle_features(images, feature_size=d["oracle_feature_size"], num_regions=d["oracle_num_regions"],
-                                    tag_attributes=bool(d.get("tag_attributes", False)))
+                                    tag_attributes=bool(d.get("tag_attributes", False)),
+                                    tag_order=d.get("tag_order", "score"))
         else:
             table = extract_features(
                 self.extractor, self.ensure_image_processor(), images, batch_size=d["extract_batch_size"],
                 tag_threshold=d["tag_threshold"], tag_attributes=bool(d.get("tag_attributes", False)),
-                attribute_threshold=d.get("tag_attribute_threshold", 0.5), desc=f"Extracting regions ({name})",
+                attribute_threshold=d.get("tag_attribute_threshold", 0.5), tag_order=d.get("tag_order", "score"),
+                desc=f"Extracting regions ({name})",
             )
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -41,12 +41,14 @@ def region_features_schema(num_regions: int, feature_size: int, dtype: str = "fl
 
 def tags_from_detections(labels, scores, mask, id2label: dict, threshold: float, attribute_scores=None,
                          attribute_id2label: dict | None = None, attribute_threshold: float = 0.5,
-                         max_attributes: int = 2, return_regions: bool = False):
+                         max_attributes: int = 2, return_regions: bool = False, order: str = "score",
+                         boxes=None):
     """Tag strings of one image by :func:`select_tag_phrases` (the rule ``MiniVLMModel.tags_from_regions`` applies):
     class names once each, or with ``attribute_scores`` one "attribute … class" phrase per region. With
-    ``return_regions``: ``(tags, regions)``, the index of the region each tag names."""
+    ``return_regions``: ``(tags, regions)``, the index of the region each tag names. ``order="area"``: largest box
+    (``boxes``) first."""
     phrases = select_tag_phrases(labels, scores, mask, threshold, attribute_scores, attribute_threshold, max_attributes,
-                                 return_regions=True)
+                                 return_regions=True, order=order, boxes=boxes)
     names, regions = [], []
     for label, attributes, region in phrases:
         words = [attribute_id2label.get(a, str(a)) for a in attributes] if attributes else []
@@ -68,6 +70,7 @@ def extract_features(
     tag_attributes: bool = False,
     attribute_threshold: float = 0.5,
     max_attributes: int = 2,
+    tag_order: str = "score",
     drop_image: bool = True,
     dtype: str = "float16",
     desc: str = "Extracting regions",
@@ -106,7 +109,8 @@ def extract_features(
         attributes = out.attribute_logits[:, :k].float().sigmoid().cpu() if tag_attributes else [None] * n
         result = {key: batch[key] for key in base}
         tags = [tags_from_detections(labels[i, :k], scores[i, :k], mask[i, :k], id2label, tag_threshold, attributes[i],
-                                     attribute_id2label, attribute_threshold, max_attributes, return_regions=True)
+                                     attribute_id2label, attribute_threshold, max_attributes, return_regions=True,
+                                     order=tag_order, boxes=boxes[i, :k])
                 for i in range(n)]
         result.update(
             region_features=list(feats), region_boxes=list(boxes), region_mask=mask.tolist(),
@@ -115,7 +119,7 @@ def extract_features(
         )
         return result
 
-    settings = f"{tag_threshold}-{tag_attributes}-{attribute_threshold}-{max_attributes}"
+    settings = f"{tag_threshold}-{tag_attributes}-{attribute_threshold}-{max_attributes}-{tag_order}"
     fingerprint = hashlib.sha256(f"{dataset._fingerprint}-{id(tee)}-{settings}".encode()).hexdigest()[:16]
     return dataset.map(
         run, batched=True, batch_size=batch_size, features=features, remove_columns=dataset.column_names,
@@ -124,7 +128,8 @@ def extract_features(
 
 
 def oracle_features(dataset: datasets.Dataset, *, feature_size: int = 32, num_regions: int = 10,
-                    noise: float = 0.0, seed: int = 0, tag_attributes: bool = False) -> datasets.Dataset:
+                    noise: float = 0.0, seed: int = 0, tag_attributes: bool = False,
+                    tag_order: str = "score") -> datasets.Dataset:
     """Ground-truth "features": per object a one-hot shape / colour / size code (``feature_size >= 19``), its exact
     box, score 1 and its class; tags = the true class names (with ``tag_attributes``: "colour size class" per
     object). For tests and as an upper-bound diagnostic."""
@@ -166,7 +171,7 @@ def oracle_features(dataset: datasets.Dataset, *, feature_size: int = 32, num_re
         rows["region_labels"].append(labels.tolist())
         tags, regions = tags_from_detections(labels, mask.astype(np.float32), mask, OBJECT_ID2LABEL, 0.5,
                                              attributes if tag_attributes else None, ATTRIBUTE_ID2LABEL,
-                                             return_regions=True)
+                                             return_regions=True, order=tag_order, boxes=boxes)
         rows["tags"].append(tags)
         rows["tag_regions"].append(regions)
     return datasets.Dataset.from_dict(rows, features=features)

@@ -24,7 +24,8 @@ Recipe config (JSON; every key optional, defaults in :data:`DEFAULT_CONFIG` and 
         "oracle_feature_size": 32, "oracle_num_regions": 10,
         "tag_threshold": 0.3,                 # a region becomes a tag at this detection score
         "tag_attributes": false,              # tags "attribute … class" per region (VinVL style) instead of
-        "tag_attribute_threshold": 0.5        #   class names once; attributes named at this probability
+        "tag_attribute_threshold": 0.5,       #   class names once; attributes named at this probability
+        "tag_order": "score"                  # tag phrases most confident first, or "area": largest box first
       },
       "detector": {...},                      # TEEConfig fields (backbone, num_regions, anchor_sizes, ...)
       "fusion": {                             # MiniVLMConfig fields (num_hidden_layers, max_text_length, ...) plus
@@ -86,7 +87,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "detector": None, "features_dir": None,
         "oracle_feature_size": 32, "oracle_num_regions": 10, "extract_batch_size": 16, "extract_fast": False,
         "tag_threshold": 0.3,
-        "tag_attributes": False, "tag_attribute_threshold": 0.5,
+        "tag_attributes": False, "tag_attribute_threshold": 0.5, "tag_order": "score",
     },
     "detector": {
         "backbone": "efficientnet_b0", "anchor_sizes": [16, 32, 64, 128, 256], "num_regions": 16,
@@ -270,6 +271,7 @@ def build_fusion_model(stage: str, config: dict, data: RecipeData):
             tag_score_threshold=config["data"]["tag_threshold"],
             tag_attributes=bool(config["data"].get("tag_attributes", False)),
             tag_attribute_threshold=config["data"].get("tag_attribute_threshold", 0.5),
+            tag_order=config["data"].get("tag_order", "score"),
             tag_attribute_token_ids=tag_token_ids(
                 data.tokenizer, vision_config.attribute_id2label if vision_config else ATTRIBUTE_ID2LABEL),
             **{**fields, **extra},
