@@ -275,6 +275,40 @@ def test_hard_retrieval_negatives_take_the_most_similar_caption(tok, table, stor
         RetrievalCollator(tok, hard_negatives=1.5)
 
 
+def test_perturbed_retrieval_negatives_change_one_count_or_spatial_word(tok, table, store):
+    examples = caption_examples(table)
+    rows = [examples[i] for i in range(0, 200, 5)][:16]
+    collator = RetrievalCollator(tok, regions=store, seed=2, perturbed_negatives=1.0)
+    batch = collator(rows)
+    counts = {"two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"}
+    opposite = {"left": "right", "right": "left", "above": "below", "below": "above"}
+    perturbed = 0
+    for (i, kind, j), neg in zip(collator.last_swaps, range(1, 32, 2)):
+        words = rows[i]["caption"].split()
+        swappable = [w for w in words if w in counts or w in opposite]
+        if not swappable:  # nothing to perturb: an ordinary donor negative
+            assert kind in ("caption", "image") and j != i
+            continue
+        perturbed += 1
+        assert kind == "perturbed" and j == i
+        # the same image, the caption with exactly one word replaced: a count by another count, or the opposite side
+        assert torch.equal(batch["region_features"][neg], batch["region_features"][2 * i])
+        text = tok.decode(batch["input_ids"][neg], skip_special_tokens=True).split()
+        changed = [(a, b) for a, b in zip(words, text) if a != b]
+        assert len(text) == len(words) and len(changed) == 1
+        old_word, new_word = changed[0]
+        assert (old_word in counts and new_word in counts) or opposite.get(old_word) == new_word
+    assert perturbed >= 4
+    assert batch["labels"].tolist() == [1, 0] * 16
+    # off (the default) the random stream, and so every batch, is what it was before the option existed
+    plain, off = RetrievalCollator(tok, regions=store, seed=2), RetrievalCollator(tok, regions=store, seed=2,
+                                                                                   perturbed_negatives=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(plain(rows).values(), off(rows).values()))
+    assert collator.perturb("there is a red object in the picture", torch.Generator()) is None
+    with pytest.raises(ValueError, match="perturbed_negatives"):
+        RetrievalCollator(tok, perturbed_negatives=2.0)
+
+
 def test_nlvr_collator_pairs(tok):
     nlvr = build_nlvr(6, 0, 0, seed=1)["train"]
     images, statements = nlvr_images(nlvr)

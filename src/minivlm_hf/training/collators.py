@@ -34,6 +34,7 @@ from ..modeling.processing_minivlm import encode_tag_phrases, vqa_soft_scores
 from .features import tag_pairs
 
 REGION_KEYS = ("region_features", "region_boxes", "region_mask")
+_COUNT_WORDS = ("two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 NLVR_SIDES = ("left", "right")
 
 
@@ -522,21 +523,35 @@ class RetrievalCollator(FusionCollator):
     the batch (a different image and a different caption; distinct donors within a row's group while the batch has
     enough). With probability ``hard_negatives`` the donor is a hard one: the row whose caption shares the most words
     with this row's (Jaccard over word sets, ties at random), e.g. "a red circle above a blue square" against "a red
-    circle above a green square", so the model must read the details; otherwise any donor at random.
+    circle above a green square", so the model must read the details; otherwise any donor at random. With
+    probability ``perturbed_negatives`` the negative is instead the row's own caption with one word of
+    ``perturb_words`` replaced (a count: "three objects including a red star" → "six objects including …"; a
+    spatial word: "left" ↔ "right", "above" ↔ "below"), the same image: a caption that differs from the truth only in
+    the count or the relation, which the model must then check; captions without such a word get a donor instead.
 
     The output has ``(1 + negatives_per_positive) × batch`` rows in groups ``[positive, negatives…]`` (the layout
     ``config.retrieval_loss="listwise"`` expects); ``self.last_swaps`` lists ``(row, kind, donor_row)`` per negative,
     in output order."""
 
+    #: Counts are swapped among themselves ("one" is left alone: it also means "a"), spatial words with their opposite.
+    PERTURB_WORDS: dict[str, tuple[str, ...]] = {
+        **{w: tuple(v for v in _COUNT_WORDS if v != w) for w in _COUNT_WORDS},
+        "left": ("right",), "right": ("left",), "above": ("below",), "below": ("above",),
+    }
+
     def __init__(self, tokenizer, *, caption_swap: float = 0.5, hard_negatives: float = 0.0,
+                 perturbed_negatives: float = 0.0, perturb_words: dict[str, Sequence[str]] | None = None,
                  negatives_per_positive: int = 1, **kwargs):
         super().__init__(tokenizer, **kwargs)
-        if not 0.0 <= hard_negatives <= 1.0:
-            raise ValueError(f"hard_negatives must be a probability in [0, 1], got {hard_negatives}")
+        for name, value in (("hard_negatives", hard_negatives), ("perturbed_negatives", perturbed_negatives)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
         if int(negatives_per_positive) < 1:
             raise ValueError(f"negatives_per_positive must be >= 1, got {negatives_per_positive}")
         self.caption_swap = caption_swap
         self.hard_negatives = hard_negatives
+        self.perturbed_negatives = perturbed_negatives
+        self.perturb_words = {k: tuple(v) for k, v in (perturb_words or self.PERTURB_WORDS).items()}
         self.negatives_per_positive = int(negatives_per_positive)
         self.last_swaps: list[tuple[int, str, int]] = []
 
@@ -546,6 +561,17 @@ class RetrievalCollator(FusionCollator):
         overlap = [len(words[i] & words[j]) / max(1, len(words[i] | words[j])) for j in donors]
         best = max(overlap)
         return [j for j, o in zip(donors, overlap) if o == best]
+
+    def perturb(self, caption: str, generator: torch.Generator) -> str | None:
+        """``caption`` with one of its ``perturb_words`` replaced by one of its alternatives (None if it has none)."""
+        words = caption.split()
+        spots = [k for k, w in enumerate(words) if self.perturb_words.get(w)]
+        if not spots:
+            return None
+        k = spots[int(torch.randint(len(spots), (1,), generator=generator))]
+        options = self.perturb_words[words[k]]
+        words[k] = options[int(torch.randint(len(options), (1,), generator=generator))]
+        return " ".join(words)
 
     def __call__(self, rows: Sequence[dict]) -> dict:
         if len(rows) < 2:
@@ -562,6 +588,9 @@ class RetrievalCollator(FusionCollator):
         draws = torch.rand(len(rows), per_row, generator=g)
         hard = torch.rand(len(rows), per_row, generator=g) < self.hard_negatives
         words = [set(c.split()) for c in captions] if self.hard_negatives else []
+        # drawn only when enabled, so that the other settings keep their random stream
+        perturbed = torch.rand(len(rows), per_row, generator=g) < self.perturbed_negatives if self.perturbed_negatives \
+            else None
         for i in range(len(rows)):
             texts.append(captions[i])
             image_rows.append(i)
@@ -571,6 +600,13 @@ class RetrievalCollator(FusionCollator):
                 donors = [j for j in range(len(rows)) if captions[j] != captions[i]] or [(i + 1) % len(rows)]
             used: set[int] = set()
             for n in range(per_row):
+                text = self.perturb(captions[i], g) if perturbed is not None and perturbed[i, n] else None
+                if text is not None:
+                    texts.append(text)
+                    image_rows.append(i)
+                    labels.append(0)
+                    self.last_swaps.append((i, "perturbed", i))
+                    continue
                 pool = [j for j in donors if j not in used] or donors
                 if hard[i, n]:
                     pool = self._hardest(i, pool, words)

@@ -40,6 +40,8 @@ Recipe config (JSON; every key optional, defaults in :data:`DEFAULT_CONFIG` and 
                    "caption_swap": 0.5, "tag_source": "detected", "hflip_probability": 0.5,
                    "mask_polluted": true,             # masked-token labels on polluted pre-training pairs too
                    "hard_negatives": 0.0,             # retrieval: share of negatives from the most similar caption
+                   "perturbed_negatives": 0.0,        # retrieval: share of the row's own caption, a count or a
+                                                      #   spatial word swapped ("two" -> "five", "left" -> "right")
                    "negatives_per_positive": 1},      # retrieval: negatives after each matched pair
       "training": {...},                      # any transformers.TrainingArguments field (max_steps, learning_rate,
                                               # per_device_train_batch_size, warmup_steps, save_steps, ...);
@@ -102,7 +104,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "collator": {
         "mask_probability": 0.15, "max_masked_tokens": 3, "pollution": 0.5, "caption_pollution": 0.25,
         "caption_swap": 0.5, "tag_source": "detected", "hflip_probability": 0.5, "mask_polluted": True,
-        "hard_negatives": 0.0, "negatives_per_positive": 1,
+        "hard_negatives": 0.0, "perturbed_negatives": 0.0, "negatives_per_positive": 1,
     },
     "training": {},
     "debug": {"param_hash": False},
@@ -324,6 +326,7 @@ def build_collators(stage: str, config: dict, data: RecipeData, model=None, spli
     if stage == "retrieval":
         return C.RetrievalCollator(tok, regions=data.store(split), caption_swap=col["caption_swap"],
                                    hard_negatives=col["hard_negatives"],
+                                   perturbed_negatives=col["perturbed_negatives"],
                                    negatives_per_positive=col["negatives_per_positive"], **common)
     if stage == "nlvr":
         return C.NLVRCollator(tok, regions=data.nlvr_store(split), **common)
