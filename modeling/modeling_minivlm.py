@@ -48,7 +48,8 @@ def select_tag_phrases(
     labels, scores, mask, threshold: float, attribute_scores=None, attribute_threshold: float = 0.5,
     max_attributes: int = 2, return_regions: bool = False, order: str = "score", boxes=None,
 ) -> list[tuple]:
-    """The tags of one image as `(class id, attribute ids)` phrases, most confident region first.
+    """The tags of one image as `(class id, attribute ids)` phrases, most confident region first (or largest box
+    first, `order="area"`).
 
     Regions count when `mask` is set and `scores >= threshold`. Without `attribute_scores` (shape
     `(num_regions, num_attributes)`, probabilities) each class appears once with no attributes (OSCAR tags). With
@@ -254,7 +255,7 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
         self, region_labels, region_scores, region_mask, region_attribute_scores=None, return_region_index=False,
         region_boxes=None,
     ) -> tuple[torch.LongTensor, ...]:
-        """Detected regions → tag word pieces `[tag … SEP]` (token type 1), most confident first: `(tag_ids,
+        """Detected regions → tag word pieces `[tag … SEP]` (token type 1), in `config.tag_order`: `(tag_ids,
         tag_attention_mask)`, plus `tag_region_index` (the region each token names, -1 for [SEP] / padding) with
         `return_region_index=True`.
 
@@ -333,7 +334,8 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             )
         if tag_region_index.shape != tag_ids.shape:
             raise ValueError(
-                f"tag_region_index must have the shape of tag_ids {tuple(tag_ids.shape)}, got {tuple(tag_region_index.shape)}"
+                f"tag_region_index must have the shape of tag_ids {tuple(tag_ids.shape)}, "
+                f"got {tuple(tag_region_index.shape)}"
             )
         if region_boxes is None:
             raise ValueError("config.tag_geometry is set: tag_region_index needs region inputs (region_boxes)")

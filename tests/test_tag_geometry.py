@@ -85,7 +85,8 @@ def test_geometry_is_the_gated_normalised_box_projection():
     position = model.config.max_text_length + 2
     with torch.no_grad():
         model.tag_geometry.gate.fill_(0.3)
-    raw = emb.word_embeddings.weight[tag] + emb.token_type_embeddings.weight[1] + emb.position_embeddings.weight[position]
+    raw = (emb.word_embeddings.weight[tag] + emb.token_type_embeddings.weight[1]
+           + emb.position_embeddings.weight[position])
     expected = emb.LayerNorm(raw) + 0.3 * model.tag_geometry.LayerNorm(model.tag_geometry.projection(geometry))
     got = model._embed_tokens(inputs["tag_ids"], 1, model.config.max_text_length, None,
                               model.tag_geometry(inputs["tag_region_index"], inputs["region_boxes"]))
