@@ -138,6 +138,9 @@ def eager_attention_forward(
 
 
 class MiniVLMSelfAttention(nn.Module):
+    #: `minivlm_hf.fast.fuse_qkv_projections` may replace `query` / `key` / `value` by one `qkv` Linear (inference).
+    supports_fused_qkv = True
+
     def __init__(self, config: MiniVLMConfig, layer_idx: int):
         super().__init__()
         self.config = config
@@ -160,9 +163,13 @@ class MiniVLMSelfAttention(nn.Module):
         output_attentions: bool = False,
     ):
         shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
-        query = self.query(hidden_states).view(shape).transpose(1, 2)
-        key = self.key(hidden_states).view(shape).transpose(1, 2)
-        value = self.value(hidden_states).view(shape).transpose(1, 2)
+        qkv = getattr(self, "qkv", None)
+        if qkv is not None:  # one GEMM instead of three (fast path)
+            query, key, value = (t.view(shape).transpose(1, 2) for t in qkv(hidden_states).chunk(3, dim=-1))
+        else:
+            query = self.query(hidden_states).view(shape).transpose(1, 2)
+            key = self.key(hidden_states).view(shape).transpose(1, 2)
+            value = self.value(hidden_states).view(shape).transpose(1, 2)
         if cache is not None:
             # Only the first `cache_commit_length` tokens are stored; the rest (the [MASK] query of captioning) is
             # transient and attends to the cache without being remembered.

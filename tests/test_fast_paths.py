@@ -166,7 +166,9 @@ def test_int8_fusion_logits_close_and_argmax_agrees():
     model = _vqa_model()
     linear_names = fusion_linear_names(model)
     fast = optimize_for_inference(model, int8=True)
-    assert fast.minivlm_optimizations.int8_linear_layers == len(linear_names) > 0
+    layers = len(model.minivlm.encoder.layer)
+    assert fast.minivlm_optimizations.fused_qkv_layers == layers  # 3 Linears -> 1 per layer, then quantised
+    assert fast.minivlm_optimizations.int8_linear_layers == len(linear_names) - 2 * layers > 0
     float_linears = [n for n, m in fast.named_modules() if type(m) is nn.Linear]
     assert float_linears == ["minivlm.region_embeddings.projection"]  # kept in float on purpose
     assert "minivlm.region_embeddings.projection" in fusion_linear_names(model, include_region_embedding=True)
@@ -207,11 +209,35 @@ def test_int8_weights_have_one_scale_per_output_channel_and_beat_per_tensor_scal
     assert err_channel <= err_tensor
 
 
+def test_fused_qkv_is_exact_in_fp32_and_skips_models_without_support():
+    from minivlm_hf.fast import fuse_qkv_projections
+
+    model = _vqa_model()
+    fused = optimize_for_inference(model, fuse_bn=False, channels_last=False)
+    attention = fused.minivlm.encoder.layer[0].attention.self
+    assert fused.minivlm_optimizations.fused_qkv_layers == len(model.minivlm.encoder.layer)
+    assert not hasattr(attention, "query") and attention.qkv.out_features == 3 * attention.qkv.in_features
+    inputs = _vqa_inputs(batch=8)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(**inputs).logits, model(**inputs).logits, atol=1e-5, rtol=1e-5)
+    untouched = optimize_for_inference(model, fuse_qkv=False)
+    assert untouched.minivlm_optimizations.fused_qkv_layers == 0
+    assert type(untouched.minivlm.encoder.layer[0].attention.self.query) is nn.Linear
+
+    class OldAttention(nn.Module):  # e.g. remote code saved before fused QKV existed: no supports_fused_qkv
+        def __init__(self):
+            super().__init__()
+            self.query, self.key, self.value = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    old = nn.Sequential(OldAttention())
+    assert fuse_qkv_projections(old) == 0 and type(old[0].query) is nn.Linear
+
+
 def test_int8_leaves_the_tee_alone_and_excludes_bf16():
     model = MiniVLMForQuestionAnswering(tiny_fusion_config(vision_config=tiny_tee_config())).eval()
     fast = optimize_for_inference(model, int8=True)
     assert type(fast.minivlm.vision_model.box_head.fc1) is nn.Linear  # the TEE keeps float Linear layers
-    assert type(fast.minivlm.encoder.layer[0].attention.self.query) is not nn.Linear
+    assert type(fast.minivlm.encoder.layer[0].attention.self.qkv) is not nn.Linear  # fused, then quantised
     with pytest.raises(ValueError, match="choose one"):
         optimize_for_inference(model, int8=True, bf16=True)
 

@@ -422,6 +422,7 @@ class _Runner:
             regions = m.regions(m.vqa, m.pixel_values, m.pixel_mask)
         fusion_variants = {
             "fp32": m.vqa,
+            "fp32 + fused QKV": optimize_for_inference(m.vqa),
             "int8": optimize_for_inference(m.vqa, int8=True),
             "bf16": optimize_for_inference(m.vqa, bf16=True),
         }

@@ -30,6 +30,7 @@ Notes:
 from .fusion import (
     compile_fusion_encoder,
     find_fusion_models,
+    fuse_qkv_projections,
     fusion_linear_names,
     fusion_to_bf16,
     is_fusion_model,
@@ -56,6 +57,7 @@ __all__ = [
     "find_fusion_models",
     "find_tees",
     "fuse_conv_bn",
+    "fuse_qkv_projections",
     "fusion_linear_names",
     "fusion_to_bf16",
     "is_fusion_model",

@@ -7,6 +7,8 @@
   quantises its input with a scale taken from that input, so an int8 captioner's cached decoding (one new token per
   step) and uncached decoding (the whole sequence per step) round differently and may pick different tokens; the
   fp32 / bf16 models give identical tokens either way.
+- :func:`fuse_qkv_projections`: each attention layer's query / key / value Linears become one Linear (exact up to
+  float rounding; one larger GEMM, and for int8 one activation quantisation instead of three).
 - :func:`fusion_to_bf16`: the fusion transformer and heads in bfloat16 (weights converted once; the model already
   casts region features to its embedding dtype). The TEE inside is left in float32 unless asked otherwise.
 - :func:`compile_fusion_encoder`: ``torch.compile`` of the encoder stack.
@@ -27,6 +29,7 @@ __all__ = [
     "find_fusion_models",
     "fusion_linear_names",
     "quantize_fusion_int8",
+    "fuse_qkv_projections",
     "fusion_to_bf16",
     "compile_fusion_encoder",
 ]
@@ -94,6 +97,30 @@ def quantize_fusion_int8(model: nn.Module, include_lm_head: bool = True, per_cha
         quantize_dynamic(model, qconfig_spec={name: qconfig for name in names}, dtype=torch.qint8, inplace=True)
     model._minivlm_int8 = True
     return model
+
+
+def fuse_qkv_projections(model: nn.Module) -> int:
+    """Replace the ``query`` / ``key`` / ``value`` Linears of every attention layer that supports it
+    (``supports_fused_qkv``; remote code saved before this existed does not) by one ``qkv`` Linear, in place.
+    Returns the number of layers fused. Inference only: the model's state dict changes (no longer BERT's names)."""
+    fused = 0
+    for module in model.modules():
+        if not getattr(type(module), "supports_fused_qkv", False):
+            continue
+        parts = [getattr(module, name, None) for name in ("query", "key", "value")]
+        if not all(type(p) is nn.Linear and p.bias is not None for p in parts):
+            continue
+        weight = parts[0].weight
+        qkv = nn.Linear(parts[0].in_features, sum(p.out_features for p in parts), device=weight.device,
+                        dtype=weight.dtype)
+        with torch.no_grad():
+            qkv.weight.copy_(torch.cat([p.weight for p in parts]))
+            qkv.bias.copy_(torch.cat([p.bias for p in parts]))
+        qkv.requires_grad_(weight.requires_grad)
+        del module.query, module.key, module.value
+        module.qkv = qkv
+        fused += 1
+    return fused
 
 
 def fusion_to_bf16(model: nn.Module, include_vision: bool = False) -> nn.Module:

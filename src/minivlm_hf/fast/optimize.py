@@ -9,7 +9,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .fusion import compile_fusion_encoder, find_fusion_models, fusion_to_bf16, quantize_fusion_int8
+from .fusion import (
+    compile_fusion_encoder,
+    find_fusion_models,
+    fuse_qkv_projections,
+    fusion_to_bf16,
+    quantize_fusion_int8,
+)
 from .tee import bf16_dense_part, compile_dense_part, find_tees, fuse_conv_bn, tee_example_input, to_channels_last
 
 __all__ = ["OptimizationSummary", "optimize_for_inference"]
@@ -25,6 +31,7 @@ class OptimizationSummary:
     channels_last: bool = False
     bf16_fusion: bool = False
     bf16_vision: bool = False
+    fused_qkv_layers: int = 0
     int8_linear_layers: int = 0
     compiled: list[str] = field(default_factory=list)
 
@@ -37,6 +44,7 @@ def optimize_for_inference(
     *,
     bf16: bool = False,
     int8: bool = False,
+    fuse_qkv: bool = True,
     channels_last: bool = True,
     fuse_bn: bool = True,
     compile: bool = False,
@@ -58,6 +66,7 @@ def optimize_for_inference(
         bf16_vision: EfficientNet + BiFPN in bfloat16; proposals, RoIAlign, box head and NMS stay float32.
         compile (with compile_vision): ``torch.compile`` of EfficientNet + BiFPN (static shapes).
     Fusion transformer + heads (everything outside the TEE):
+        fuse_qkv: each attention layer's query / key / value Linears as one Linear (fp32: exact up to rounding).
         int8: dynamic int8 quantisation of every ``nn.Linear`` (``include_lm_head=False`` keeps the tied MLM
             decoder of a captioning model in float).
         bf16: weights in bfloat16 (mutually exclusive with ``int8``).
@@ -93,6 +102,8 @@ def optimize_for_inference(
     fusions = find_fusion_models(model)
     summary.fusion_models = [name or "<root>" for name, _ in fusions]
     if fusions:
+        if fuse_qkv:
+            summary.fused_qkv_layers = fuse_qkv_projections(model)
         if int8:
             before = sum(1 for m in model.modules() if type(m) is nn.Linear)
             quantize_fusion_int8(model, include_lm_head=include_lm_head)
