@@ -116,7 +116,7 @@ def draw_gallery(path: Path, items: list[dict], *, tile: int = 256, columns: int
     """``items``: dicts with ``image`` (PIL), ``boxes`` (xyxy pixels), ``labels`` (names), ``scores``, ``tags``,
     ``caption``, ``question``, ``answer``, ``truth``."""
     font, small = _font(13), _font(11)
-    text_height = 118
+    text_height = 132
     rows = math.ceil(len(items) / columns)
     canvas = Image.new("RGB", (columns * (tile + 10) + 10, rows * (tile + text_height + 10) + 10), "white")
     draw = ImageDraw.Draw(canvas)
@@ -133,12 +133,14 @@ def draw_gallery(path: Path, items: list[dict], *, tile: int = 256, columns: int
             layer.rectangle([x1, y1, x2, y2], outline=color, width=2)
             layer.text((x1 + 2, max(0, y1 - 12)), f"{label} {score:.2f}", fill=color, font=small)
         canvas.paste(shown, (x0, y0))
-        lines = [f"tags: {', '.join(item['tags'])}"]
-        lines += _wrap(f"caption: {item['caption']}", 40)
+        tag_lines = _wrap(f"tags: {', '.join(item['tags'])}", 40)
+        if len(tag_lines) > 2:  # long tag lists would run into the next tile: two lines at most
+            tag_lines = tag_lines[:1] + [tag_lines[1][:37] + "..."]
+        lines = tag_lines + _wrap(f"caption: {item['caption']}", 40)
         lines += _wrap(f"Q: {item['question']}", 40)
         lines += [f"A: {item['answer']}  (truth: {item['truth']})"]
         y = y0 + tile + 4
-        for line in lines[:8]:
+        for line in lines[:9]:
             draw.text((x0, y), line, fill="black", font=font)
             y += 14
     canvas.save(path)
