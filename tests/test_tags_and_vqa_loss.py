@@ -54,25 +54,32 @@ def _model(tokenizer, **overrides):
     return MiniVLMModel(config).eval()
 
 
-def test_model_tags_from_regions_match_the_feature_extraction(tokenizer):
-    """Tags the model makes from pixels == the tag strings extract_features stores, tokenised."""
+def _regions_and_features(model, seed: int, **extract_kwargs):
+    """Two random images: the model's own TEE regions from pixels, and extract_features' table of the same images."""
     import datasets
     import numpy as np
     from PIL import Image
 
-    model = _model(tokenizer)
-    assert model.config.tag_attribute_token_ids[0] == tokenizer(ATTRIBUTE_NAMES[0], add_special_tokens=False)["input_ids"]
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     images = [Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)) for _ in range(2)]
     processor = tiny_image_processor()
     pixels = processor(images=images, return_tensors="pt")
     with torch.no_grad():
         regions = model.extract_regions(pixels["pixel_values"], pixels["pixel_mask"])
+    table = extract_features(model.vision_model, processor, datasets.Dataset.from_dict({"image": images}),
+                             tag_threshold=0.0, tag_attributes=True, attribute_threshold=0.0, max_attributes=1,
+                             **extract_kwargs)
+    return regions, table
+
+
+def test_model_tags_from_regions_match_the_feature_extraction(tokenizer):
+    """Tags the model makes from pixels == the tag strings extract_features stores, tokenised."""
+    model = _model(tokenizer)
+    assert model.config.tag_attribute_token_ids[0] == tokenizer(ATTRIBUTE_NAMES[0], add_special_tokens=False)["input_ids"]
+    regions, table = _regions_and_features(model, seed=0)
     assert regions["region_attribute_scores"].shape[-1] == len(ATTRIBUTE_NAMES)
     tag_ids, tag_mask = model.tags_from_regions(regions["region_labels"], regions["region_scores"],
                                                 regions["region_mask"], regions["region_attribute_scores"])
-    table = extract_features(model.vision_model, processor, datasets.Dataset.from_dict({"image": images}),
-                             tag_threshold=0.0, tag_attributes=True, attribute_threshold=0.0, max_attributes=1)
     for b in range(2):
         tags = table[b]["tags"]
         assert tags and all(len(t.split()) >= 2 for t in tags)  # "attribute class" phrases
@@ -142,23 +149,11 @@ def test_tag_order_area_lists_the_largest_box_first():
 
 
 def test_area_ordered_tags_from_pixels_match_the_feature_extraction(tokenizer):
-    import datasets
-    import numpy as np
-    from PIL import Image
-
     model = _model(tokenizer, tag_order="area")
-    rng = np.random.default_rng(1)
-    images = [Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)) for _ in range(2)]
-    processor = tiny_image_processor()
-    pixels = processor(images=images, return_tensors="pt")
-    with torch.no_grad():
-        regions = model.extract_regions(pixels["pixel_values"], pixels["pixel_mask"])
+    regions, table = _regions_and_features(model, seed=1, tag_order="area", dtype="float32")
     tag_ids, tag_mask = model.tags_from_regions(regions["region_labels"], regions["region_scores"],
                                                 regions["region_mask"], regions["region_attribute_scores"],
                                                 region_boxes=regions["region_boxes"])
-    table = extract_features(model.vision_model, processor, datasets.Dataset.from_dict({"image": images}),
-                             tag_threshold=0.0, tag_attributes=True, attribute_threshold=0.0, max_attributes=1,
-                             tag_order="area", dtype="float32")
     for b in range(2):
         boxes = torch.tensor(table[b]["region_boxes"])
         areas = [float((boxes[r, 2] - boxes[r, 0]) * (boxes[r, 3] - boxes[r, 1])) for r in table[b]["tag_regions"]]
