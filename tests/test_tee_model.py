@@ -393,6 +393,25 @@ def test_prefix_nms_equals_full_nms(spread):
     assert empty[0].numel() == 0
 
 
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_detection_nms_class_agnostic_drops_other_class_duplicates(agnostic, monkeypatch):
+    """Two overlapping regions (IoU 0.88) of different classes describe one object: the class-agnostic final NMS
+    keeps only the more confident one (so tags count objects), the per-class NMS keeps both; a distant region and
+    a same-class duplicate behave the same way in both modes."""
+    model = TEEModel(tiny_tee_config(detection_nms_class_agnostic=agnostic, ignore_box_regression=True)).eval()
+    proposals = torch.tensor([[10.0, 10, 40, 40], [11, 11, 41, 41], [50, 50, 60, 60], [10, 11, 40, 41]])
+    probs = torch.full((4, model.config.num_labels + 1), 0.01)
+    probs[0, 0], probs[1, 1], probs[2, 2], probs[3, 0] = 0.9, 0.6, 0.8, 0.5  # 3: class-0 duplicate of region 0
+    num_attributes = len(model.config.attribute_id2label)
+    monkeypatch.setattr(model, "_second_stage", lambda features, boxes, batch_index: (
+        torch.arange(4.0)[:, None].expand(4, model.config.box_head_dim), probs.log(),
+        torch.zeros(4, num_attributes), torch.zeros(4, 4 * model.config.num_labels)))
+    out = model._detect(None, proposals, torch.zeros(4, dtype=torch.long), torch.tensor([[64, 64]]), 1)
+    kept = out["region_features"][0, out["region_mask"][0], 0].long().tolist()
+    assert kept == ([0, 2] if agnostic else [0, 2, 1])
+    assert out["region_labels"][0, out["region_mask"][0]].tolist() == ([0, 2] if agnostic else [0, 2, 1])
+
+
 def test_init_weights():
     model = _model()
     prior = -np.log((1 - 0.01) / 0.01)

@@ -25,16 +25,25 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from .accounting import (
+    BASELINE_DETECTOR_GROUPS,
+    BASELINE_FUSION_GROUPS,
+    MINIVLM_PARAM_GROUPS,
+    _flop_groups_baseline,
+    _flop_groups_minivlm,
+    _flops_by_module,
+    _param_groups,
+    _set_lower_bounds,
+    _stats_dict,
+    _total_flops,
+)
+from .fast_parts import FastPathParts
 from .machine import machine_info, measure_machine_gflops, measure_peak_memory_isolated
 from .pipelines import (
     FULL,
@@ -48,7 +57,7 @@ from .pipelines import (
 )
 from .report import ComparisonRow, lower_bound_seconds, to_json
 from .summary import NOTES, TARGETS, _fmt_s, _fmt_stats, evaluate_targets, to_markdown  # noqa: F401 - re-exported
-from .timing import TimingStats, compare, set_threads
+from .timing import compare, set_threads
 
 __all__ = ["PARTS", "DEFAULT_PARTS", "BenchmarkSettings", "run_benchmark", "TARGETS"]
 
@@ -57,9 +66,6 @@ DEFAULT_PARTS = tuple(p for p in PARTS if p != "parity")
 MIN_RUNS = 10
 FAST_TEE_LABEL = "fast paths (TEE fused BN + channels_last)"
 FAST_VQA_LABEL = "fast paths (TEE fused BN + channels_last, fusion int8)"
-FAST_INT8 = "fast int8 (TEE fused BN + channels_last, fusion int8)"
-FAST_MIXED = "fast mixed (TEE fused BN + channels_last + bf16, fusion int8)"
-FAST_BF16 = "fast bf16 (TEE fused BN + channels_last + bf16, fusion bf16)"
 
 #: name → (description, comparison, threshold)
 @dataclass
@@ -100,114 +106,10 @@ class BenchmarkSettings:
         return TINY if self.tiny else FULL
 
 
-# --------------------------------------------------------------------------------------------------------- helpers
-
-
-def _flops_by_module(fn: Callable[[], Any], groups: dict[str, str]) -> tuple[int, dict[str, int]]:
-    """Total FLOPs of ``fn()`` and the FLOPs of each ``label: module FQN`` group (FQNs as FlopCounterMode names
-    them: the root module's class name, then attribute names), plus ``(other)`` for the rest."""
-    counter = FlopCounterMode(display=False, depth=None)
-    with torch.inference_mode(), counter:
-        fn()
-    counts = {name: int(sum(ops.values())) for name, ops in counter.get_flop_counts().items()}
-    total = int(counter.get_total_flops())
-    out = {label: counts.get(fqn, 0) for label, fqn in groups.items()}
-    rest = total - sum(out.values())
-    if rest:
-        out["(other)"] = rest
-    return total, out
-
-
-def _total_flops(fn: Callable[[], Any]) -> int:
-    counter = FlopCounterMode(display=False, depth=None)
-    with torch.inference_mode(), counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
-def _param_groups(model: nn.Module, groups: dict[str, str]) -> dict[str, int]:
-    """Parameters per ``label: attribute-path prefix`` (longest prefix wins; shared tensors counted once)."""
-    out = {label: 0 for label in groups}
-    other = 0
-    seen = set()
-    ordered = sorted(groups.items(), key=lambda kv: -len(kv[1]))
-    for name, param in model.named_parameters(remove_duplicate=False):
-        if id(param) in seen:
-            continue
-        seen.add(id(param))
-        for label, prefix in ordered:
-            if name == prefix or name.startswith(prefix + "."):
-                out[label] += param.numel()
-                break
-        else:
-            other += param.numel()
-    if other:
-        out["(other)"] = other
-    out["total"] = sum(out.values())
-    return out
-
-
-MINIVLM_PARAM_GROUPS = {
-    "TEE backbone (EfficientNet)": "minivlm.vision_model.backbone",
-    "TEE BiFPN": "minivlm.vision_model.bifpn",
-    "TEE proposal head": "minivlm.vision_model.proposal_head",
-    "TEE box head (2 FC)": "minivlm.vision_model.box_head",
-    "TEE predictors": "minivlm.vision_model.predictor",
-    "fusion word/position/type embeddings": "minivlm.embeddings",
-    "fusion region embedding": "minivlm.region_embeddings",
-    "fusion encoder": "minivlm.encoder",
-    "fusion pooler": "minivlm.pooler",
-    "VQA classifier": "classifier",
-}
-BASELINE_DETECTOR_GROUPS = {
-    "detector backbone (ResNet)": "detector.backbone.body",
-    "detector FPN": "detector.backbone.fpn",
-    "detector RPN": "detector.rpn",
-    "detector box head (2 FC, 2048)": "detector.roi_heads.box_head",
-    "detector box predictor": "detector.roi_heads.box_predictor",
-}
-BASELINE_FUSION_GROUPS = {
-    "fusion word/position/type embeddings": "minivlm.embeddings",
-    "fusion region embedding": "minivlm.region_embeddings",
-    "fusion encoder": "minivlm.encoder",
-    "fusion pooler": "minivlm.pooler",
-    "VQA classifier": "classifier",
-}
-
-
-def _flop_groups_minivlm(root: str = "MiniVLMForQuestionAnswering") -> dict[str, str]:
-    return {label: f"{root}.{prefix}" for label, prefix in MINIVLM_PARAM_GROUPS.items()}
-
-
-def _flop_groups_baseline(fusion_root: str = "MiniVLMForQuestionAnswering") -> dict[str, str]:
-    groups = {label: f"BaselineRegionExtractor.{prefix}" for label, prefix in BASELINE_DETECTOR_GROUPS.items()}
-    groups.update({label: f"{fusion_root}.{prefix}" for label, prefix in BASELINE_FUSION_GROUPS.items()})
-    return groups
-
-
-def _stats_dict(stats: TimingStats) -> dict[str, Any]:
-    return stats.to_dict()
-
-
-def _max_diff(a, b) -> dict[str, float] | None:
-    if not (torch.is_tensor(a) and torch.is_tensor(b)) or a.shape != b.shape:
-        return None
-    a, b = a.detach().float(), b.detach().float()
-    if a.numel() == 0:
-        return {"max_abs": 0.0, "max_ref": 0.0}
-    return {"max_abs": float((a - b).abs().max()), "max_ref": float(b.abs().max())}
-
-
-def _agree(a, b) -> float | None:
-    if not (torch.is_tensor(a) and torch.is_tensor(b)) or a.shape != b.shape:
-        return None
-    return float((a.float().argmax(-1) == b.float().argmax(-1)).float().mean())
-
-
 # --------------------------------------------------------------------------------------------------------- runner
 
 
-class _Runner:
+class _Runner(FastPathParts):
     def __init__(self, settings: BenchmarkSettings, log: Callable[[str], None]):
         self.s = settings
         self.log = log
@@ -360,207 +262,6 @@ class _Runner:
                 / timing["use_cache=True"].median,
             }
 
-    # fast paths -------------------------------------------------------------------------------------------------
-    def _fast_group(self, group: str, variants: dict[str, Callable], flops: int | None, reference: str = "fp32",
-                    outputs: dict[str, Any] | None = None, bf16_flops: dict[str, int | None] | None = None,
-                    compile_times: dict[str, float] | None = None, runs: int | None = None,
-                    logits: bool = True):
-        """Time ``variants`` interleaved. ``bf16_flops[name]``: how many of the ``flops`` that variant runs in
-        bfloat16 (its own lower bound counts those at the bf16 matmul rate, the rest at the fp32 rate)."""
-        self.log(f"  fast paths — {group}: {', '.join(variants)} ...")
-        timing = self.compare(variants, runs=runs)
-        ref = timing[reference].median
-        for name, stats in timing.items():
-            in_bf16 = min((bf16_flops or {}).get(name) or 0, flops or 0)
-            arithmetic = "float32" if not in_bf16 else ("bfloat16" if in_bf16 == flops else "mixed fp32/bf16")
-            entry = {
-                "group": group, "variant": name, "timing": _stats_dict(stats), "speedup_vs_fp32": ref / stats.median,
-                "flops": flops, "flops_bf16": in_bf16, "arithmetic": arithmetic,
-            }
-            _set_lower_bounds(entry, self.gflops_used)
-            if outputs and name in outputs and reference in outputs and name != reference:
-                entry["parity"] = {"max_diff": _max_diff(outputs[name], outputs[reference])}
-                if logits:
-                    entry["parity"]["argmax_agreement"] = _agree(outputs[name], outputs[reference])
-            if compile_times and name in compile_times:
-                entry["compile_s"] = compile_times[name]
-            self.result["fast"].append(entry)
-            self.log(f"    {name}: {_fmt_stats(stats)} ({ref / stats.median:.2f}× vs fp32)")
-
-    def _compiled_first_call(self, fn: Callable) -> float:
-        start = time.perf_counter()
-        with torch.inference_mode():
-            fn()
-        return time.perf_counter() - start
-
-    def part_fast(self):
-        from ..fast import optimize_for_inference
-
-        m = self.minivlm
-        compile_times: dict[str, float] = {}
-        # --- TEE ------------------------------------------------------------------------------------------------
-        tee = m.tee
-        variants = {
-            "fp32": tee,
-            "fused BN": optimize_for_inference(tee, channels_last=False),
-            "fused BN + channels_last": optimize_for_inference(tee),
-            "fused BN + channels_last + bf16": optimize_for_inference(tee, bf16_vision=True),
-        }
-        if self.s.compile:
-            compiled = optimize_for_inference(tee, compile=True)
-            compile_times["fused BN + channels_last + compile"] = self._compiled_first_call(m.extraction(compiled))
-            variants["fused BN + channels_last + compile"] = compiled
-        calls = {k: m.extraction(v) for k, v in variants.items()}
-        with torch.inference_mode():
-            outputs = {k: fn() for k, fn in calls.items()}
-        dense, tee_flops = _tee_flop_split(calls["fp32"]) if self.s.flops else (None, None)
-        self._fast_group("TEE region extraction", calls, tee_flops, outputs=outputs,
-                         bf16_flops={"fused BN + channels_last + bf16": dense}, compile_times=compile_times,
-                         logits=False)
-        # --- fusion from regions ---------------------------------------------------------------------------------
-        with torch.inference_mode():
-            regions = m.regions(m.vqa, m.pixel_values, m.pixel_mask)
-        fusion_variants = {
-            "fp32": m.vqa,
-            "fp32 + fused QKV": optimize_for_inference(m.vqa),
-            "int8": optimize_for_inference(m.vqa, int8=True),
-            "bf16": optimize_for_inference(m.vqa, bf16=True),
-        }
-        if self.s.compile:
-            compiled = optimize_for_inference(m.vqa, compile=True, compile_vision=False, compile_fusion=True)
-            compile_times["compile"] = self._compiled_first_call(m.vqa_from_regions(regions, compiled))
-            fusion_variants["compile"] = compiled
-        calls = {k: m.vqa_from_regions(regions, v) for k, v in fusion_variants.items()}
-        with torch.inference_mode():
-            outputs = {k: fn() for k, fn in calls.items()}
-        flops = _total_flops(calls["fp32"]) if self.s.flops else None
-        self._fast_group("fusion + VQA head from regions", calls, flops, outputs=outputs, bf16_flops={"bf16": flops},
-                         compile_times=compile_times)
-        # --- image → answer ----------------------------------------------------------------------------------------
-        e2e = {
-            "fp32": m.vqa,
-            FAST_INT8: optimize_for_inference(m.vqa, int8=True),
-            FAST_MIXED: optimize_for_inference(m.vqa, int8=True, bf16_vision=True),
-            FAST_BF16: optimize_for_inference(m.vqa, bf16=True, bf16_vision=True),
-        }
-        if self.s.compile:
-            compiled = optimize_for_inference(m.vqa, int8=True, compile=True)
-            name = "fast int8 + compiled TEE"
-            compile_times[name] = self._compiled_first_call(m.vqa_call(compiled))
-            e2e[name] = compiled
-        self._fast_models = e2e
-        calls = {k: m.vqa_call(v) for k, v in e2e.items()}
-        with torch.inference_mode():
-            outputs = {k: fn() for k, fn in calls.items()}
-        flops = _total_flops(calls["fp32"]) if self.s.flops else None
-        tee_rest = (tee_flops - dense) if self.s.flops else 0
-        self._fast_group("image → VQA answer", calls, flops, outputs=outputs,
-                         bf16_flops={FAST_MIXED: dense, FAST_BF16: flops and flops - tee_rest},
-                         compile_times=compile_times)
-        # --- image → caption ---------------------------------------------------------------------------------------
-        captioners = {
-            "fp32": m.captioner,
-            "fast int8": optimize_for_inference(m.captioner, int8=True),
-            "fast bf16": optimize_for_inference(m.captioner, bf16=True, bf16_vision=True),
-        }
-        calls = {k: m.caption_call(1, v) for k, v in captioners.items()}
-        with torch.inference_mode():
-            outputs = {k: fn() for k, fn in calls.items()}
-        flops = _total_flops(calls["fp32"]) if self.s.flops else None
-        self._fast_group(f"image → {self.scale.caption_tokens}-token caption, greedy", calls, flops,
-                         bf16_flops={"fast bf16": flops and flops - tee_rest})
-        for entry in self.result["fast"]:
-            if entry["group"].startswith("image →") and "caption" in entry["group"] and entry["variant"] in outputs:
-                ref = outputs["fp32"]
-                out = outputs[entry["variant"]]
-                entry["parity"] = {"identical_tokens": bool(out.shape == ref.shape and torch.equal(out, ref)),
-                                   "token_agreement": float((out == ref).float().mean()) if out.shape == ref.shape
-                                   else None}
-        if compile_times:
-            self.result["compile_s"] = compile_times
-
-    def part_batch(self):
-        from ..fast import optimize_for_inference
-
-        m = self.minivlm
-        sizes = self.s.batch_sizes or self.scale.batch_sizes
-        fast_tee = optimize_for_inference(m.tee)
-        fast_vqa = getattr(self, "_fast_models", {}).get(
-            FAST_INT8) or optimize_for_inference(m.vqa, int8=True)
-        for batch in sizes:
-            for task, variants in (
-                ("region extraction", {"fp32": m.extraction(m.tee, batch), "fast": m.extraction(fast_tee, batch)}),
-                ("image → VQA answer", {"fp32": m.vqa_call(m.vqa, batch), "fast int8": m.vqa_call(fast_vqa, batch)}),
-            ):
-                self.log(f"  batch {batch}, {task} ...")
-                timing = self.compare(variants, runs=self.s.batch_runs)
-                for name, stats in timing.items():
-                    self.result["batch"].append({"task": task, "variant": name, "batch": batch,
-                                                 "timing": _stats_dict(stats), "images_per_s": batch / stats.median})
-                    self.log(f"    {name}: {batch / stats.median:.2f} images/s ({_fmt_stats(stats)} per batch)")
-            self.save()
-
-    def part_onnx(self):
-        from ..export.onnx import FUSION_VQA, TEE_BOX_HEAD, TEE_DENSE, OnnxTEE, OnnxVQA, export_onnx
-
-        m = self.minivlm
-        threads = torch.get_num_threads()
-        with tempfile.TemporaryDirectory(prefix="minivlm-onnx-") as tmp:
-            self.log("  ONNX export (TorchScript exporter) + verification ...")
-            start = time.perf_counter()
-            result = export_onnx(m.vqa, tmp, opset=self.s.opset, threads=threads)
-            export_s = time.perf_counter() - start
-            ort_tee = OnnxTEE(m.tee, Path(tmp) / TEE_DENSE, Path(tmp) / TEE_BOX_HEAD, threads=threads)
-            ort_vqa = OnnxVQA(Path(tmp) / FUSION_VQA, threads=threads)
-            sizes = {name: os.path.getsize(Path(tmp) / name) for name in (TEE_DENSE, TEE_BOX_HEAD, FUSION_VQA)}
-            with torch.inference_mode():
-                regions = m.regions(m.vqa, m.pixel_values, m.pixel_mask)
-            graph_inputs = {**m.question, **regions}
-
-            def ort_extraction():
-                return ort_tee(m.pixel_values, m.pixel_mask)["region_features"]
-
-            def ort_fusion():
-                return ort_vqa(**graph_inputs)
-
-            def ort_image_to_answer():
-                r = ort_tee(m.pixel_values, m.pixel_mask)
-                limit = m.config.max_regions
-                r = {k: v[:, :limit] for k, v in r.items()}
-                tag_ids, tag_mask, tag_regions = m.vqa.minivlm.tags_from_regions(
-                    r["region_labels"], r["region_scores"], r["region_mask"],
-                    r["attribute_logits"].float().sigmoid(), return_region_index=True,
-                    region_boxes=r["region_boxes"],
-                )
-                return ort_vqa(**m.question, tag_ids=tag_ids, tag_attention_mask=tag_mask, tag_region_index=tag_regions,
-                               region_features=r["region_features"], region_boxes=r["region_boxes"],
-                               region_mask=r["region_mask"].bool())
-
-            groups = {
-                "TEE region extraction": {"PyTorch fp32": m.extraction(), "ONNX Runtime": ort_extraction},
-                "fusion + VQA head from regions": {"PyTorch fp32": m.vqa_from_regions(regions),
-                                                   "ONNX Runtime": ort_fusion},
-                "image → VQA answer": {"PyTorch fp32": m.vqa_call(), "ONNX Runtime": ort_image_to_answer},
-            }
-            rows = []
-            for group, calls in groups.items():
-                with torch.inference_mode():
-                    outs = {k: fn() for k, fn in calls.items()}
-                self.log(f"  ONNX Runtime vs PyTorch — {group} ...")
-                timing = self.compare(calls)
-                pt, ort_stats = timing["PyTorch fp32"], timing["ONNX Runtime"]
-                rows.append({"group": group, "pytorch": _stats_dict(pt), "onnxruntime": _stats_dict(ort_stats),
-                             "speedup": pt.median / ort_stats.median,
-                             "max_diff": _max_diff(outs["ONNX Runtime"], outs["PyTorch fp32"])})
-                self.log(f"    PyTorch {_fmt_stats(pt)}, ORT {_fmt_stats(ort_stats)}")
-        import onnxruntime
-
-        self.result["onnx"] = {
-            "opset": self.s.opset, "export_s": export_s, "verification_passed": result.passed,
-            "verification": result.verification, "file_bytes": sizes, "rows": rows,
-            "onnxruntime": onnxruntime.__version__, "threads": threads,
-        }
-
     def part_parity(self):
         from .parity import run_parity
 
@@ -595,25 +296,6 @@ class _Runner:
             except RuntimeError as err:
                 out[side] = {"error": str(err)}
         self.result["memory"] = out
-
-
-def _set_lower_bounds(entry: dict[str, Any], rates: dict[str, float]) -> None:
-    """Lower bounds of a fast-path entry: all FLOPs at the fp32 rate, all at the bf16 rate, and its own (the FLOPs
-    it runs in bf16 at the bf16 rate, the rest, int8 included, at the fp32 rate)."""
-    flops, in_bf16 = entry.get("flops"), entry.get("flops_bf16") or 0
-    entry["lower_bound_fp32_s"] = lower_bound_seconds(flops, rates.get("float32"))
-    entry["lower_bound_bf16_s"] = lower_bound_seconds(flops, rates.get("bfloat16"))
-    own = None
-    if flops and rates.get("float32") and (not in_bf16 or rates.get("bfloat16")):
-        own = (flops - in_bf16) / (rates["float32"] * 1e9) + (in_bf16 / (rates["bfloat16"] * 1e9) if in_bf16 else 0)
-    entry["lower_bound_own_s"] = own
-    entry["measured_over_lower_bound"] = entry["timing"]["median_s"] / own if own else None
-
-
-def _tee_flop_split(fn: Callable[[], Any]) -> tuple[int, int]:
-    """(FLOPs of the TEE's dense part = EfficientNet + BiFPN, FLOPs of the whole TEE) of a call of a bare TEE."""
-    total, per = _flops_by_module(fn, {"backbone": "TEEModel.backbone", "bifpn": "TEEModel.bifpn"})
-    return per.get("backbone", 0) + per.get("bifpn", 0), total
 
 
 def _settings_dict(s: BenchmarkSettings) -> dict[str, Any]:

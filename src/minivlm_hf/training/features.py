@@ -22,7 +22,7 @@ import torch
 from datasets import Array2D, Features, List, Value
 
 from ..data.vocab import ATTRIBUTE_ID2LABEL, COLORS, OBJECT_ID2LABEL, SHAPES, SIZES
-from ..modeling.modeling_minivlm import select_tag_phrases
+from ..modeling.modeling_minivlm_inputs import select_tag_phrases
 
 REGION_COLUMNS = ("region_features", "region_boxes", "region_mask", "region_scores", "region_labels", "tags")
 
