@@ -209,6 +209,33 @@ def test_int8_weights_have_one_scale_per_output_channel_and_beat_per_tensor_scal
     assert err_channel <= err_tensor
 
 
+def test_int8_float_ffn_output_keeps_the_down_projections_in_float_and_avoids_their_outlier_error():
+    """A few GELU-output channels far above the rest (as in trained BERTs) spoil the per-tensor activation scale
+    of the FFN down-projection; ``int8_float_ffn_output`` keeps exactly those Linears in float."""
+    model = _vqa_model()
+    with torch.no_grad():  # 4 intermediate channels 200x larger, compensated in the down-projection: same function
+        for layer in model.minivlm.encoder.layer:
+            up, down = layer.intermediate.dense, layer.output.dense
+            up.weight[:4] *= 200.0
+            up.bias[:4] *= 200.0
+            down.weight[:, :4] /= 200.0
+    names = fusion_linear_names(model)
+    kept = sorted(set(names) - set(fusion_linear_names(model, include_ffn_output=False)))
+    assert kept == [f"minivlm.encoder.layer.{i}.output.dense" for i in range(len(model.minivlm.encoder.layer))]
+    full = optimize_for_inference(model, int8=True)
+    mixed = optimize_for_inference(model, int8=True, int8_float_ffn_output=True)
+    layer = mixed.minivlm.encoder.layer[0]
+    assert type(layer.output.dense) is nn.Linear
+    assert type(layer.attention.output.dense) is not nn.Linear and type(layer.intermediate.dense) is not nn.Linear
+    assert mixed.minivlm_optimizations.int8_linear_layers == full.minivlm_optimizations.int8_linear_layers - len(kept)
+    inputs = _vqa_inputs(batch=8)
+    with torch.inference_mode():
+        ref = model(**inputs).logits
+        err_full = (full(**inputs).logits - ref).abs().mean()
+        err_mixed = (mixed(**inputs).logits - ref).abs().mean()
+    assert err_mixed < 0.7 * err_full, (float(err_mixed), float(err_full))
+
+
 def test_fused_qkv_is_exact_in_fp32_and_skips_models_without_support():
     from minivlm_hf.fast import fuse_qkv_projections
 

@@ -21,6 +21,7 @@ from .accounting import (
     _tee_flop_split,
     _total_flops,
 )
+from .parity import INT8_FLOAT_FFN
 from .summary import _fmt_stats
 
 FAST_INT8 = "fast int8 (TEE fused BN + channels_last, fusion int8)"
@@ -95,6 +96,7 @@ class FastPathParts:
             "fp32": m.vqa,
             "fp32 + fused QKV": optimize_for_inference(m.vqa),
             "int8": optimize_for_inference(m.vqa, int8=True),
+            INT8_FLOAT_FFN: optimize_for_inference(m.vqa, int8=True, int8_float_ffn_output=True),
             "bf16": optimize_for_inference(m.vqa, bf16=True),
         }
         if self.s.compile:

