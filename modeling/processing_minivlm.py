@@ -26,6 +26,15 @@ def _as_list(value, name):
     raise ValueError(f"{name} must be a string or a list of strings, got {type(value).__name__}")
 
 
+
+def tag_token_ids(tokenizer, id2label: dict) -> dict[int, list[int]]:
+    """Word pieces of every class / attribute name (`"traffic_light"` → "traffic light"), keyed by id: the
+    `config.tag_token_ids` / `tag_attribute_token_ids` from which the model turns detections into tag tokens."""
+    return {
+        int(i): tokenizer(str(name).replace("_", " "), add_special_tokens=False)["input_ids"]
+        for i, name in id2label.items()
+    }
+
 class MiniVLMProcessor(ProcessorMixin):
     r"""
     Wraps a [`MiniVLMImageProcessor`] and a BERT tokenizer.
@@ -164,14 +173,8 @@ class MiniVLMProcessor(ProcessorMixin):
         vision = getattr(config, "vision_config", None)
         if vision is None or not vision.id2label:
             raise ValueError("the config has no vision_config.id2label to build tag tokens from")
-        config.tag_token_ids = {
-            int(i): self.tokenizer(name.replace("_", " "), add_special_tokens=False)["input_ids"]
-            for i, name in vision.id2label.items()
-        }
-        config.tag_attribute_token_ids = {
-            int(i): self.tokenizer(name.replace("_", " "), add_special_tokens=False)["input_ids"]
-            for i, name in (getattr(vision, "attribute_id2label", None) or {}).items()
-        }
+        config.tag_token_ids = tag_token_ids(self.tokenizer, vision.id2label)
+        config.tag_attribute_token_ids = tag_token_ids(self.tokenizer, getattr(vision, "attribute_id2label", None) or {})
         config.max_text_length = self.max_text_length
         config.max_tag_length = self.max_tag_length
         return config

@@ -72,6 +72,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments, set_seed
 
+from ..modeling.processing_minivlm import tag_token_ids
 from . import collators as C
 from . import evaluation as E
 from . import trainers as T
@@ -226,17 +227,16 @@ def build_detector(config: dict):
 def fusion_class(stage: str):
     from ..modeling.modeling_minivlm_captioning import MiniVLMForImageCaptioning
     from ..modeling.modeling_minivlm_tasks import (
-        MiniVLMForImageTextRetrieval, MiniVLMForPreTraining, MiniVLMForQuestionAnswering, MiniVLMForVisualReasoning,
+        MiniVLMForImageTextRetrieval,
+        MiniVLMForPreTraining,
+        MiniVLMForQuestionAnswering,
+        MiniVLMForVisualReasoning,
     )
 
     return {
         "pretrain": MiniVLMForPreTraining, "caption": MiniVLMForImageCaptioning, "vqa": MiniVLMForQuestionAnswering,
         "retrieval": MiniVLMForImageTextRetrieval, "nlvr": MiniVLMForVisualReasoning,
     }[stage]
-
-
-def tag_token_ids(tokenizer, id2label: dict) -> dict[int, list[int]]:
-    return {int(i): tokenizer(str(n).replace("_", " "), add_special_tokens=False)["input_ids"] for i, n in id2label.items()}
 
 
 def build_fusion_model(stage: str, config: dict, data: RecipeData):
