@@ -149,6 +149,20 @@ class FusionCollator(abc.ABC):
                                                           [_row_key(r) for r in rows]))
 
     # -- text -----------------------------------------------------------------------------------------------------
+    @staticmethod
+    def pick_captions(rows: Sequence[dict], generator: torch.Generator, task: str) -> list[str]:
+        """Each row's ``caption``, or one of its ``captions`` drawn with ``generator``; a clear error naming ``task``
+        for a row with neither."""
+        captions = []
+        for row in rows:
+            if row.get("caption") is not None:
+                captions.append(row["caption"])
+            elif row.get("captions"):
+                captions.append(row["captions"][int(torch.randint(len(row["captions"]), (1,), generator=generator))])
+            else:
+                raise ValueError(f"{task} rows need 'caption' or 'captions', got {sorted(row)}")
+        return captions
+
     def _word_pieces(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 

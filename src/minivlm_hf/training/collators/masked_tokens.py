@@ -46,14 +46,7 @@ class PreTrainingCollator(FusionCollator):
         if not rows:
             raise ValueError("empty batch")
         g = self._generator(rows)
-        captions = []
-        for row in rows:
-            if row.get("caption") is not None:
-                captions.append(row["caption"])
-            elif row.get("captions"):
-                captions.append(row["captions"][int(torch.randint(len(row["captions"]), (1,), generator=g))])
-            else:
-                raise ValueError(f"pre-training rows need 'caption' or 'captions', got {sorted(row)}")
+        captions = self.pick_captions(rows, g, "pre-training")
         image_inputs, tags = self.image_inputs(rows)
         if tags is None:
             raise ValueError("pre-training needs tags: use precomputed features or tag_source='gt'")
@@ -145,14 +138,7 @@ class CaptioningCollator(FusionCollator):
             batch["image_index"] = torch.tensor([int(r.get("image_index", i)) for i, r in enumerate(rows)])
         if self.for_generation:
             return batch
-        captions = []
-        for row in rows:
-            if row.get("caption") is not None:
-                captions.append(row["caption"])
-            elif row.get("captions"):
-                captions.append(row["captions"][int(torch.randint(len(row["captions"]), (1,), generator=g))])
-            else:
-                raise ValueError(f"captioning rows need 'caption' or 'captions', got {sorted(row)}")
+        captions = self.pick_captions(rows, g, "captioning")
         input_ids, attention_mask = self.encode_text(captions)
         if self.objective == "next_token":
             batch.update(input_ids=input_ids, attention_mask=attention_mask,
