@@ -365,3 +365,48 @@ def test_feature_table_errors(tmp_path, table):
         arrow.write_bytes(b"not arrow")
     with pytest.raises(ValueError, match="corrupt_table"):
         load_feature_table(bad)
+
+
+def test_similar_captions_mines_other_images_most_overlapping_captions():
+    from minivlm_hf.training.features import similar_captions
+
+    captions = ["a red circle left of a blue square", "a red circle right of a blue square", "there is a red object",
+                "a red circle left of a blue square", "a green star", "a red circle left of a blue square"]
+    images = [0, 1, 2, 3, 3, 4]
+    mined = similar_captions(captions, images, k=3)
+    assert len(mined) == len(captions)
+    # row 1's best match differs in one word (Jaccard 6/8), listed once although two images have it
+    assert mined[1][0] == "a red circle left of a blue square" and mined[1].count(mined[1][0]) == 1
+    for r, (caption, image) in enumerate(zip(captions, images)):
+        own = {c for c, i in zip(captions, images) if i == image}
+        assert mined[r] and not own & set(mined[r])  # never the row's own image's captions, nor their duplicates
+        overlap = [len(set(caption.split()) & set(m.split())) / len(set(caption.split()) | set(m.split()))
+                   for m in mined[r]]
+        assert overlap == sorted(overlap, reverse=True)
+    assert mined[0][0] == "a red circle right of a blue square"
+    with pytest.raises(ValueError, match="6 captions but 2 image indices"):
+        similar_captions(captions, [0, 1])
+
+
+def test_mined_retrieval_negatives_pair_the_rows_image_with_a_similar_caption(tok, table, store):
+    examples = caption_examples(table)
+    rows = [dict(examples[i]) for i in range(0, 200, 5)][:16]
+    for k, row in enumerate(rows):
+        row["similar_captions"] = [f"mined caption {k} one", f"mined caption {k} two"] if k % 4 else []
+    collator = RetrievalCollator(tok, regions=store, seed=3, mined_negatives=1.0)
+    batch = collator(rows)
+    assert batch["labels"].tolist() == [1, 0] * 16
+    for (i, kind, j), neg in zip(collator.last_swaps, range(1, 32, 2)):
+        if not rows[i]["similar_captions"]:  # nothing mined for this row: an ordinary donor negative
+            assert kind in ("caption", "image") and j != i
+            continue
+        assert kind == "mined" and j == i
+        assert torch.equal(batch["region_features"][neg], batch["region_features"][2 * i])
+        assert tok.decode(batch["input_ids"][neg], skip_special_tokens=True) in rows[i]["similar_captions"]
+    assert sum(kind == "mined" for _, kind, _ in collator.last_swaps) == 12
+    # off (the default) the random stream, and so every batch, is what it was before the option existed
+    plain, off = RetrievalCollator(tok, regions=store, seed=2), RetrievalCollator(tok, regions=store, seed=2,
+                                                                                   mined_negatives=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(plain(rows).values(), off(rows).values()))
+    with pytest.raises(ValueError, match="mined_negatives"):
+        RetrievalCollator(tok, mined_negatives=-0.1)

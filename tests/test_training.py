@@ -325,3 +325,24 @@ def test_tag_geometry_recipes_train_and_evaluate(tmp_path, cache_dir):
         result = run_stage(stage, config, tmp_path / stage, data=data, progress=False)
         assert result.model.config.tag_geometry and key in result.metrics
         assert float(result.model.minivlm.tag_geometry.gate) != 0.0
+
+
+def test_retrieval_training_with_mined_negatives(tmp_path, cache_dir):
+    """``collator.mined_negatives``: the retrieval training rows carry each caption's most similar captions of other
+    training images, and the stage trains on them (finite loss); without the option the rows are unchanged."""
+    from minivlm_hf.training.recipes import stage_datasets
+
+    overrides = tiny_config(cache_dir, max_steps=2, save_strategy="no")
+    overrides["collator"] = {"mined_negatives": 0.5, "mined_pool": 3}
+    config = load_recipe_config(None, overrides)
+    data = RecipeData(config)
+    rows = stage_datasets("retrieval", data, "train", config)
+    assert "similar_captions" in rows.column_names
+    own = {}
+    for row in rows:
+        own.setdefault(row["image_index"], set()).add(row["caption"])
+    for row in rows:
+        assert 1 <= len(row["similar_captions"]) <= 3 and not set(row["similar_captions"]) & own[row["image_index"]]
+    assert "similar_captions" not in stage_datasets("retrieval", data, "train").column_names
+    result = run_stage("retrieval", config, tmp_path / "retrieval", data=data, evaluate=False, progress=False)
+    assert math.isfinite(result.metrics["train_loss"])

@@ -33,6 +33,8 @@ from .fusion import (
     fuse_qkv_projections,
     fusion_linear_names,
     fusion_to_bf16,
+    INT8_ENGINES,
+    int8_engine_for,
     is_fusion_model,
     quantize_fusion_int8,
 )
@@ -60,6 +62,8 @@ __all__ = [
     "fuse_qkv_projections",
     "fusion_linear_names",
     "fusion_to_bf16",
+    "INT8_ENGINES",
+    "int8_engine_for",
     "is_fusion_model",
     "is_tee",
     "quantize_fusion_int8",

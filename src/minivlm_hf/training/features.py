@@ -250,6 +250,50 @@ def caption_examples(scenes: datasets.Dataset, per_caption: bool = True) -> data
     return datasets.Dataset.from_dict(rows)
 
 
+def similar_captions(captions: list[str], image_index: list[int], k: int = 8,
+                     chunk_size: int = 2048) -> list[list[str]]:
+    """For each (image, caption) row, the ``k`` captions of *other* images that share the most words with it
+    (Jaccard over word sets), most similar first: mined hard negatives for retrieval ("a red circle left of two blue
+    squares" → "a red circle right of two blue squares"). Captions that are also a caption of the row's own image
+    are left out (they would be labelled both ways). Exact, on word-set indicator matrices, ``chunk_size`` rows at a
+    time (memory ``chunk_size × len(captions)``)."""
+    if len(captions) != len(image_index):
+        raise ValueError(f"similar_captions: {len(captions)} captions but {len(image_index)} image indices")
+    if k < 1:
+        raise ValueError(f"similar_captions: k must be >= 1, got {k}")
+    vocab: dict[str, int] = {}
+    words = [sorted({vocab.setdefault(w, len(vocab)) for w in c.split()}) for c in captions]
+    n = len(captions)
+    x = torch.zeros(n, max(1, len(vocab)))
+    for i, ids in enumerate(words):
+        x[i, ids] = 1.0
+    sizes = x.sum(1)
+    images = torch.as_tensor(image_index)
+    text_id: dict[str, int] = {}
+    texts = torch.as_tensor([text_id.setdefault(c, len(text_id)) for c in captions])
+    own_texts: dict[int, set[int]] = {}
+    for img, t in zip(image_index, texts.tolist()):
+        own_texts.setdefault(img, set()).add(t)
+    out: list[list[str]] = []
+    for start in range(0, n, chunk_size):
+        rows = slice(start, min(n, start + chunk_size))
+        inter = x[rows] @ x.T
+        jaccard = inter / (sizes[rows, None] + sizes[None, :] - inter).clamp(min=1.0)
+        excluded = images[rows, None] == images[None, :]
+        for r, img in enumerate(image_index[rows]):
+            excluded[r] |= torch.isin(texts, torch.as_tensor(sorted(own_texts[img])))
+        jaccard[excluded] = -1.0
+        top = jaccard.topk(min(k, n), dim=1)
+        for values, indices in zip(top.values.tolist(), top.indices.tolist()):
+            picked, seen = [], set()
+            for v, j in zip(values, indices):
+                if v >= 0 and captions[j] not in seen:
+                    picked.append(captions[j])
+                    seen.add(captions[j])
+            out.append(picked)
+    return out
+
+
 def vqa_examples(scenes: datasets.Dataset) -> datasets.Dataset:
     """One row per question: ``image_index``, ``question``, ``answers`` (10), ``question_type``, ``question_id``."""
     table = scenes.select_columns(["questions", "answers", "question_types", "question_ids"])[:]

@@ -42,7 +42,9 @@ Recipe config (JSON; every key optional, defaults in :data:`DEFAULT_CONFIG` and 
                    "hard_negatives": 0.0,             # retrieval: share of negatives from the most similar caption
                    "perturbed_negatives": 0.0,        # retrieval: share of the row's own caption, a count or a
                                                       #   spatial word swapped ("two" -> "five", "left" -> "right")
-                   "negatives_per_positive": 1},      # retrieval: negatives after each matched pair
+                   "negatives_per_positive": 1,       # retrieval: negatives after each matched pair
+                   "mined_negatives": 0.0,            # retrieval: share of negatives from the row's most similar
+                   "mined_pool": 8},                  #   captions of other training images (this many per row)
       "training": {...},                      # any transformers.TrainingArguments field (max_steps, learning_rate,
                                               # per_device_train_batch_size, warmup_steps, save_steps, ...);
                                               # "bf16": "auto" = bf16 autocast where the hardware has it
@@ -105,7 +107,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "collator": {
         "mask_probability": 0.15, "max_masked_tokens": 3, "pollution": 0.5, "caption_pollution": 0.25,
         "caption_swap": 0.5, "tag_source": "detected", "hflip_probability": 0.5, "mask_polluted": True,
-        "hard_negatives": 0.0, "perturbed_negatives": 0.0, "negatives_per_positive": 1,
+        "hard_negatives": 0.0, "perturbed_negatives": 0.0, "negatives_per_positive": 1, "mined_negatives": 0.0,
+        "mined_pool": 8,
     },
     "training": {},
     "debug": {"param_hash": False},
@@ -327,15 +330,17 @@ def build_collators(stage: str, config: dict, data: RecipeData, model=None, spli
         return C.RetrievalCollator(tok, regions=data.store(split), caption_swap=col["caption_swap"],
                                    hard_negatives=col["hard_negatives"],
                                    perturbed_negatives=col["perturbed_negatives"],
-                                   negatives_per_positive=col["negatives_per_positive"], **common)
+                                   negatives_per_positive=col["negatives_per_positive"],
+                                   mined_negatives=col.get("mined_negatives", 0.0), **common)
     if stage == "nlvr":
         return C.NLVRCollator(tok, regions=data.nlvr_store(split), **common)
     raise ValueError(f"unknown stage {stage!r}; choose from {STAGES}")
 
 
-def stage_datasets(stage: str, data: RecipeData, split: str):
-    """The rows a stage trains (``train``) or is validated on."""
-    from .features import caption_examples, vqa_examples
+def stage_datasets(stage: str, data: RecipeData, split: str, config: dict | None = None):
+    """The rows a stage trains (``train``) or is validated on. Retrieval training rows get ``similar_captions``
+    (mined negatives) when ``config["collator"]["mined_negatives"]`` is set."""
+    from .features import caption_examples, similar_captions, vqa_examples
 
     if stage == "detector":
         return data.scenes[split]
@@ -346,7 +351,12 @@ def stage_datasets(stage: str, data: RecipeData, split: str):
         return vqa_examples(table)
     if stage == "caption" and split != "train":
         return caption_examples(table, per_caption=False)
-    return caption_examples(table, per_caption=True)
+    examples = caption_examples(table, per_caption=True)
+    collator = (config or {}).get("collator", {})
+    if stage == "retrieval" and split == "train" and collator.get("mined_negatives"):
+        mined = similar_captions(examples["caption"], examples["image_index"], k=int(collator.get("mined_pool", 8)))
+        examples = examples.add_column("similar_captions", mined)
+    return examples
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -437,7 +447,7 @@ def run_stage(
         else:
             model = build_fusion_model(stage, config, data)
         train_collator = build_collators(stage, config, data, model, "train")
-        train_set = stage_datasets(stage, data, "train")
+        train_set = stage_datasets(stage, data, "train", config)
         eval_set = eval_collator = None
         if args.eval_strategy != "no":
             eval_set = stage_datasets(stage, data, "validation")

@@ -58,6 +58,10 @@ class RetrievalCollator(FusionCollator):
     ``perturb_words`` replaced (a count: "three objects including a red star" → "six objects including …"; a
     spatial word: "left" ↔ "right", "above" ↔ "below"), the same image: a caption that differs from the truth only in
     the count or the relation, which the model must then check; captions without such a word get a donor instead.
+    With probability ``mined_negatives`` the negative is one of the row's ``similar_captions`` (another image's
+    caption with many words in common, mined over the whole training split by
+    :func:`~minivlm_hf.training.features.similar_captions`), the same image: real captions, so no word marks them as
+    negatives; rows without that column (or with an empty list) get a donor instead.
 
     The output has ``(1 + negatives_per_positive) × batch`` rows in groups ``[positive, negatives…]`` (the layout
     ``config.retrieval_loss="listwise"`` expects); ``self.last_swaps`` lists ``(row, kind, donor_row)`` per negative,
@@ -71,9 +75,10 @@ class RetrievalCollator(FusionCollator):
 
     def __init__(self, tokenizer, *, caption_swap: float = 0.5, hard_negatives: float = 0.0,
                  perturbed_negatives: float = 0.0, perturb_words: dict[str, Sequence[str]] | None = None,
-                 negatives_per_positive: int = 1, **kwargs):
+                 negatives_per_positive: int = 1, mined_negatives: float = 0.0, **kwargs):
         super().__init__(tokenizer, **kwargs)
-        for name, value in (("hard_negatives", hard_negatives), ("perturbed_negatives", perturbed_negatives)):
+        for name, value in (("hard_negatives", hard_negatives), ("perturbed_negatives", perturbed_negatives),
+                            ("mined_negatives", mined_negatives)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
         if int(negatives_per_positive) < 1:
@@ -81,6 +86,7 @@ class RetrievalCollator(FusionCollator):
         self.caption_swap = caption_swap
         self.hard_negatives = hard_negatives
         self.perturbed_negatives = perturbed_negatives
+        self.mined_negatives = mined_negatives
         self.perturb_words = {k: tuple(v) for k, v in (perturb_words or self.PERTURB_WORDS).items()}
         self.negatives_per_positive = int(negatives_per_positive)
         self.last_swaps: list[tuple[int, str, int]] = []
@@ -121,6 +127,7 @@ class RetrievalCollator(FusionCollator):
         # drawn only when enabled, so that the other settings keep their random stream
         perturbed = torch.rand(len(rows), per_row, generator=g) < self.perturbed_negatives if self.perturbed_negatives \
             else None
+        mined = torch.rand(len(rows), per_row, generator=g) < self.mined_negatives if self.mined_negatives else None
         for i in range(len(rows)):
             texts.append(captions[i])
             image_rows.append(i)
@@ -136,6 +143,13 @@ class RetrievalCollator(FusionCollator):
                     image_rows.append(i)
                     labels.append(0)
                     self.last_swaps.append((i, "perturbed", i))
+                    continue
+                pool_texts = rows[i].get("similar_captions") if mined is not None and mined[i, n] else None
+                if pool_texts:
+                    texts.append(pool_texts[int(torch.randint(len(pool_texts), (1,), generator=g))])
+                    image_rows.append(i)
+                    labels.append(0)
+                    self.last_swaps.append((i, "mined", i))
                     continue
                 pool = [j for j in donors if j not in used] or donors
                 if hard[i, n]:
