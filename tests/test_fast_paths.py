@@ -314,3 +314,42 @@ def test_compile_option_only_marks_the_dense_parts(tee):
     fast = optimize_for_inference(tee, compile=True)  # compiles lazily, on the first call (not made here)
     assert fast.minivlm_optimizations.compiled == ["backbone+bifpn"]
     assert fast.backbone._compiled_call_impl is not None and fast.proposal_head._compiled_call_impl is None
+
+
+def test_int8_auto_engine_dispatches_by_row_count_with_the_same_rounding():
+    """``quantize_fusion_int8(engine="auto")`` on a VNNI CPU packs every Linear for oneDNN (faster when encoding a
+    sequence) and for torch's default engine (faster for the few rows of a decoding step) and picks per call; the
+    global engine is left as it was, both packings round alike, and a deep copy keeps the dispatch."""
+    import copy
+
+    from minivlm_hf.fast import RowDispatchInt8Linear, int8_engines, quantize_fusion_int8
+    from minivlm_hf.fast.fusion import ONEDNN_MIN_ROWS, _onednn_int8_is_fast
+
+    default = torch.backends.quantized.engine
+    assert int8_engines("default") == (default,)
+    assert int8_engines("auto") == (("onednn", default) if _onednn_int8_is_fast() else (default,))
+    with pytest.raises(ValueError, match="engine must be one of"):
+        int8_engines("tpu")
+    model = _vqa_model()
+    auto = quantize_fusion_int8(copy.deepcopy(model))
+    single = quantize_fusion_int8(copy.deepcopy(model), engine="default")
+    assert torch.backends.quantized.engine == default
+    names = fusion_linear_names(model)
+    if _onednn_int8_is_fast():
+        assert all(isinstance(auto.get_submodule(n), RowDispatchInt8Linear) for n in names)
+        layer = copy.deepcopy(auto).get_submodule(names[0])
+        assert isinstance(layer, RowDispatchInt8Linear) and layer.engines == ("onednn", default)
+        many, few = torch.randn(2, ONEDNN_MIN_ROWS // 2, layer.in_features), torch.randn(1, 3, layer.in_features)
+        assert layer.pack_for(many) is layer.many and layer.pack_for(few) is layer.few
+        with torch.inference_mode():
+            torch.testing.assert_close(layer(many), layer.many(many), rtol=0, atol=0)
+            torch.testing.assert_close(layer(few), layer.few(few), rtol=0, atol=0)
+    assert not any(isinstance(m, RowDispatchInt8Linear) for m in single.modules())
+    inputs = _vqa_inputs(batch=8)
+    with torch.inference_mode():
+        ref = model(**inputs).logits
+        err_single = (single(**inputs).logits - ref).abs().mean()
+        gap = (auto(**inputs).logits - single(**inputs).logits).abs().mean()
+        gap_copy = (copy.deepcopy(auto)(**inputs).logits - auto(**inputs).logits).abs().max()
+    assert err_single > 0 and gap <= 0.05 * err_single  # measured: gap 2e-8 vs error 3e-3
+    assert gap_copy <= 1e-5

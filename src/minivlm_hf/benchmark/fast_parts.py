@@ -24,6 +24,7 @@ from .accounting import (
 from .parity import INT8_FLOAT_FFN
 from .summary import _fmt_stats
 
+INT8_ONE_ENGINE = "int8, one engine (torch's default)"
 FAST_INT8 = "fast int8 (TEE fused BN + channels_last, fusion int8)"
 FAST_MIXED = "fast mixed (TEE fused BN + channels_last + bf16, fusion int8)"
 FAST_BF16 = "fast bf16 (TEE fused BN + channels_last + bf16, fusion bf16)"
@@ -96,6 +97,7 @@ class FastPathParts:
             "fp32": m.vqa,
             "fp32 + fused QKV": optimize_for_inference(m.vqa),
             "int8": optimize_for_inference(m.vqa, int8=True),
+            INT8_ONE_ENGINE: optimize_for_inference(m.vqa, int8=True, int8_engine="default"),
             INT8_FLOAT_FFN: optimize_for_inference(m.vqa, int8=True, int8_float_ffn_output=True),
             "bf16": optimize_for_inference(m.vqa, bf16=True),
         }

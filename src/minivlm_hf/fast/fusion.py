@@ -30,8 +30,9 @@ __all__ = [
     "find_fusion_models",
     "fusion_linear_names",
     "quantize_fusion_int8",
-    "int8_engine_for",
+    "int8_engines",
     "INT8_ENGINES",
+    "RowDispatchInt8Linear",
     "fuse_qkv_projections",
     "fusion_to_bf16",
     "compile_fusion_encoder",
@@ -86,9 +87,14 @@ def fusion_linear_names(model: nn.Module, include_lm_head: bool = True,
     return names
 
 
-#: ``engine`` values of :func:`quantize_fusion_int8`: "auto" (per layer, see :func:`int8_engine_for`), "default"
-#: (torch's current ``torch.backends.quantized.engine``) or one quantized engine by name.
+#: ``engine`` values of :func:`quantize_fusion_int8`: "auto" (see :func:`int8_engines`), "default" (torch's current
+#: ``torch.backends.quantized.engine``) or one quantized engine by name.
 INT8_ENGINES = ("auto", "default", "x86", "fbgemm", "onednn")
+
+#: Calls with at least this many rows (tokens x batch) take oneDNN's kernel under ``engine="auto"``. Measured per
+#: dynamic int8 Linear, 2 threads, per-channel weights (µs, x86 vs oneDNN): 96 rows 384→1152 214 vs 160, 384→1536
+#: 272 vs 188, 1536→384 287 vs 252; 32 rows 115 vs 118; 1 row (a decoding step) 53 vs 91, 1536→384 77 vs 232.
+ONEDNN_MIN_ROWS = 48
 
 
 def _onednn_int8_is_fast() -> bool:
@@ -100,27 +106,22 @@ def _onednn_int8_is_fast() -> bool:
         return False
 
 
-def int8_engine_for(module: nn.Linear, engine: str = "auto") -> str:
-    """The quantized engine whose kernels pack and run ``module``'s dynamic int8 GEMM.
-
-    ``"auto"``: oneDNN for the Linears that keep or widen the width (query/key/value, attention output, FFN
-    up-projection, heads) on a CPU with VNNI, torch's default engine (x86 = fbgemm here) for the narrowing FFN
-    down-projection. Measured at 96 tokens, 2 threads, per-channel weights (µs, x86 vs oneDNN): 384→1152 207 vs 163,
-    384→1536 284 vs 192, but 1536→384 287 vs 457. The packed weights keep their engine: it is the packing, not the
-    global setting at call time, that picks the kernel, so one model can mix both."""
+def int8_engines(engine: str = "auto") -> tuple[str, ...]:
+    """The quantized engine(s) whose kernels will run the dynamic int8 Linears: one engine, or for ``"auto"`` on a
+    CPU with VNNI ``("onednn", default)``: oneDNN for calls of at least :data:`ONEDNN_MIN_ROWS` rows (encoding a
+    sequence), torch's default engine (x86 / fbgemm) for fewer (decoding steps), where oneDNN's fixed cost
+    dominates. It is the packing, not the global setting at call time, that picks the kernel."""
     if engine not in INT8_ENGINES:
         raise ValueError(f"engine must be one of {INT8_ENGINES}, got {engine!r}")
     default = torch.backends.quantized.engine
     if engine == "default":
-        return default
-    if engine != "auto":
-        if engine not in torch.backends.quantized.supported_engines:
-            raise ValueError(f"quantized engine {engine!r} is not available in this torch build "
-                             f"(supported: {torch.backends.quantized.supported_engines})")
-        return engine
-    if module.in_features <= module.out_features and _onednn_int8_is_fast():
-        return "onednn"
-    return default
+        return (default,)
+    if engine == "auto":
+        return ("onednn", default) if _onednn_int8_is_fast() and default != "onednn" else (default,)
+    if engine not in torch.backends.quantized.supported_engines:
+        raise ValueError(f"quantized engine {engine!r} is not available in this torch build "
+                         f"(supported: {torch.backends.quantized.supported_engines})")
+    return (engine,)
 
 
 @contextmanager
@@ -131,6 +132,52 @@ def _quantized_engine(name: str):
         yield
     finally:
         torch.backends.quantized.engine = previous
+
+
+class RowDispatchInt8Linear(nn.Module):
+    """One dynamic int8 Linear packed for two quantized engines: ``many`` (oneDNN) runs calls with at least
+    ``min_rows`` rows, ``few`` (x86 / fbgemm) the others. Both quantise weights and activations the same way, so the
+    outputs agree to float rounding; only the kernels differ. Deep copies repack each with its own engine."""
+
+    def __init__(self, many: nn.Module, few: nn.Module, engines: tuple[str, str], min_rows: int = ONEDNN_MIN_ROWS):
+        super().__init__()
+        self.many, self.few = many, few
+        self.engines = tuple(engines)
+        self.min_rows = int(min_rows)
+        self.in_features, self.out_features = few.in_features, few.out_features
+
+    def pack_for(self, x: torch.Tensor) -> nn.Module:
+        """The packed Linear that runs ``x``."""
+        return self.many if x.numel() >= self.min_rows * self.in_features else self.few
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pack = self.pack_for(x)
+        if pack._packed_params.dtype != torch.qint8 or getattr(pack, "version", None) is None or pack.version < 4:
+            return pack(x)
+        # what the packed module's forward does, without a second module call per Linear (~10 µs each here)
+        return torch.ops.quantized.linear_dynamic(x, pack._packed_params._packed_params,
+                                                  reduce_range=True).to(x.dtype)
+
+    def weight(self):
+        return self.few.weight()
+
+    def bias(self):
+        return self.few.bias()
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        with _quantized_engine(self.engines[0]):
+            many = copy.deepcopy(self.many, memo)
+        with _quantized_engine(self.engines[1]):
+            few = copy.deepcopy(self.few, memo)
+        clone = type(self)(many, few, self.engines, self.min_rows)
+        clone.train(self.training)
+        return clone
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, {self.engines[0]} for >= "
+                f"{self.min_rows} rows, else {self.engines[1]}")
 
 
 def quantize_fusion_int8(model: nn.Module, include_lm_head: bool = True, per_channel: bool = True,
@@ -146,32 +193,37 @@ def quantize_fusion_int8(model: nn.Module, include_lm_head: bool = True, per_cha
     points and 4 image→text R@1 points with it quantised, and none with it in float (CIDEr-D +1.4, R@1 +5), but VQA
     relation questions moved by -3.85 and NLVR by -1.5 in the same parity run, and the fusion's speed-up over fp32
     fell from 1.55x to 1.29x (a third of the Linear FLOPs stay fp32).
-    ``engine``: which quantized engine packs (and so runs) each Linear, see :func:`int8_engine_for` and
-    :data:`INT8_ENGINES`; the rounding is the same (both quantise activations per tensor to 8 bits), only the kernels
-    differ. Deep-copying a quantized model repacks its weights with the global engine.
+    ``engine``: whose kernels run the int8 GEMMs (:data:`INT8_ENGINES`, :func:`int8_engines`); ``"auto"`` packs each
+    Linear for oneDNN and for torch's default engine on a VNNI CPU and picks per call by row count
+    (:class:`RowDispatchInt8Linear`).
     Returns ``model``. Needs a model in eval mode on the CPU; the result runs on the CPU only and cannot be trained.
     """
     if model.training:
         raise ValueError("quantize_fusion_int8 needs a model in eval mode (model.eval())")
     from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
+    engines = int8_engines(engine)
     names = fusion_linear_names(model, include_lm_head=include_lm_head, include_ffn_output=not float_ffn_output)
     if not names:
         return model
     qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
-    modules = dict(model.named_modules())
-    by_engine: dict[str, list[str]] = {}
-    for name in names:
-        by_engine.setdefault(int8_engine_for(modules[name], engine), []).append(name)
+
+    def quantized(linear: nn.Module, name: str) -> nn.Module:
+        with _quantized_engine(name):
+            return quantize_dynamic(nn.Sequential(linear), qconfig_spec={nn.Linear: qconfig}, dtype=torch.qint8)[0]
+
     with warnings.catch_warnings():
         # torch.ao.quantization is deprecated in favour of torchao (not installed here); the eager dynamic path
         # still works in this torch release.
         warnings.simplefilter("ignore")
-        for name, group in by_engine.items():
-            with _quantized_engine(name):
-                quantize_dynamic(model, qconfig_spec={n: qconfig for n in group}, dtype=torch.qint8, inplace=True)
+        for name in names:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            linear = getattr(parent, child)
+            packs = [quantized(linear, e) for e in engines]
+            setattr(parent, child, packs[0] if len(packs) == 1 else RowDispatchInt8Linear(*packs, engines))
     model._minivlm_int8 = True
-    model._minivlm_int8_engines = {name: len(group) for name, group in by_engine.items()}
+    model._minivlm_int8_engines = engines
     return model
 
 

@@ -53,6 +53,7 @@ def optimize_for_inference(
     compile_fusion: bool = False,
     include_lm_head: bool = True,
     int8_float_ffn_output: bool = False,
+    int8_engine: str = "auto",
     inplace: bool = False,
     verify: bool = True,
 ) -> nn.Module:
@@ -70,7 +71,8 @@ def optimize_for_inference(
         fuse_qkv: each attention layer's query / key / value Linears as one Linear (fp32: exact up to rounding).
         int8: dynamic int8 quantisation of every ``nn.Linear`` (``include_lm_head=False`` keeps the tied MLM
             decoder of a captioning model in float; ``int8_float_ffn_output=True`` keeps each layer's FFN
-            down-projection in float: metric parity on captioning / retrieval, less speed-up).
+            down-projection in float: metric parity on captioning / retrieval, less speed-up; ``int8_engine``:
+            which quantized engine's kernels run each Linear, see ``quantize_fusion_int8``).
         bf16: weights in bfloat16 (mutually exclusive with ``int8``).
         compile (with compile_fusion): ``torch.compile(dynamic=True)`` of the encoder stack.
 
@@ -108,7 +110,8 @@ def optimize_for_inference(
             summary.fused_qkv_layers = fuse_qkv_projections(model)
         if int8:
             before = sum(1 for m in model.modules() if type(m) is nn.Linear)
-            quantize_fusion_int8(model, include_lm_head=include_lm_head, float_ffn_output=int8_float_ffn_output)
+            quantize_fusion_int8(model, include_lm_head=include_lm_head, float_ffn_output=int8_float_ffn_output,
+                                 engine=int8_engine)
             summary.int8_linear_layers = before - sum(1 for m in model.modules() if type(m) is nn.Linear)
         if bf16:
             fusion_to_bf16(model, include_vision=False)
