@@ -103,3 +103,20 @@ def test_bf16_auto_resolves_to_a_bool(tmp_path):
     config = load_recipe_config(None, {"training": {"bf16": "auto", "max_steps": 1}})
     args = training_arguments("vqa", config, tmp_path)
     assert args.bf16 is bf16_available(cpu=True)
+
+
+def test_parity_on_a_larger_test_split_of_the_demo(quick_demo, tmp_path):
+    """``run_parity(num_test=...)``: the fast paths against fp32 on a test split twice the demo's, retrieval averaged
+    over two groups of the demo's candidate count, with deltas and verdicts for every variant."""
+    from minivlm_hf.benchmark.parity import FUSION_VARIANTS, run_parity
+
+    demo_test = json.loads((quick_demo / "demo_config.json").read_text())["common"]["data"]["num_test"]
+    result = run_parity(quick_demo, num_test=2 * demo_test, tasks=("retrieval",), cache_dir=tmp_path, log=lambda m: None)
+    assert result["num_test"] == 2 * demo_test and set(result["metrics"]) == {"retrieval"}
+    per = result["metrics"]["retrieval"]
+    assert set(per) == set(FUSION_VARIANTS)
+    assert all(0.0 <= per[v]["i2t_r1"] <= 1.0 and "num_groups" not in per[v] for v in per)
+    assert set(result["deltas"]["retrieval"]) == set(FUSION_VARIANTS) - {"fp32"}
+    assert abs(result["deltas"]["retrieval"]["bf16"]["i2t_r1"]) <= 1.0
+    with pytest.raises(ValueError, match="must be at least the demo's test split"):
+        run_parity(quick_demo, num_test=demo_test - 1, tasks=("retrieval",), cache_dir=tmp_path, log=lambda m: None)

@@ -425,3 +425,32 @@ def test_evaluate_load_offline_fresh_hf_home(tmp_path):
     copied = hf_home / "modules" / "evaluate_modules" / "metrics"
     for stem in M.METRIC_FILES.values():
         assert list(copied.glob(f"{stem}/*/{stem}.py")), f"{stem} not copied into the fresh modules cache"
+
+
+def test_retrieval_evaluation_averages_disjoint_groups_of_candidates(monkeypatch):
+    """``num_groups``: R@k on consecutive groups of ``num_candidates`` images, averaged; too few images is an error."""
+    import datasets
+    import torch
+
+    from minivlm_hf.training import evaluation as E
+
+    examples = datasets.Dataset.from_dict({"image_index": list(range(9)),
+                                           "captions": [[f"caption {i}", "other"] for i in range(9)]})
+    seen = []
+
+    def scores(model, collator, image_indices, captions, **kwargs):
+        seen.append((image_indices, captions))
+        n = len(image_indices)
+        # group 0 ranks every image's own caption first, group 1 ranks it last
+        return torch.eye(n) if image_indices[0] == 0 else 1 - torch.eye(n)
+
+    monkeypatch.setattr(E, "retrieval_score_matrix", scores)
+    metrics, details = E.evaluate_retrieval(None, None, examples, num_candidates=4, num_groups=2)
+    assert seen == [([0, 1, 2, 3], [f"caption {i}" for i in range(4)]),
+                    ([4, 5, 6, 7], [f"caption {i}" for i in range(4, 8)])]
+    assert metrics["i2t_r1"] == pytest.approx(0.5) and metrics["t2i_r1"] == pytest.approx(0.5)
+    assert metrics["num_candidates"] == 4 and metrics["num_groups"] == 2 and len(details["scores"]) == 2
+    single, _ = E.evaluate_retrieval(None, None, examples, num_candidates=4)
+    assert single["i2t_r1"] == 1.0 and "num_groups" not in single
+    with pytest.raises(ValueError, match="needs 12 test images; the split has 9"):
+        E.evaluate_retrieval(None, None, examples, num_candidates=4, num_groups=3)

@@ -40,7 +40,7 @@ FUSION_VARIANTS = {
 }
 FUSION_TASKS = ("vqa", "caption", "retrieval", "nlvr")
 POINT = 0.01
-_NOT_METRICS = {"num_candidates"}
+_NOT_METRICS = {"num_candidates", "num_groups"}
 
 
 def _metrics_only(metrics: dict) -> dict[str, float]:
@@ -67,10 +67,13 @@ def _verdict(variant: str, deltas: dict[str, float]) -> bool:
     return all(abs(d) <= POINT + 1e-9 for d in deltas.values())
 
 
-def run_parity(model_dir, *, limit: int | None = None, cache_dir=None, tasks=("detector", *FUSION_TASKS),
-               log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_parity(model_dir, *, limit: int | None = None, num_test: int | None = None, cache_dir=None,
+               tasks=("detector", *FUSION_TASKS), log: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate fp32 and every fast path on the test split of the demo output ``model_dir`` (see module doc).
-    ``limit`` caps the test examples per task (None: the demo's own evaluation settings)."""
+    ``limit`` caps the test examples per task (None: the demo's own evaluation settings).
+    ``num_test``: a larger test split of the same generator instead of the demo's (its first scenes are the demo's
+    test scenes; NLVR pairs grow in the same proportion; retrieval is averaged over ``num_test // num_candidates``
+    groups of the demo's candidate count), so that a delta of one point is not one or two test items."""
     from ..fast import optimize_for_inference
     from ..training.data_setup import RecipeData
     from ..training.demo import load_processor, load_with_auto_class, stage_config
@@ -90,6 +93,16 @@ def run_parity(model_dir, *, limit: int | None = None, cache_dir=None, tasks=("d
     settings["common"].setdefault("data", {})["cache_dir"] = str(cache_dir)
     # Every variant is evaluated as it is: no bf16 autocast from the demo's evaluation settings.
     overrides = {"evaluation": {"bf16": False, **({"limit": limit} if limit else {})}}
+    if num_test is not None:
+        data_settings = settings["common"]["data"]
+        base_test = int(data_settings.get("num_test", num_test))
+        if num_test < base_test:
+            raise ValueError(f"num_test ({num_test}) must be at least the demo's test split ({base_test})")
+        candidates = int(settings["common"].get("evaluation", {}).get("num_candidates", 100))
+        overrides["data"] = {"num_test": int(num_test)}
+        if data_settings.get("nlvr_num_test"):
+            overrides["data"]["nlvr_num_test"] = int(data_settings["nlvr_num_test"]) * int(num_test) // base_test
+        overrides["evaluation"]["retrieval_groups"] = max(1, int(num_test) // candidates)
 
     def cfg(stage):
         return stage_config(settings, stage, **overrides)
@@ -134,6 +147,7 @@ def run_parity(model_dir, *, limit: int | None = None, cache_dir=None, tasks=("d
     result = {
         "model_dir": str(model_dir),
         "limit": limit,
+        "num_test": num_test,
         "metrics": metrics,
         "deltas": deltas,
         "within_1_point": verdicts,

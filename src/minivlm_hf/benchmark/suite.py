@@ -85,6 +85,7 @@ class BenchmarkSettings:
     opset: int = 17
     model_dir: str | None = None
     parity_limit: int | None = None
+    parity_num_test: int | None = None
     json_path: str | None = None
     seed: int = 0
 
@@ -266,7 +267,8 @@ class _Runner(FastPathParts):
         from .parity import run_parity
 
         self.log(f"  parity on the scenes test split of {self.s.model_dir} ...")
-        self.result["parity"] = run_parity(self.s.model_dir, limit=self.s.parity_limit, log=self.log)
+        self.result["parity"] = run_parity(self.s.model_dir, limit=self.s.parity_limit,
+                                           num_test=self.s.parity_num_test, log=self.log)
 
     # static facts -----------------------------------------------------------------------------------------------
     def params(self):

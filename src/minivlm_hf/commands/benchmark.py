@@ -34,6 +34,9 @@ def register(subparsers) -> None:
     parser.add_argument("--model-dir", "--model", dest="model_dir", type=Path, default=None,
                         help="output folder of `minivlm-hf demo` (trained models) for --part parity")
     parser.add_argument("--parity-limit", type=int, default=None, help="cap the test examples per task in parity")
+    parser.add_argument("--parity-num-test", type=int, default=None,
+                        help="parity on a larger test split of the same generator (e.g. 500: retrieval averaged over "
+                             "5 groups of 100 candidates, NLVR pairs scaled alike) instead of the demo's")
     parser.add_argument("--tiny", action="store_true", help="tiny random configs, --runs may be < 10 (smoke test)")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile variants (compile time reported separately; minutes on 2 cores)")
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads, device=args.device, tiny=args.tiny, compile=args.compile, memory=not args.no_memory,
         flops=not args.no_flops, batch_runs=args.batch_runs, batch_sizes=batch_sizes, gflops_seconds=args.gflops_seconds,
         opset=args.opset, model_dir=str(args.model_dir) if args.model_dir else None, parity_limit=args.parity_limit,
+        parity_num_test=args.parity_num_test,
         json_path=str(args.json) if args.json else None,
     )
     run_benchmark(settings)

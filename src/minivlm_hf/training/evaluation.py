@@ -162,20 +162,40 @@ def retrieval_score_matrix(model, collator: RetrievalScoringCollator, image_indi
 
 
 def evaluate_retrieval(model, collator: RetrievalScoringCollator, examples, *, num_candidates: int = 100,
-                       batch_size: int = 128, progress: bool = True) -> tuple[dict, dict]:
+                       num_groups: int = 1, batch_size: int = 128, progress: bool = True) -> tuple[dict, dict]:
     """R@1/5/10 in both directions over ``num_candidates`` images and their first captions (image→text: rank the
     ``num_candidates`` captions for each image; text→image: rank the images for each caption). ``examples``: one
-    row per image with ``image_index`` and ``captions``."""
+    row per image with ``image_index`` and ``captions``.
+
+    ``num_groups`` > 1: the same task on each of that many consecutive, disjoint groups of ``num_candidates`` test
+    images, metrics averaged over the groups (each image still competes with ``num_candidates - 1`` others): a
+    larger sample of the same measurement, e.g. to compare two versions of a model with less noise."""
     from ..metrics import compute_retrieval_recall
 
-    rows = _rows(examples, num_candidates)
-    image_indices = [int(r["image_index"]) for r in rows]
-    captions = [r["captions"][0] for r in rows]
-    scores = retrieval_score_matrix(model, collator, image_indices, captions, batch_size=batch_size, progress=progress)
-    metrics = compute_retrieval_recall(scores.numpy(), list(range(len(rows))))
-    metrics = {k: float(v) for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
-    metrics["num_candidates"] = len(rows)
-    return metrics, {"scores": scores, "captions": captions, "image_indices": image_indices}
+    if int(num_groups) < 1:
+        raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+    num_groups = int(num_groups)
+    if num_groups > 1 and len(examples) < num_groups * num_candidates:
+        raise ValueError(f"retrieval over {num_groups} groups of {num_candidates} candidates needs "
+                         f"{num_groups * num_candidates} test images; the split has {len(examples)}")
+    all_rows = _rows(examples, num_candidates * num_groups)
+    per_group, details = [], {"scores": [], "captions": [], "image_indices": []}
+    for g in range(num_groups):
+        rows = all_rows[g * num_candidates:(g + 1) * num_candidates]
+        image_indices = [int(r["image_index"]) for r in rows]
+        captions = [r["captions"][0] for r in rows]
+        scores = retrieval_score_matrix(model, collator, image_indices, captions, batch_size=batch_size,
+                                        progress=progress)
+        metrics = compute_retrieval_recall(scores.numpy(), list(range(len(rows))))
+        per_group.append({k: float(v) for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))})
+        for key, value in (("scores", scores), ("captions", captions), ("image_indices", image_indices)):
+            details[key].append(value)
+    metrics = {k: float(np.mean([m[k] for m in per_group])) for k in per_group[0] if all(k in m for m in per_group)}
+    metrics["num_candidates"] = len(all_rows) // num_groups
+    if num_groups == 1:
+        return metrics, {k: v[0] for k, v in details.items()}
+    metrics["num_groups"] = num_groups
+    return metrics, details
 
 
 # ---------------------------------------------------------------------------------------------------------------------

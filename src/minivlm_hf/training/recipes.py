@@ -49,6 +49,7 @@ Recipe config (JSON; every key optional, defaults in :data:`DEFAULT_CONFIG` and 
                                               # per_device_train_batch_size, warmup_steps, save_steps, ...);
                                               # "bf16": "auto" = bf16 autocast where the hardware has it
       "evaluation": {"split": "test", "limit": null, "num_candidates": 100, "max_new_tokens": 20, "num_beams": 1,
+                     "retrieval_groups": 1,           # retrieval: R@k averaged over this many groups of candidates
                      "length_penalty": 1.0,           # captioning beams: log-probability / length ** this
                      "batch_size": 64, "detection_threshold": 0.0,
                      "bf16": false},                  # evaluate under bf16 autocast ("auto": where it is fast)
@@ -113,8 +114,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "training": {},
     "debug": {"param_hash": False},
     "evaluation": {
-        "split": "test", "limit": None, "num_candidates": 100, "max_new_tokens": 20, "num_beams": 1,
-        "length_penalty": 1.0, "batch_size": 64,
+        "split": "test", "limit": None, "num_candidates": 100, "retrieval_groups": 1, "max_new_tokens": 20,
+        "num_beams": 1, "length_penalty": 1.0, "batch_size": 64,
         "detection_threshold": 0.0, "bf16": False,
     },
 }
@@ -401,7 +402,8 @@ def _evaluate_stage(stage: str, model, config: dict, data: RecipeData, *, progre
     if stage == "retrieval":
         collator = C.RetrievalScoringCollator(tok, regions=store, **common)
         return E.evaluate_retrieval(model, collator, caption_examples(table, per_caption=False),
-                                    num_candidates=ev["num_candidates"], batch_size=max(bs, 100), progress=progress)
+                                    num_candidates=ev["num_candidates"], num_groups=ev.get("retrieval_groups", 1),
+                                    batch_size=max(bs, 100), progress=progress)
     raise ValueError(f"unknown stage {stage!r}; choose from {STAGES}")
 
 
