@@ -236,6 +236,46 @@ def test_int8_float_ffn_output_keeps_the_down_projections_in_float_and_avoids_th
     assert err_mixed < 0.7 * err_full, (float(err_mixed), float(err_full))
 
 
+def test_int8_keeps_the_calibrated_outlier_channels_of_the_ffn_down_projections_in_float():
+    """``int8_float_ffn_channels``: the calibration ranges (``ffn_input_ranges``) find the planted outlier channels of
+    every FFN down-projection; only those stay in float, the rest of the Linear is int8, and the error is far below
+    plain int8's."""
+    from minivlm_hf.fast import OutlierSplitInt8Linear, ffn_input_ranges
+
+    model = _vqa_model()
+    planted = torch.tensor([3, 17, 40, 41])
+    with torch.no_grad():  # 4 intermediate channels 200x larger, compensated in the down-projection: same function
+        for layer in model.minivlm.encoder.layer:
+            up, down = layer.intermediate.dense, layer.output.dense
+            up.weight[planted] *= 200.0
+            up.bias[planted] *= 200.0
+            down.weight[:, planted] /= 200.0
+    calibration = _vqa_inputs(batch=4)
+    ranges = ffn_input_ranges(model, {**calibration, "labels": torch.zeros(4, dtype=torch.long)})
+    down = [f"minivlm.encoder.layer.{i}.output.dense" for i in range(len(model.minivlm.encoder.layer))]
+    assert sorted(ranges) == down
+    for name in down:
+        assert ranges[name].shape == (model.get_submodule(name).in_features,)
+        assert sorted(ranges[name].topk(4).indices.tolist()) == planted.tolist()
+    full = optimize_for_inference(model, int8=True)
+    split = optimize_for_inference(model, int8=True, int8_float_ffn_channels=4, int8_calibration=calibration)
+    layer = split.minivlm.encoder.layer[0].output.dense
+    assert isinstance(layer, OutlierSplitInt8Linear) and layer.outlier_index.tolist() == planted.tolist()
+    assert layer.rest_index.numel() == layer.in_features - 4 and type(layer.rest) is not nn.Linear
+    assert split.minivlm_optimizations.int8_linear_layers == full.minivlm_optimizations.int8_linear_layers
+    inputs = _vqa_inputs(batch=8)
+    with torch.inference_mode():
+        ref = model(**inputs).logits
+        err_full = (full(**inputs).logits - ref).abs().mean()
+        err_split = (split(**inputs).logits - ref).abs().mean()
+    assert err_split < 0.7 * err_full, (float(err_split), float(err_full))  # measured: 0.55x
+    with pytest.raises(ValueError, match="needs int8_calibration"):
+        optimize_for_inference(model, int8=True, int8_float_ffn_channels=4)
+    with pytest.raises(ValueError, match="choose one"):
+        optimize_for_inference(model, int8=True, int8_float_ffn_channels=4, int8_calibration=calibration,
+                               int8_float_ffn_output=True)
+
+
 def test_fused_qkv_is_exact_in_fp32_and_skips_models_without_support():
     from minivlm_hf.fast import fuse_qkv_projections
 
@@ -323,7 +363,7 @@ def test_int8_auto_engine_dispatches_by_row_count_with_the_same_rounding():
     import copy
 
     from minivlm_hf.fast import RowDispatchInt8Linear, int8_engines, quantize_fusion_int8
-    from minivlm_hf.fast.fusion import ONEDNN_MIN_ROWS, _onednn_int8_is_fast
+    from minivlm_hf.fast.int8 import ONEDNN_MIN_ROWS, _onednn_int8_is_fast
 
     default = torch.backends.quantized.engine
     assert int8_engines("default") == (default,)

@@ -32,11 +32,16 @@ TEE_VARIANTS = {
     "fused BN + channels_last + bf16": dict(fuse_bn=True, channels_last=True, bf16_vision=True),
 }
 INT8_FLOAT_FFN = "int8, FFN output in float"
+FLOAT_FFN_CHANNELS = 16
+INT8_FLOAT_CHANNELS = f"int8, {FLOAT_FFN_CHANNELS} FFN input channels in float"
 FUSION_VARIANTS = {
     "fp32": None,
     "bf16": dict(bf16=True, fuse_bn=False, channels_last=False),
     "int8": dict(int8=True, fuse_bn=False, channels_last=False),
     INT8_FLOAT_FFN: dict(int8=True, int8_float_ffn_output=True, fuse_bn=False, channels_last=False),
+    # calibrated on the validation split (see _calibration_batches)
+    INT8_FLOAT_CHANNELS: dict(int8=True, int8_float_ffn_channels=FLOAT_FFN_CHANNELS, fuse_bn=False,
+                              channels_last=False),
 }
 FUSION_TASKS = ("vqa", "caption", "retrieval", "nlvr")
 POINT = 0.01
@@ -132,6 +137,8 @@ def run_parity(model_dir, *, limit: int | None = None, num_test: int | None = No
             continue
         model, _ = load_with_auto_class(task, model_dir / task)
         for variant, options in FUSION_VARIANTS.items():
+            if options and options.get("int8_float_ffn_channels"):
+                options = {**options, "int8_calibration": _calibration_batches(task, cfg(task), data, model)}
             evaluate(task, task, model if options is None else optimize_for_inference(model, **options), variant)
         if task == "vqa":
             # The whole fast path: regions from the fast TEE (fresh feature extraction), then the int8 fusion model.
@@ -160,6 +167,19 @@ def run_parity(model_dir, *, limit: int | None = None, num_test: int | None = No
     if tmp is not None:
         tmp.cleanup()
     return result
+
+
+def _calibration_batches(task: str, config: dict, data, model, rows: int = 32, batches: int = 2) -> list[dict]:
+    """Up to ``batches`` collated batches of the task's validation rows (never the test split): the calibration
+    inputs of the int8 variant that keeps the FFN down-projections' outlier channels in float."""
+    from ..training.recipes import build_collators, stage_datasets
+
+    collator = build_collators(task, config, data, model, "validation")
+    examples = stage_datasets(task, data, "validation")
+    n = min(len(examples), rows * batches)
+    if n == 0:
+        raise ValueError(f"parity: the {task} validation split is empty; the calibrated int8 variant needs it")
+    return [collator([examples[i] for i in range(start, min(n, start + rows))]) for start in range(0, n, rows)]
 
 
 def parity_markdown(result: dict[str, Any]) -> str:

@@ -33,10 +33,14 @@ from .fusion import (
     fuse_qkv_projections,
     fusion_linear_names,
     fusion_to_bf16,
-    INT8_ENGINES,
-    RowDispatchInt8Linear,
-    int8_engines,
     is_fusion_model,
+)
+from .int8 import (
+    INT8_ENGINES,
+    OutlierSplitInt8Linear,
+    RowDispatchInt8Linear,
+    ffn_input_ranges,
+    int8_engines,
     quantize_fusion_int8,
 )
 from .optimize import OptimizationSummary, optimize_for_inference
@@ -65,6 +69,8 @@ __all__ = [
     "fusion_to_bf16",
     "INT8_ENGINES",
     "RowDispatchInt8Linear",
+    "OutlierSplitInt8Linear",
+    "ffn_input_ranges",
     "int8_engines",
     "is_fusion_model",
     "is_tee",

@@ -14,8 +14,8 @@ from .fusion import (
     find_fusion_models,
     fuse_qkv_projections,
     fusion_to_bf16,
-    quantize_fusion_int8,
 )
+from .int8 import ffn_input_ranges, quantize_fusion_int8
 from .tee import bf16_dense_part, compile_dense_part, find_tees, fuse_conv_bn, tee_example_input, to_channels_last
 
 __all__ = ["OptimizationSummary", "optimize_for_inference"]
@@ -54,6 +54,8 @@ def optimize_for_inference(
     include_lm_head: bool = True,
     int8_float_ffn_output: bool = False,
     int8_engine: str = "auto",
+    int8_float_ffn_channels: int = 0,
+    int8_calibration=None,
     inplace: bool = False,
     verify: bool = True,
 ) -> nn.Module:
@@ -72,7 +74,10 @@ def optimize_for_inference(
         int8: dynamic int8 quantisation of every ``nn.Linear`` (``include_lm_head=False`` keeps the tied MLM
             decoder of a captioning model in float; ``int8_float_ffn_output=True`` keeps each layer's FFN
             down-projection in float: metric parity on captioning / retrieval, less speed-up; ``int8_engine``:
-            which quantized engine's kernels run each Linear, see ``quantize_fusion_int8``).
+            which quantized engine's kernels run each Linear, see ``quantize_fusion_int8``;
+            ``int8_float_ffn_channels=N`` with ``int8_calibration`` (model-input batches, e.g. collator outputs of a
+            few validation rows): only the N input channels of each FFN down-projection with the largest
+            calibration range stay in float).
         bf16: weights in bfloat16 (mutually exclusive with ``int8``).
         compile (with compile_fusion): ``torch.compile(dynamic=True)`` of the encoder stack.
 
@@ -110,8 +115,13 @@ def optimize_for_inference(
             summary.fused_qkv_layers = fuse_qkv_projections(model)
         if int8:
             before = sum(1 for m in model.modules() if type(m) is nn.Linear)
+            ranges = None
+            if int8_float_ffn_channels:
+                if int8_calibration is None:
+                    raise ValueError("int8_float_ffn_channels needs int8_calibration: a few batches of model inputs")
+                ranges = ffn_input_ranges(model, int8_calibration)
             quantize_fusion_int8(model, include_lm_head=include_lm_head, float_ffn_output=int8_float_ffn_output,
-                                 engine=int8_engine)
+                                 engine=int8_engine, float_ffn_channels=int8_float_ffn_channels, ffn_ranges=ranges)
             summary.int8_linear_layers = before - sum(1 for m in model.modules() if type(m) is nn.Linear)
         if bf16:
             fusion_to_bf16(model, include_vision=False)
