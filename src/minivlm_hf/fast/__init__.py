@@ -11,14 +11,17 @@ Entry point::
 
 ``model`` may be a ``TEEModel``, a ``MiniVLMModel`` or any MiniVLM task head; the input model is not modified
 (``inplace=False``). The building blocks are in :mod:`.tee` (conv+BN folding, channels_last, bf16 / compiled dense
-part) and :mod:`.fusion` (int8, bf16, compiled encoder). Parity of each path is covered by
-``tests/test_fast_paths.py``; speed by ``minivlm-hf benchmark --part fast`` and quality on the scenes test split
-by ``minivlm-hf benchmark --part parity --model-dir DEMO_OUT``.
+part), :mod:`.fusion` (QKV fusion, bf16, compiled encoder) and :mod:`.int8` (dynamic int8: per-call engine choice,
+calibrated outlier channels). Parity of each path is covered by ``tests/test_fast_paths.py``; speed by
+``minivlm-hf benchmark --part fast`` and quality on the scenes test split by ``minivlm-hf benchmark --part parity
+--model-dir DEMO_OUT [--parity-num-test 300]``.
 
-Measured quality (``--part parity`` on a full ``minivlm-hf demo`` run, scenes test split; see the README for
-every figure): fused BN + channels_last gives identical detections; bf16 costs VQA -0.6, CIDEr-D -2.3, NLVR +0;
-int8 (region embedding kept in float) costs VQA -2.5, image->text R@1 -6 and NLVR -4.0 (CIDEr-D +0.7), so prefer
-bf16 (or fp32) where quality matters.
+Measured quality (``--part parity --parity-num-test 300`` on a full ``minivlm-hf demo`` run; points vs fp32, see
+the README for every figure): fused BN + channels_last gives identical detections; bf16 stays within 1 point
+except a VQA relation gain of 1.4; plain int8 loses VQA 1.4, retrieval R@1 2.3-2.7 and NLVR 1.8; int8 with the 16
+calibrated outlier input channels of each FFN down-projection in float (``int8_float_ffn_channels=16,
+int8_calibration=...``) VQA +0.1, CIDEr-D -0.8, text->image R@5 -2.7, NLVR -1.0. Prefer bf16 (or fp32) where
+quality matters.
 
 Notes:
 - int8 needs ``torch.ao.quantization.quantize_dynamic`` (deprecated upstream in favour of torchao, still working
