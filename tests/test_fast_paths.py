@@ -269,7 +269,15 @@ def test_int8_keeps_the_calibrated_outlier_channels_of_the_ffn_down_projections_
         err_full = (full(**inputs).logits - ref).abs().mean()
         err_split = (split(**inputs).logits - ref).abs().mean()
     assert err_split < 0.7 * err_full, (float(err_split), float(err_full))  # measured: 0.55x
-    with pytest.raises(ValueError, match="needs int8_calibration"):
+    every = optimize_for_inference(model, int8=True, int8_float_ffn_channels=4, int8_float_other_channels=2,
+                                   int8_calibration=calibration)
+    quantised = [m for m in every.modules() if isinstance(m, OutlierSplitInt8Linear)]
+    assert len(quantised) == every.minivlm_optimizations.int8_linear_layers == \
+        full.minivlm_optimizations.int8_linear_layers
+    assert {m.outlier_index.numel() for m in quantised} == {2, 4}
+    with torch.inference_mode():
+        assert (every(**inputs).logits - ref).abs().mean() < err_full
+    with pytest.raises(ValueError, match="need int8_calibration"):
         optimize_for_inference(model, int8=True, int8_float_ffn_channels=4)
     with pytest.raises(ValueError, match="choose one"):
         optimize_for_inference(model, int8=True, int8_float_ffn_channels=4, int8_calibration=calibration,

@@ -44,6 +44,7 @@ from .int8 import (
     RowDispatchInt8Linear,
     ffn_input_ranges,
     int8_engines,
+    linear_input_ranges,
     quantize_fusion_int8,
 )
 from .optimize import OptimizationSummary, optimize_for_inference
@@ -74,6 +75,7 @@ __all__ = [
     "RowDispatchInt8Linear",
     "OutlierSplitInt8Linear",
     "ffn_input_ranges",
+    "linear_input_ranges",
     "int8_engines",
     "is_fusion_model",
     "is_tee",

@@ -29,6 +29,7 @@ __all__ = [
     "RowDispatchInt8Linear",
     "OutlierSplitInt8Linear",
     "ffn_input_ranges",
+    "linear_input_ranges",
     "quantize_fusion_int8",
 ]
 
@@ -166,16 +167,17 @@ def _model_inputs(model: nn.Module, batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k in accepted}
 
 
-def ffn_input_ranges(model: nn.Module, batches: Iterable[dict] | dict) -> dict[str, torch.Tensor]:
-    """Per input channel, the largest ``|x|`` that reaches each FFN down-projection of ``model`` over ``batches``
-    (dicts of model inputs, e.g. collator outputs of training or validation rows; entries ``model.forward`` does
-    not take, such as labels, are dropped). Keys: the Linears' qualified names. Used to pick the channels that
-    :func:`quantize_fusion_int8` keeps in float (``float_ffn_channels``)."""
+def linear_input_ranges(model: nn.Module, batches: Iterable[dict] | dict,
+                        names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Per input channel, the largest ``|x|`` that reaches each Linear ``names`` (default: every Linear that
+    :func:`quantize_fusion_int8` quantises) of ``model`` over ``batches`` (dicts of model inputs, e.g. collator
+    outputs of training or validation rows; entries ``model.forward`` does not take, such as labels, are dropped).
+    Keys: the Linears' qualified names. Used to pick the channels that :func:`quantize_fusion_int8` keeps in float."""
     if isinstance(batches, dict):
         batches = [batches]
-    names = [n for n in fusion_linear_names(model) if _is_ffn_output(n, model.get_submodule(n))]
+    names = fusion_linear_names(model) if names is None else list(names)
     if not names:
-        raise ValueError("ffn_input_ranges: the model has no FFN down-projection (layer.N.output.dense)")
+        raise ValueError("linear_input_ranges: no Linear to calibrate")
     ranges: dict[str, torch.Tensor] = {}
 
     def hook(name):
@@ -187,9 +189,9 @@ def ffn_input_ranges(model: nn.Module, batches: Iterable[dict] | dict) -> dict[s
     handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
     was_training = model.training
     model.eval()
+    seen = 0
     try:
         with torch.inference_mode():
-            seen = 0
             for batch in batches:
                 model(**_model_inputs(model, batch))
                 seen += 1
@@ -198,13 +200,22 @@ def ffn_input_ranges(model: nn.Module, batches: Iterable[dict] | dict) -> dict[s
             handle.remove()
         model.train(was_training)
     if not seen:
-        raise ValueError("ffn_input_ranges: no calibration batch given")
+        raise ValueError("linear_input_ranges: no calibration batch given")
     return ranges
+
+
+def ffn_input_ranges(model: nn.Module, batches: Iterable[dict] | dict) -> dict[str, torch.Tensor]:
+    """:func:`linear_input_ranges` of the FFN down-projections (``layer.N.output.dense``) only."""
+    names = [n for n in fusion_linear_names(model) if _is_ffn_output(n, model.get_submodule(n))]
+    if not names:
+        raise ValueError("ffn_input_ranges: the model has no FFN down-projection (layer.N.output.dense)")
+    return linear_input_ranges(model, batches, names)
 
 
 def quantize_fusion_int8(model: nn.Module, include_lm_head: bool = True, per_channel: bool = True,
                          float_ffn_output: bool = False, engine: str = "auto", float_ffn_channels: int = 0,
-                         ffn_ranges: dict[str, torch.Tensor] | None = None) -> nn.Module:
+                         float_other_channels: int = 0,
+                         input_ranges: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Dynamic int8 quantisation of the fusion transformer's (and heads') ``nn.Linear`` layers, in place.
 
     ``per_channel`` (default): one weight scale per output channel (``per_channel_dynamic_qconfig``); ``False``: one
@@ -214,9 +225,10 @@ def quantize_fusion_int8(model: nn.Module, include_lm_head: bool = True, per_cha
     GELU output, has a few channels far above the rest, so one dynamic activation scale per tensor rounds everything
     else coarsely. On a 300-image test split of the demo's models plain int8 lost 1.4 VQA points (relation -3.0,
     count -2.8) where this variant lost 0.2, but it keeps a third of the Linear FLOPs in fp32 (less speed-up).
-    ``float_ffn_channels`` (with ``ffn_ranges`` from :func:`ffn_input_ranges`): instead keep only that many input
-    channels of each FFN down-projection in float, those with the largest calibration range
-    (:class:`OutlierSplitInt8Linear`); everything else int8.
+    ``float_ffn_channels`` (with ``input_ranges`` from :func:`ffn_input_ranges` / :func:`linear_input_ranges`):
+    instead keep only that many input channels of each FFN down-projection in float, those with the largest
+    calibration range (:class:`OutlierSplitInt8Linear`); everything else int8. ``float_other_channels``: the same
+    for every other quantised Linear (attention projections, FFN up-projections, heads).
     ``engine``: whose kernels run the int8 GEMMs (:data:`INT8_ENGINES`, :func:`int8_engines`); ``"auto"`` packs each
     Linear for oneDNN and for torch's default engine on a VNNI CPU and picks per call by row count
     (:class:`RowDispatchInt8Linear`).
@@ -227,19 +239,24 @@ def quantize_fusion_int8(model: nn.Module, include_lm_head: bool = True, per_cha
     if float_ffn_channels and float_ffn_output:
         raise ValueError("float_ffn_output keeps the whole FFN down-projection in float; float_ffn_channels only some "
                          "of its channels: choose one")
-    if float_ffn_channels < 0:
-        raise ValueError(f"float_ffn_channels must be >= 0, got {float_ffn_channels}")
+    if float_ffn_channels < 0 or float_other_channels < 0:
+        raise ValueError(f"float_ffn_channels / float_other_channels must be >= 0, got {float_ffn_channels} / "
+                         f"{float_other_channels}")
     from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
     engines = int8_engines(engine)
     names = fusion_linear_names(model, include_lm_head=include_lm_head, include_ffn_output=not float_ffn_output)
     if not names:
         return model
-    split = [n for n in names if float_ffn_channels and _is_ffn_output(n, model.get_submodule(n))]
-    missing = [n for n in split if n not in (ffn_ranges or {})]
+    split = {}
+    for n in names:
+        k = float_ffn_channels if _is_ffn_output(n, model.get_submodule(n)) else float_other_channels
+        if k:
+            split[n] = k
+    missing = [n for n in split if n not in (input_ranges or {})]
     if missing:
-        raise ValueError(f"float_ffn_channels needs calibration ranges (ffn_input_ranges) for {missing[:3]}"
-                         + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
+        raise ValueError(f"float_ffn_channels / float_other_channels need calibration ranges (linear_input_ranges) "
+                         f"for {missing[:3]}" + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
     qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
 
     def packed(linear: nn.Module, name: str) -> nn.Module:
@@ -259,8 +276,8 @@ def quantize_fusion_int8(model: nn.Module, include_lm_head: bool = True, per_cha
             parent = model.get_submodule(parent_name)
             linear = getattr(parent, child)
             if name in split:
-                k = min(int(float_ffn_channels), linear.in_features - 1)
-                outliers = ffn_ranges[name].topk(k).indices
+                k = min(int(split[name]), linear.in_features - 1)
+                outliers = input_ranges[name].topk(k).indices
                 setattr(parent, child, OutlierSplitInt8Linear(linear, outliers, quantize))
             else:
                 setattr(parent, child, quantize(linear))

@@ -15,7 +15,7 @@ from .fusion import (
     fuse_qkv_projections,
     fusion_to_bf16,
 )
-from .int8 import ffn_input_ranges, quantize_fusion_int8
+from .int8 import ffn_input_ranges, linear_input_ranges, quantize_fusion_int8
 from .tee import bf16_dense_part, compile_dense_part, find_tees, fuse_conv_bn, tee_example_input, to_channels_last
 
 __all__ = ["OptimizationSummary", "optimize_for_inference"]
@@ -55,6 +55,7 @@ def optimize_for_inference(
     int8_float_ffn_output: bool = False,
     int8_engine: str = "auto",
     int8_float_ffn_channels: int = 0,
+    int8_float_other_channels: int = 0,
     int8_calibration=None,
     inplace: bool = False,
     verify: bool = True,
@@ -77,7 +78,7 @@ def optimize_for_inference(
             which quantized engine's kernels run each Linear, see ``quantize_fusion_int8``;
             ``int8_float_ffn_channels=N`` with ``int8_calibration`` (model-input batches, e.g. collator outputs of a
             few validation rows): only the N input channels of each FFN down-projection with the largest
-            calibration range stay in float).
+            calibration range stay in float; ``int8_float_other_channels=M``: the same for every other Linear).
         bf16: weights in bfloat16 (mutually exclusive with ``int8``).
         compile (with compile_fusion): ``torch.compile(dynamic=True)`` of the encoder stack.
 
@@ -116,12 +117,15 @@ def optimize_for_inference(
         if int8:
             before = sum(1 for m in model.modules() if type(m) is nn.Linear)
             ranges = None
-            if int8_float_ffn_channels:
+            if int8_float_ffn_channels or int8_float_other_channels:
                 if int8_calibration is None:
-                    raise ValueError("int8_float_ffn_channels needs int8_calibration: a few batches of model inputs")
-                ranges = ffn_input_ranges(model, int8_calibration)
+                    raise ValueError("int8_float_ffn_channels / int8_float_other_channels need int8_calibration: a "
+                                     "few batches of model inputs")
+                ranges = (linear_input_ranges(model, int8_calibration) if int8_float_other_channels
+                          else ffn_input_ranges(model, int8_calibration))
             quantize_fusion_int8(model, include_lm_head=include_lm_head, float_ffn_output=int8_float_ffn_output,
-                                 engine=int8_engine, float_ffn_channels=int8_float_ffn_channels, ffn_ranges=ranges)
+                                 engine=int8_engine, float_ffn_channels=int8_float_ffn_channels,
+                                 float_other_channels=int8_float_other_channels, input_ranges=ranges)
             summary.int8_linear_layers = before - sum(1 for m in model.modules() if type(m) is nn.Linear)
         if bf16:
             fusion_to_bf16(model, include_vision=False)
