@@ -261,7 +261,8 @@ def test_int8_keeps_the_calibrated_outlier_channels_of_the_ffn_down_projections_
     split = optimize_for_inference(model, int8=True, int8_float_ffn_channels=4, int8_calibration=calibration)
     layer = split.minivlm.encoder.layer[0].output.dense
     assert isinstance(layer, OutlierSplitInt8Linear) and layer.outlier_index.tolist() == planted.tolist()
-    assert layer.rest_index.numel() == layer.in_features - 4 and type(layer.rest) is not nn.Linear
+    assert int(layer.rest_mask.sum()) == layer.in_features - 4 and type(layer.rest) is not nn.Linear
+    assert not layer.rest_mask[planted].any()
     assert split.minivlm_optimizations.int8_linear_layers == full.minivlm_optimizations.int8_linear_layers
     inputs = _vqa_inputs(batch=8)
     with torch.inference_mode():

@@ -33,7 +33,9 @@ TEE_VARIANTS = {
 }
 INT8_FLOAT_FFN = "int8, FFN output in float"
 FLOAT_FFN_CHANNELS = 16
+FLOAT_OTHER_CHANNELS = 8
 INT8_FLOAT_CHANNELS = f"int8, {FLOAT_FFN_CHANNELS} FFN input channels in float"
+INT8_FLOAT_CHANNELS_ALL = f"int8, {FLOAT_FFN_CHANNELS} FFN / {FLOAT_OTHER_CHANNELS} other input channels in float"
 FUSION_VARIANTS = {
     "fp32": None,
     "bf16": dict(bf16=True, fuse_bn=False, channels_last=False),
@@ -42,6 +44,8 @@ FUSION_VARIANTS = {
     # calibrated on the validation split (see _calibration_batches)
     INT8_FLOAT_CHANNELS: dict(int8=True, int8_float_ffn_channels=FLOAT_FFN_CHANNELS, fuse_bn=False,
                               channels_last=False),
+    INT8_FLOAT_CHANNELS_ALL: dict(int8=True, int8_float_ffn_channels=FLOAT_FFN_CHANNELS,
+                                  int8_float_other_channels=FLOAT_OTHER_CHANNELS, fuse_bn=False, channels_last=False),
 }
 FUSION_TASKS = ("vqa", "caption", "retrieval", "nlvr")
 POINT = 0.01
