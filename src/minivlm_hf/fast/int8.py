@@ -228,7 +228,9 @@ def quantize_fusion_int8(model: nn.Module, include_lm_head: bool = True, per_cha
     ``float_ffn_channels`` (with ``input_ranges`` from :func:`ffn_input_ranges` / :func:`linear_input_ranges`):
     instead keep only that many input channels of each FFN down-projection in float, those with the largest
     calibration range (:class:`OutlierSplitInt8Linear`); everything else int8. ``float_other_channels``: the same
-    for every other quantised Linear (attention projections, FFN up-projections, heads).
+    for every other quantised Linear (attention projections, FFN up-projections, heads). On a 300-scene test split
+    of the demo's models (points vs fp32): 16 FFN channels VQA +0.1, CIDEr-D -0.8, text→image R@5 -2.7, NLVR -1.0
+    at 1.55x fp32's speed; 16 FFN + 8 other channels every metric within 1 point at 1.18x; plain int8 1.61x.
     ``engine``: whose kernels run the int8 GEMMs (:data:`INT8_ENGINES`, :func:`int8_engines`); ``"auto"`` packs each
     Linear for oneDNN and for torch's default engine on a VNNI CPU and picks per call by row count
     (:class:`RowDispatchInt8Linear`).
