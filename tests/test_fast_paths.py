@@ -237,7 +237,7 @@ def test_int8_float_ffn_output_keeps_the_down_projections_in_float_and_avoids_th
 
 
 def test_int8_keeps_the_calibrated_outlier_channels_of_the_ffn_down_projections_in_float():
-    """``int8_float_ffn_channels``: the calibration ranges (``ffn_input_ranges``) find the planted outlier channels of
+    """``int8_outlier_ffn_channels``: the calibration ranges (``ffn_input_ranges``) find the planted outlier channels of
     every FFN down-projection; only those stay in float, the rest of the Linear is int8, and the error is far below
     plain int8's."""
     from minivlm_hf.fast import OutlierSplitInt8Linear, ffn_input_ranges
@@ -258,7 +258,7 @@ def test_int8_keeps_the_calibrated_outlier_channels_of_the_ffn_down_projections_
         assert ranges[name].shape == (model.get_submodule(name).in_features,)
         assert sorted(ranges[name].topk(4).indices.tolist()) == planted.tolist()
     full = optimize_for_inference(model, int8=True)
-    split = optimize_for_inference(model, int8=True, int8_float_ffn_channels=4, int8_calibration=calibration)
+    split = optimize_for_inference(model, int8=True, int8_outlier_ffn_channels=4, int8_calibration=calibration)
     layer = split.minivlm.encoder.layer[0].output.dense
     assert isinstance(layer, OutlierSplitInt8Linear) and layer.outlier_index.tolist() == planted.tolist()
     assert int(layer.rest_mask.sum()) == layer.in_features - 4 and type(layer.rest) is not nn.Linear
@@ -270,7 +270,7 @@ def test_int8_keeps_the_calibrated_outlier_channels_of_the_ffn_down_projections_
         err_full = (full(**inputs).logits - ref).abs().mean()
         err_split = (split(**inputs).logits - ref).abs().mean()
     assert err_split < 0.7 * err_full, (float(err_split), float(err_full))  # measured: 0.55x
-    every = optimize_for_inference(model, int8=True, int8_float_ffn_channels=4, int8_float_other_channels=2,
+    every = optimize_for_inference(model, int8=True, int8_outlier_ffn_channels=4, int8_outlier_other_channels=2,
                                    int8_calibration=calibration)
     quantised = [m for m in every.modules() if isinstance(m, OutlierSplitInt8Linear)]
     assert len(quantised) == every.minivlm_optimizations.int8_linear_layers == \
@@ -278,10 +278,23 @@ def test_int8_keeps_the_calibrated_outlier_channels_of_the_ffn_down_projections_
     assert {m.outlier_index.numel() for m in quantised} == {2, 4}
     with torch.inference_mode():
         assert (every(**inputs).logits - ref).abs().mean() < err_full
+    # outlier_mode="scale": the same channels scaled into the others' range (weight columns scaled up), all int8
+    from minivlm_hf.fast import OutlierScaledInt8Linear
+
+    scaled = optimize_for_inference(model, int8=True, int8_outlier_ffn_channels=4, int8_outlier_mode="scale",
+                                    int8_calibration=calibration)
+    layer = scaled.minivlm.encoder.layer[0].output.dense
+    assert isinstance(layer, OutlierScaledInt8Linear) and layer.outlier_index.tolist() == planted.tolist()
+    assert (layer.inverse_scale[planted] < 0.1).all() and int((layer.inverse_scale == 1).sum()) == layer.in_features - 4
+    with torch.inference_mode():
+        assert (scaled(**inputs).logits - ref).abs().mean() < 0.7 * err_full
+    with pytest.raises(ValueError, match="outlier_mode must be"):
+        optimize_for_inference(model, int8=True, int8_outlier_ffn_channels=4, int8_outlier_mode="bf16",
+                               int8_calibration=calibration)
     with pytest.raises(ValueError, match="need int8_calibration"):
-        optimize_for_inference(model, int8=True, int8_float_ffn_channels=4)
+        optimize_for_inference(model, int8=True, int8_outlier_ffn_channels=4)
     with pytest.raises(ValueError, match="choose one"):
-        optimize_for_inference(model, int8=True, int8_float_ffn_channels=4, int8_calibration=calibration,
+        optimize_for_inference(model, int8=True, int8_outlier_ffn_channels=4, int8_calibration=calibration,
                                int8_float_ffn_output=True)
 
 

@@ -27,6 +27,7 @@ from .parity import (
     INT8_FLOAT_CHANNELS,
     INT8_FLOAT_CHANNELS_ALL,
     INT8_FLOAT_FFN,
+    INT8_SCALED_CHANNELS,
 )
 from .summary import _fmt_stats
 
@@ -106,11 +107,15 @@ class FastPathParts:
             INT8_ONE_ENGINE: optimize_for_inference(m.vqa, int8=True, int8_engine="default"),
             INT8_FLOAT_FFN: optimize_for_inference(m.vqa, int8=True, int8_float_ffn_output=True),
             # calibrated on the timed input itself (random weights: only the speed matters here)
-            INT8_FLOAT_CHANNELS: optimize_for_inference(m.vqa, int8=True, int8_float_ffn_channels=FLOAT_FFN_CHANNELS,
+            INT8_FLOAT_CHANNELS: optimize_for_inference(m.vqa, int8=True, int8_outlier_ffn_channels=FLOAT_FFN_CHANNELS,
                                                         int8_calibration={**m.question, **regions}),
             INT8_FLOAT_CHANNELS_ALL: optimize_for_inference(
-                m.vqa, int8=True, int8_float_ffn_channels=FLOAT_FFN_CHANNELS,
-                int8_float_other_channels=FLOAT_OTHER_CHANNELS, int8_calibration={**m.question, **regions}),
+                m.vqa, int8=True, int8_outlier_ffn_channels=FLOAT_FFN_CHANNELS,
+                int8_outlier_other_channels=FLOAT_OTHER_CHANNELS, int8_calibration={**m.question, **regions}),
+            INT8_SCALED_CHANNELS: optimize_for_inference(
+                m.vqa, int8=True, int8_outlier_ffn_channels=FLOAT_FFN_CHANNELS,
+                int8_outlier_other_channels=FLOAT_OTHER_CHANNELS, int8_outlier_mode="scale",
+                int8_calibration={**m.question, **regions}),
             "bf16": optimize_for_inference(m.vqa, bf16=True),
         }
         if self.s.compile:

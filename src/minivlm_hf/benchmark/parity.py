@@ -36,16 +36,20 @@ FLOAT_FFN_CHANNELS = 16
 FLOAT_OTHER_CHANNELS = 8
 INT8_FLOAT_CHANNELS = f"int8, {FLOAT_FFN_CHANNELS} FFN input channels in float"
 INT8_FLOAT_CHANNELS_ALL = f"int8, {FLOAT_FFN_CHANNELS} FFN / {FLOAT_OTHER_CHANNELS} other input channels in float"
+INT8_SCALED_CHANNELS = f"int8, {FLOAT_FFN_CHANNELS} FFN / {FLOAT_OTHER_CHANNELS} other input channels scaled into range"
 FUSION_VARIANTS = {
     "fp32": None,
     "bf16": dict(bf16=True, fuse_bn=False, channels_last=False),
     "int8": dict(int8=True, fuse_bn=False, channels_last=False),
     INT8_FLOAT_FFN: dict(int8=True, int8_float_ffn_output=True, fuse_bn=False, channels_last=False),
     # calibrated on the validation split (see _calibration_batches)
-    INT8_FLOAT_CHANNELS: dict(int8=True, int8_float_ffn_channels=FLOAT_FFN_CHANNELS, fuse_bn=False,
+    INT8_FLOAT_CHANNELS: dict(int8=True, int8_outlier_ffn_channels=FLOAT_FFN_CHANNELS, fuse_bn=False,
                               channels_last=False),
-    INT8_FLOAT_CHANNELS_ALL: dict(int8=True, int8_float_ffn_channels=FLOAT_FFN_CHANNELS,
-                                  int8_float_other_channels=FLOAT_OTHER_CHANNELS, fuse_bn=False, channels_last=False),
+    INT8_FLOAT_CHANNELS_ALL: dict(int8=True, int8_outlier_ffn_channels=FLOAT_FFN_CHANNELS,
+                                  int8_outlier_other_channels=FLOAT_OTHER_CHANNELS, fuse_bn=False, channels_last=False),
+    INT8_SCALED_CHANNELS: dict(int8=True, int8_outlier_ffn_channels=FLOAT_FFN_CHANNELS,
+                               int8_outlier_other_channels=FLOAT_OTHER_CHANNELS, int8_outlier_mode="scale",
+                               fuse_bn=False, channels_last=False),
 }
 FUSION_TASKS = ("vqa", "caption", "retrieval", "nlvr")
 POINT = 0.01
@@ -141,7 +145,7 @@ def run_parity(model_dir, *, limit: int | None = None, num_test: int | None = No
             continue
         model, _ = load_with_auto_class(task, model_dir / task)
         for variant, options in FUSION_VARIANTS.items():
-            if options and options.get("int8_float_ffn_channels"):
+            if options and (options.get("int8_outlier_ffn_channels") or options.get("int8_outlier_other_channels")):
                 options = {**options, "int8_calibration": _calibration_batches(task, cfg(task), data, model)}
             evaluate(task, task, model if options is None else optimize_for_inference(model, **options), variant)
         if task == "vqa":

@@ -19,9 +19,9 @@ calibrated outlier channels). Parity of each path is covered by ``tests/test_fas
 Measured quality (``--part parity --parity-num-test 300`` on a full ``minivlm-hf demo`` run; points vs fp32, see
 the README for every figure): fused BN + channels_last gives identical detections; bf16 stays within 1 point
 except a VQA relation gain of 1.4; plain int8 loses VQA 1.4, retrieval R@1 2.3-2.7 and NLVR 1.8; int8 with the 16
-calibrated outlier input channels of each FFN down-projection in float (``int8_float_ffn_channels=16,
+calibrated outlier input channels of each FFN down-projection in float (``int8_outlier_ffn_channels=16,
 int8_calibration=...``) VQA +0.1, CIDEr-D -0.8, text->image R@5 -2.7, NLVR -1.0; with also 8 channels of every
-other Linear (``int8_float_other_channels=8``) every metric within 1 point (but 1.18x instead of 1.6x faster than
+other Linear (``int8_outlier_other_channels=8``) every metric within 1 point (but 1.18x instead of 1.6x faster than
 fp32). Prefer bf16 (or fp32) where quality matters and no calibration data is at hand.
 
 Notes:
@@ -41,6 +41,7 @@ from .fusion import (
 )
 from .int8 import (
     INT8_ENGINES,
+    OutlierScaledInt8Linear,
     OutlierSplitInt8Linear,
     RowDispatchInt8Linear,
     ffn_input_ranges,
@@ -75,6 +76,7 @@ __all__ = [
     "INT8_ENGINES",
     "RowDispatchInt8Linear",
     "OutlierSplitInt8Linear",
+    "OutlierScaledInt8Linear",
     "ffn_input_ranges",
     "linear_input_ranges",
     "int8_engines",

@@ -54,8 +54,9 @@ def optimize_for_inference(
     include_lm_head: bool = True,
     int8_float_ffn_output: bool = False,
     int8_engine: str = "auto",
-    int8_float_ffn_channels: int = 0,
-    int8_float_other_channels: int = 0,
+    int8_outlier_ffn_channels: int = 0,
+    int8_outlier_other_channels: int = 0,
+    int8_outlier_mode: str = "float",
     int8_calibration=None,
     inplace: bool = False,
     verify: bool = True,
@@ -76,9 +77,10 @@ def optimize_for_inference(
             decoder of a captioning model in float; ``int8_float_ffn_output=True`` keeps each layer's FFN
             down-projection in float: metric parity on captioning / retrieval, less speed-up; ``int8_engine``:
             which quantized engine's kernels run each Linear, see ``quantize_fusion_int8``;
-            ``int8_float_ffn_channels=N`` with ``int8_calibration`` (model-input batches, e.g. collator outputs of a
+            ``int8_outlier_ffn_channels=N`` with ``int8_calibration`` (model-input batches, e.g. collator outputs of a
             few validation rows): only the N input channels of each FFN down-projection with the largest
-            calibration range stay in float; ``int8_float_other_channels=M``: the same for every other Linear).
+            calibration range stay in float; ``int8_outlier_other_channels=M``: the same for every other Linear;
+            ``int8_outlier_mode="scale"``: scale those channels into range instead of keeping them in float).
         bf16: weights in bfloat16 (mutually exclusive with ``int8``).
         compile (with compile_fusion): ``torch.compile(dynamic=True)`` of the encoder stack.
 
@@ -117,15 +119,16 @@ def optimize_for_inference(
         if int8:
             before = sum(1 for m in model.modules() if type(m) is nn.Linear)
             ranges = None
-            if int8_float_ffn_channels or int8_float_other_channels:
+            if int8_outlier_ffn_channels or int8_outlier_other_channels:
                 if int8_calibration is None:
-                    raise ValueError("int8_float_ffn_channels / int8_float_other_channels need int8_calibration: a "
+                    raise ValueError("int8_outlier_ffn_channels / int8_outlier_other_channels need int8_calibration: a "
                                      "few batches of model inputs")
-                ranges = (linear_input_ranges(model, int8_calibration) if int8_float_other_channels
+                ranges = (linear_input_ranges(model, int8_calibration) if int8_outlier_other_channels
                           else ffn_input_ranges(model, int8_calibration))
             quantize_fusion_int8(model, include_lm_head=include_lm_head, float_ffn_output=int8_float_ffn_output,
-                                 engine=int8_engine, float_ffn_channels=int8_float_ffn_channels,
-                                 float_other_channels=int8_float_other_channels, input_ranges=ranges)
+                                 engine=int8_engine, outlier_ffn_channels=int8_outlier_ffn_channels,
+                                 outlier_other_channels=int8_outlier_other_channels, outlier_mode=int8_outlier_mode,
+                                 input_ranges=ranges)
             summary.int8_linear_layers = before - sum(1 for m in model.modules() if type(m) is nn.Linear)
         if bf16:
             fusion_to_bf16(model, include_vision=False)
