@@ -26,7 +26,6 @@ def _as_list(value, name):
     raise ValueError(f"{name} must be a string or a list of strings, got {type(value).__name__}")
 
 
-
 def tag_token_ids(tokenizer, id2label: dict) -> dict[int, list[int]]:
     """Word pieces of every class / attribute name (`"traffic_light"` → "traffic light"), keyed by id: the
     `config.tag_token_ids` / `tag_attribute_token_ids` from which the model turns detections into tag tokens."""
@@ -34,6 +33,7 @@ def tag_token_ids(tokenizer, id2label: dict) -> dict[int, list[int]]:
         int(i): tokenizer(str(name).replace("_", " "), add_special_tokens=False)["input_ids"]
         for i, name in id2label.items()
     }
+
 
 class MiniVLMProcessor(ProcessorMixin):
     r"""

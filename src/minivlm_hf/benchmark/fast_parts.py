@@ -22,8 +22,8 @@ from .accounting import (
     _total_flops,
 )
 from .parity import (
-    FLOAT_FFN_CHANNELS,
-    FLOAT_OTHER_CHANNELS,
+    OUTLIER_FFN_CHANNELS,
+    OUTLIER_OTHER_CHANNELS,
     INT8_FLOAT_CHANNELS,
     INT8_FLOAT_CHANNELS_ALL,
     INT8_FLOAT_FFN,
@@ -100,22 +100,22 @@ class FastPathParts:
         # --- fusion from regions ---------------------------------------------------------------------------------
         with torch.inference_mode():
             regions = m.regions(m.vqa, m.pixel_values, m.pixel_mask)
+        calibration = {**m.question, **regions}  # random weights: only the speed of the calibrated variants matters
         fusion_variants = {
             "fp32": m.vqa,
             "fp32 + fused QKV": optimize_for_inference(m.vqa),
             "int8": optimize_for_inference(m.vqa, int8=True),
             INT8_ONE_ENGINE: optimize_for_inference(m.vqa, int8=True, int8_engine="default"),
             INT8_FLOAT_FFN: optimize_for_inference(m.vqa, int8=True, int8_float_ffn_output=True),
-            # calibrated on the timed input itself (random weights: only the speed matters here)
-            INT8_FLOAT_CHANNELS: optimize_for_inference(m.vqa, int8=True, int8_outlier_ffn_channels=FLOAT_FFN_CHANNELS,
-                                                        int8_calibration={**m.question, **regions}),
+            INT8_FLOAT_CHANNELS: optimize_for_inference(
+                m.vqa, int8=True, int8_outlier_ffn_channels=OUTLIER_FFN_CHANNELS, int8_calibration=calibration),
             INT8_FLOAT_CHANNELS_ALL: optimize_for_inference(
-                m.vqa, int8=True, int8_outlier_ffn_channels=FLOAT_FFN_CHANNELS,
-                int8_outlier_other_channels=FLOAT_OTHER_CHANNELS, int8_calibration={**m.question, **regions}),
+                m.vqa, int8=True, int8_outlier_ffn_channels=OUTLIER_FFN_CHANNELS,
+                int8_outlier_other_channels=OUTLIER_OTHER_CHANNELS, int8_calibration=calibration),
             INT8_SCALED_CHANNELS: optimize_for_inference(
-                m.vqa, int8=True, int8_outlier_ffn_channels=FLOAT_FFN_CHANNELS,
-                int8_outlier_other_channels=FLOAT_OTHER_CHANNELS, int8_outlier_mode="scale",
-                int8_calibration={**m.question, **regions}),
+                m.vqa, int8=True, int8_outlier_ffn_channels=OUTLIER_FFN_CHANNELS,
+                int8_outlier_other_channels=OUTLIER_OTHER_CHANNELS, int8_outlier_mode="scale",
+                int8_calibration=calibration),
             "bf16": optimize_for_inference(m.vqa, bf16=True),
         }
         if self.s.compile:

@@ -6,7 +6,8 @@ project's own evaluation loops and metric functions (``minivlm_hf.training.evalu
 
 - detector (TEE): COCO mAP / mAP@0.5 / mAP@0.75 for fp32, fused BN + channels_last, and + bf16 dense part;
 - VQA, captioning, retrieval, NLVR (fusion models on the demo's precomputed-feature protocol: the fp32 TEE
-  extracts the regions once): every metric for fp32, bf16, int8 and int8 with the FFN down-projections in float;
+  extracts the regions once): every metric for fp32, bf16, int8, int8 with the FFN down-projections in float, and
+  int8 with calibrated outlier input channels (calibration on the validation split) in float or scaled into range;
 - VQA again with the regions extracted by the fast TEE (fused BN + channels_last), i.e. the whole fast path.
 
 Deltas are in points: every metric is a fraction (accuracy, recall, mAP, BLEU) or CIDEr-D on its raw scale, so one
@@ -32,23 +33,23 @@ TEE_VARIANTS = {
     "fused BN + channels_last + bf16": dict(fuse_bn=True, channels_last=True, bf16_vision=True),
 }
 INT8_FLOAT_FFN = "int8, FFN output in float"
-FLOAT_FFN_CHANNELS = 16
-FLOAT_OTHER_CHANNELS = 8
-INT8_FLOAT_CHANNELS = f"int8, {FLOAT_FFN_CHANNELS} FFN input channels in float"
-INT8_FLOAT_CHANNELS_ALL = f"int8, {FLOAT_FFN_CHANNELS} FFN / {FLOAT_OTHER_CHANNELS} other input channels in float"
-INT8_SCALED_CHANNELS = f"int8, {FLOAT_FFN_CHANNELS} FFN / {FLOAT_OTHER_CHANNELS} other input channels scaled into range"
+OUTLIER_FFN_CHANNELS = 16
+OUTLIER_OTHER_CHANNELS = 8
+INT8_FLOAT_CHANNELS = f"int8, {OUTLIER_FFN_CHANNELS} FFN input channels in float"
+INT8_FLOAT_CHANNELS_ALL = f"int8, {OUTLIER_FFN_CHANNELS} FFN / {OUTLIER_OTHER_CHANNELS} other input channels in float"
+INT8_SCALED_CHANNELS = f"int8, {OUTLIER_FFN_CHANNELS} FFN / {OUTLIER_OTHER_CHANNELS} other input channels scaled into range"
 FUSION_VARIANTS = {
     "fp32": None,
     "bf16": dict(bf16=True, fuse_bn=False, channels_last=False),
     "int8": dict(int8=True, fuse_bn=False, channels_last=False),
     INT8_FLOAT_FFN: dict(int8=True, int8_float_ffn_output=True, fuse_bn=False, channels_last=False),
     # calibrated on the validation split (see _calibration_batches)
-    INT8_FLOAT_CHANNELS: dict(int8=True, int8_outlier_ffn_channels=FLOAT_FFN_CHANNELS, fuse_bn=False,
+    INT8_FLOAT_CHANNELS: dict(int8=True, int8_outlier_ffn_channels=OUTLIER_FFN_CHANNELS, fuse_bn=False,
                               channels_last=False),
-    INT8_FLOAT_CHANNELS_ALL: dict(int8=True, int8_outlier_ffn_channels=FLOAT_FFN_CHANNELS,
-                                  int8_outlier_other_channels=FLOAT_OTHER_CHANNELS, fuse_bn=False, channels_last=False),
-    INT8_SCALED_CHANNELS: dict(int8=True, int8_outlier_ffn_channels=FLOAT_FFN_CHANNELS,
-                               int8_outlier_other_channels=FLOAT_OTHER_CHANNELS, int8_outlier_mode="scale",
+    INT8_FLOAT_CHANNELS_ALL: dict(int8=True, int8_outlier_ffn_channels=OUTLIER_FFN_CHANNELS,
+                                  int8_outlier_other_channels=OUTLIER_OTHER_CHANNELS, fuse_bn=False, channels_last=False),
+    INT8_SCALED_CHANNELS: dict(int8=True, int8_outlier_ffn_channels=OUTLIER_FFN_CHANNELS,
+                               int8_outlier_other_channels=OUTLIER_OTHER_CHANNELS, int8_outlier_mode="scale",
                                fuse_bn=False, channels_last=False),
 }
 FUSION_TASKS = ("vqa", "caption", "retrieval", "nlvr")
@@ -179,7 +180,7 @@ def run_parity(model_dir, *, limit: int | None = None, num_test: int | None = No
 
 def _calibration_batches(task: str, config: dict, data, model, rows: int = 32, batches: int = 2) -> list[dict]:
     """Up to ``batches`` collated batches of the task's validation rows (never the test split): the calibration
-    inputs of the int8 variant that keeps the FFN down-projections' outlier channels in float."""
+    inputs of the int8 variants that treat the calibrated outlier input channels apart."""
     from ..training.recipes import build_collators, stage_datasets
 
     collator = build_collators(task, config, data, model, "validation")

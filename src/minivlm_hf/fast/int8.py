@@ -6,8 +6,9 @@
   int8 captioner's cached decoding (one new token per step) and uncached decoding (the whole sequence per step)
   round differently and may pick different tokens; the fp32 / bf16 models give identical tokens either way.
 - :class:`RowDispatchInt8Linear`: one Linear packed for two engines, picked per call by row count.
-- :class:`OutlierSplitInt8Linear` + :func:`ffn_input_ranges`: an FFN down-projection whose few outlier input
-  channels (found on calibration batches) stay in float, LLM.int8()-style, the rest in int8.
+- :func:`linear_input_ranges` / :func:`ffn_input_ranges`: per-channel input ranges on calibration batches, from
+  which the few outlier input channels of a Linear are picked and then either kept in float, LLM.int8()-style
+  (:class:`OutlierSplitInt8Linear`), or scaled into the others' range (:class:`OutlierScaledInt8Linear`).
 """
 
 from __future__ import annotations
@@ -128,6 +129,16 @@ class RowDispatchInt8Linear(nn.Module):
                 f"{self.min_rows} rows, else {self.engines[1]}")
 
 
+def _quantized_copy(linear: nn.Linear, weight: torch.Tensor, quantize) -> nn.Module:
+    """``quantize`` of a copy of ``linear`` with ``weight`` in place of its weight (same bias)."""
+    inner = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
+    with torch.no_grad():
+        inner.weight.copy_(weight)
+        if linear.bias is not None:
+            inner.bias.copy_(linear.bias.detach())
+    return quantize(inner.eval())
+
+
 class OutlierSplitInt8Linear(nn.Module):
     """A Linear whose input has a few outlier channels (an FFN down-projection: a handful of GELU-output channels
     several times larger than the rest): those ``outliers`` input channels are multiplied in float, the others by
@@ -146,12 +157,8 @@ class OutlierSplitInt8Linear(nn.Module):
         self.register_buffer("rest_mask", keep, persistent=False)
         weight = linear.weight.detach()
         self.outlier_weight = nn.Parameter(weight[:, outliers].clone(), requires_grad=False)
-        inner = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        with torch.no_grad():
-            inner.weight.copy_(weight * keep)  # zeroed columns: the weight scales ignore the float channels too
-            if linear.bias is not None:
-                inner.bias.copy_(linear.bias.detach())
-        self.rest = quantize(inner.eval())
+        # zeroed columns: the weight scales ignore the float channels too
+        self.rest = _quantized_copy(linear, weight * keep, quantize)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.rest(x * self.rest_mask.to(x.dtype))
@@ -180,12 +187,7 @@ class OutlierScaledInt8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("outlier_index", outliers, persistent=False)
         self.register_buffer("inverse_scale", (1.0 / scale).to(linear.weight.dtype), persistent=False)
-        inner = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        with torch.no_grad():
-            inner.weight.copy_(linear.weight.detach() * scale.to(linear.weight.dtype))
-            if linear.bias is not None:
-                inner.bias.copy_(linear.bias.detach())
-        self.rest = quantize(inner.eval())
+        self.rest = _quantized_copy(linear, linear.weight.detach() * scale.to(linear.weight.dtype), quantize)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.rest(x * self.inverse_scale.to(x.dtype))
