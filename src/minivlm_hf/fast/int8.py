@@ -269,8 +269,8 @@ def quantize_fusion_int8(model: nn.Module, include_lm_head: bool = True, per_cha
     the int8 range of the others (:class:`OutlierScaledInt8Linear`, no float GEMM). On a 300-scene test split
     of the demo's models (points vs fp32): 16 FFN channels VQA +0.1, CIDEr-D -0.8, text→image R@5 -2.7, NLVR -1.0
     at 1.55x fp32's speed; 16 FFN + 8 other channels every metric within 1 point at 1.18x; the same channels with
-    ``outlier_mode="scale"`` VQA -0.06 (colour -1.08), CIDEr-D +1.4, R@10 -1.3 / -1.7, NLVR -0.5 at plain int8's
-    speed (1.49x vs 1.52x in one A/B).
+    ``outlier_mode="scale"`` VQA -0.06 (colour -1.08), CIDEr-D +1.4, R@10 -1.3 / -1.7, NLVR -0.5 at nearly plain
+    int8's speed (1.47x vs 1.54x in one A/B).
     ``engine``: whose kernels run the int8 GEMMs (:data:`INT8_ENGINES`, :func:`int8_engines`); ``"auto"`` packs each
     Linear for oneDNN and for torch's default engine on a VNNI CPU and picks per call by row count
     (:class:`RowDispatchInt8Linear`).
