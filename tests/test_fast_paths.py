@@ -288,6 +288,24 @@ def test_int8_keeps_the_calibrated_outlier_channels_of_the_ffn_down_projections_
     assert (layer.inverse_scale[planted] < 0.1).all() and int((layer.inverse_scale == 1).sum()) == layer.in_features - 4
     with torch.inference_mode():
         assert (scaled(**inputs).logits - ref).abs().mean() < 0.7 * err_full
+    # folded (default): the GELU and the value projection divide by the scales; those Linears skip their multiply
+    from minivlm_hf.fast import ScaledActivation
+
+    every_scaled = {}
+    for fold in (True, False):
+        every_scaled[fold] = optimize_for_inference(
+            model, int8=True, int8_outlier_ffn_channels=4, int8_outlier_other_channels=2, int8_outlier_mode="scale",
+            int8_fold_outlier_scales=fold, int8_calibration=calibration)
+    for i, layer in enumerate(every_scaled[True].minivlm.encoder.layer):
+        assert layer.output.dense.input_prescaled and layer.attention.output.dense.input_prescaled
+        assert not layer.intermediate.dense.input_prescaled and not layer.attention.self.qkv.input_prescaled
+        assert isinstance(layer.intermediate.intermediate_act_fn, ScaledActivation)
+        unfolded = every_scaled[False].minivlm.encoder.layer[i]
+        assert not unfolded.output.dense.input_prescaled and not unfolded.attention.output.dense.input_prescaled
+    with torch.inference_mode():
+        folded_logits, unfolded_logits = (every_scaled[f](**inputs).logits for f in (True, False))
+    assert (folded_logits - unfolded_logits).abs().mean() < 0.2 * err_full  # the same model up to rounding
+    assert (folded_logits - ref).abs().mean() < err_full
     with pytest.raises(ValueError, match="outlier_mode must be"):
         optimize_for_inference(model, int8=True, int8_outlier_ffn_channels=4, int8_outlier_mode="bf16",
                                int8_calibration=calibration)
@@ -296,6 +314,34 @@ def test_int8_keeps_the_calibrated_outlier_channels_of_the_ffn_down_projections_
     with pytest.raises(ValueError, match="choose one"):
         optimize_for_inference(model, int8=True, int8_outlier_ffn_channels=4, int8_calibration=calibration,
                                int8_float_ffn_output=True)
+
+
+@pytest.mark.parametrize("fuse_qkv", [True, False])
+def test_folded_outlier_scales_are_exact_in_float(fuse_qkv):
+    """``_fold_input_scale`` divides the attention context (through the value rows) and the GELU output by ``s``;
+    with the consumers' weight columns multiplied by ``s`` the float model computes the same function."""
+    from minivlm_hf.fast import ScaledActivation
+    from minivlm_hf.fast.int8 import _fold_input_scale
+
+    model = _vqa_model()
+    fast = optimize_for_inference(model, fuse_qkv=fuse_qkv)
+    gen = torch.Generator().manual_seed(3)
+    for i, layer in enumerate(fast.minivlm.encoder.layer):
+        consumers = {"attention.output.dense": layer.attention.output.dense, "output.dense": layer.output.dense}
+        for name, consumer in consumers.items():
+            scale = 1.0 + 20.0 * torch.rand(consumer.in_features, generator=gen)
+            assert _fold_input_scale(fast, f"minivlm.encoder.layer.{i}.{name}", 1.0 / scale)
+            with torch.no_grad():
+                consumer.weight *= scale
+        assert isinstance(layer.intermediate.intermediate_act_fn, ScaledActivation)
+    # a Linear whose input is the residual stream cannot be folded: nothing changes
+    qkv_name = "minivlm.encoder.layer.0.attention.self." + ("qkv" if fuse_qkv else "query")
+    before = {k: v.clone() for k, v in fast.state_dict().items()}
+    assert not _fold_input_scale(fast, qkv_name, torch.full((64,), 0.5))
+    assert all(torch.equal(before[k], v) for k, v in fast.state_dict().items())
+    inputs = _vqa_inputs(batch=8)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(**inputs).logits, model(**inputs).logits, atol=1e-4, rtol=1e-4)
 
 
 def test_fused_qkv_is_exact_in_fp32_and_skips_models_without_support():

@@ -44,9 +44,11 @@ from .int8 import (
     OutlierScaledInt8Linear,
     OutlierSplitInt8Linear,
     RowDispatchInt8Linear,
+    ScaledActivation,
     ffn_input_ranges,
     int8_engines,
     linear_input_ranges,
+    outlier_input_scale,
     quantize_fusion_int8,
 )
 from .optimize import OptimizationSummary, optimize_for_inference
@@ -77,6 +79,8 @@ __all__ = [
     "RowDispatchInt8Linear",
     "OutlierSplitInt8Linear",
     "OutlierScaledInt8Linear",
+    "ScaledActivation",
+    "outlier_input_scale",
     "ffn_input_ranges",
     "linear_input_ranges",
     "int8_engines",
