@@ -57,7 +57,7 @@ def optimize_for_inference(
     int8_outlier_ffn_channels: int = 0,
     int8_outlier_other_channels: int = 0,
     int8_outlier_mode: str = "float",
-    int8_fold_outlier_scales: bool = True,
+    int8_reduce_range: bool | None = None,
     int8_calibration=None,
     inplace: bool = False,
     verify: bool = True,
@@ -82,7 +82,7 @@ def optimize_for_inference(
             few validation rows): only the N input channels of each FFN down-projection with the largest
             calibration range stay in float; ``int8_outlier_other_channels=M``: the same for every other Linear;
             ``int8_outlier_mode="scale"``: scale those channels into range instead of keeping them in float;
-            ``int8_fold_outlier_scales``: let the layer before apply the scales where that is exact).
+            ``int8_reduce_range``: 7-bit activations (torch's default) or 8-bit, default 8 on VNNI / AMX CPUs).
         bf16: weights in bfloat16 (mutually exclusive with ``int8``).
         compile (with compile_fusion): ``torch.compile(dynamic=True)`` of the encoder stack.
 
@@ -130,7 +130,7 @@ def optimize_for_inference(
             quantize_fusion_int8(model, include_lm_head=include_lm_head, float_ffn_output=int8_float_ffn_output,
                                  engine=int8_engine, outlier_ffn_channels=int8_outlier_ffn_channels,
                                  outlier_other_channels=int8_outlier_other_channels, outlier_mode=int8_outlier_mode,
-                                 fold_outlier_scales=int8_fold_outlier_scales,
+                                 reduce_range=int8_reduce_range,
                                  input_ranges=ranges)
             summary.int8_linear_layers = before - sum(1 for m in model.modules() if type(m) is nn.Linear)
         if bf16:
