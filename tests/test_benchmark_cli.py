@@ -5,7 +5,7 @@ import json
 import pytest
 
 from minivlm_hf.benchmark.parity import _deltas, _verdict, parity_markdown
-from minivlm_hf.benchmark.suite import DEFAULT_PARTS, TARGETS
+from minivlm_hf.benchmark.suite import DEFAULT_PARTS, FAST_VQA_FP32_LABEL, FAST_VQA_LABEL, TARGETS
 from minivlm_hf.cli import main
 from minivlm_hf.commands.benchmark import parse_parts
 
@@ -75,6 +75,12 @@ def test_tiny_benchmark_runs_every_part(tmp_path, capsys):
     assert set(rows["image_to_vqa"]["flops_per_module"]) == {"minivlm", "baseline"}
     for key in ("extraction", "image_to_vqa"):  # MiniVLM with fast paths timed in the same rounds
         assert rows[key]["minivlm_fast"]["time_ratio"] > 0
+        assert rows[key]["minivlm_fast_variants"][0] == rows[key]["minivlm_fast"]
+        assert all(len(v["runs_s"]) == 2 for v in rows[key]["minivlm_fast_variants"])
+    # image → VQA: an all-fp32 fast variant (the fp32 time target) and the int8 one, both named in the target note
+    assert [v["variant"] for v in rows["image_to_vqa"]["minivlm_fast_variants"]] == [FAST_VQA_FP32_LABEL, FAST_VQA_LABEL]
+    vqa_target = next(t for t in result["targets"] if t["name"] == "vqa_time")
+    assert FAST_VQA_FP32_LABEL in vqa_target["note"] and FAST_VQA_LABEL in vqa_target["note"]
     assert 0 < result["param_ratio"] < 1 and result["params"]["minivlm"]["total"] > 0
     assert result["decoder"]["identical_tokens"] and result["decoder"]["speedup"] > 0
     groups = {f["group"] for f in result["fast"]}
