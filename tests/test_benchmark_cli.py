@@ -83,10 +83,16 @@ def test_tiny_benchmark_runs_every_part(tmp_path, capsys):
     assert FAST_VQA_FP32_LABEL in vqa_target["note"] and FAST_VQA_LABEL in vqa_target["note"]
     assert 0 < result["param_ratio"] < 1 and result["params"]["minivlm"]["total"] > 0
     assert result["decoder"]["identical_tokens"] and result["decoder"]["speedup"] > 0
+    fast_decoder = result["decoder"]["fp32_fast"]  # fused QKV + [in, out] weights: the same tokens, cached or not
+    assert fast_decoder["identical_tokens"] and fast_decoder["same_tokens_as_fp32"] and fast_decoder["speedup"] > 0
+    decoder_target = next(t for t in result["targets"] if t["name"] == "decoder_cache_speedup")
+    assert "fp32 fast paths" in decoder_target["note"]
     groups = {f["group"] for f in result["fast"]}
     assert {"TEE region extraction", "fusion + VQA head from regions", "image → VQA answer"} <= groups
     variants = {(f["group"], f["variant"]) for f in result["fast"]}
     assert ("fusion + VQA head from regions", "int8") in variants and ("fusion + VQA head from regions", "bf16") in variants
+    caption = [f for f in result["fast"] if "caption" in f["group"] and f["variant"] == "fast fp32"]
+    assert len(caption) == 1 and caption[0]["parity"]["identical_tokens"]
     assert {(b["batch"], b["task"]) for b in result["batch"]} >= {(1, "region extraction"), (2, "image → VQA answer")}
     assert result["onnx"]["verification_passed"] and len(result["onnx"]["rows"]) == 3
     names = {t["name"] for t in result["targets"]}

@@ -460,3 +460,34 @@ def test_int8_activations_use_all_8_bits_where_the_cpu_cannot_saturate():
         err7 = (seven(**inputs).logits - ref).pow(2).mean().sqrt()
         err8 = (eight(**inputs).logits - ref).pow(2).mean().sqrt()
     assert err8 < 0.7 * err7, (float(err8), float(err7))
+
+
+def test_transposed_linear_weights_keep_values_ties_and_tokens():
+    """``transpose_linear_weights`` only changes the memory layout of the fusion Linears' weights ([in, out]
+    storage): shapes, values, tied LM head / word embeddings, logits and generated tokens stay the same."""
+    from minivlm_hf.fast import transpose_linear_weights
+
+    torch.manual_seed(0)
+    config = tiny_fusion_config(vision_config=tiny_tee_config())
+    model = MiniVLMForImageCaptioning(config).eval()
+    inputs = {**region_inputs(batch=2, features=config.region_feature_size), **tag_inputs()}
+    prompt = torch.full((2, 1), config.cls_token_id)
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, num_beams=1)
+    fast = optimize_for_inference(model)
+    decoder, words = fast.cls.predictions.decoder.weight, fast.minivlm.embeddings.word_embeddings.weight
+    assert decoder is words and decoder.shape == (config.vocab_size, config.hidden_size)
+    assert not decoder.is_contiguous() and decoder.t().is_contiguous()
+    assert torch.equal(decoder, model.cls.predictions.decoder.weight)
+    linears = {id(m.weight) for n, m in fast.named_modules() if type(m) is nn.Linear and "vision_model" not in n}
+    assert fast.minivlm_optimizations.transposed_linear_weights == len(linears) > 10
+    tee_linear = next(m for n, m in fast.named_modules() if type(m) is nn.Linear and "vision_model" in n)
+    assert tee_linear.weight.is_contiguous()  # the TEE is left alone
+    assert transpose_linear_weights(fast) == 0  # already re-laid: nothing to do
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(input_ids=prompt, **inputs).logits, model(input_ids=prompt, **inputs).logits,
+                                   atol=1e-5, rtol=1e-5)
+        reference = model.generate(input_ids=prompt, **inputs, **kwargs)
+        for use_cache in (True, False):
+            assert torch.equal(fast.generate(input_ids=prompt, **inputs, use_cache=use_cache, **kwargs), reference)
+    assert optimize_for_inference(model, int8=True).minivlm_optimizations.transposed_linear_weights == 0
+    assert optimize_for_inference(model, transpose_weights=False).minivlm_optimizations.transposed_linear_weights == 0

@@ -152,6 +152,7 @@ class FastPathParts:
         # --- image → caption ---------------------------------------------------------------------------------------
         captioners = {
             "fp32": m.captioner,
+            "fast fp32": optimize_for_inference(m.captioner),
             "fast int8": optimize_for_inference(m.captioner, int8=True),
             "fast bf16": optimize_for_inference(m.captioner, bf16=True, bf16_vision=True),
         }

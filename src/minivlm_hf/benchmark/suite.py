@@ -253,23 +253,30 @@ class _Runner(FastPathParts):
         self.log(f"    cached {_fmt_stats(timing['use_cache=True'])}, uncached {_fmt_stats(timing['use_cache=False'])}:"
                  f" {speedup:.2f}× faster, identical tokens: {identical}")
         if "fast" in self.s.parts:
-            # The same comparison on the bf16 captioner (for information; the target is about fp32).
+            # The same comparison on the fp32 fast-path captioner (fused QKV, [in, out] weights: same arithmetic)
+            # and on the bf16 one, for information next to the plain fp32 model the target is about.
             from ..fast import optimize_for_inference
 
-            bf16 = optimize_for_inference(m.captioner, bf16=True)
-            cached_fn = m.caption_from_regions(regions, use_cache=True, model=bf16)
-            uncached_fn = m.caption_from_regions(regions, use_cache=False, model=bf16)
-            with torch.inference_mode():
-                a, b = cached_fn(), uncached_fn()
-            self.log("  decoder, bf16 captioner ...")
-            timing = self.compare({"use_cache=True": cached_fn, "use_cache=False": uncached_fn})
-            self.result["decoder"]["bf16"] = {
-                "timing": {k: _stats_dict(v) for k, v in timing.items()},
-                "speedup": timing["use_cache=False"].median / timing["use_cache=True"].median,
-                "identical_tokens": bool(a.shape == b.shape and torch.equal(a, b)),
-                "speedup_vs_fp32_cached": self.result["decoder"]["timing"]["use_cache=True"]["median_s"]
-                / timing["use_cache=True"].median,
-            }
+            for key, label, options in (("fp32_fast", "fp32 fast-path", {}), ("bf16", "bf16", {"bf16": True})):
+                model = optimize_for_inference(m.captioner, **options)
+                cached_fn = m.caption_from_regions(regions, use_cache=True, model=model)
+                uncached_fn = m.caption_from_regions(regions, use_cache=False, model=model)
+                with torch.inference_mode():
+                    a, b = cached_fn(), uncached_fn()
+                self.log(f"  decoder, {label} captioner ...")
+                timing = self.compare({"use_cache=True": cached_fn, "use_cache=False": uncached_fn})
+                self.result["decoder"][key] = {
+                    "timing": {k: _stats_dict(v) for k, v in timing.items()},
+                    "speedup": timing["use_cache=False"].median / timing["use_cache=True"].median,
+                    "identical_tokens": bool(a.shape == b.shape and torch.equal(a, b)),
+                    "same_tokens_as_fp32": bool(a.shape == tokens_cached.shape and torch.equal(a, tokens_cached)),
+                    "speedup_vs_fp32_cached": self.result["decoder"]["timing"]["use_cache=True"]["median_s"]
+                    / timing["use_cache=True"].median,
+                }
+                d = self.result["decoder"][key]
+                self.log(f"    cached {_fmt_stats(timing['use_cache=True'])}, uncached "
+                         f"{_fmt_stats(timing['use_cache=False'])}: {d['speedup']:.2f}× faster, identical tokens: "
+                         f"{d['identical_tokens']}")
 
     def part_parity(self):
         from .parity import run_parity

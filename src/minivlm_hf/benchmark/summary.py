@@ -54,7 +54,13 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     if "decoder" in result:
         d = result["decoder"]
         value = d["speedup"] if d["identical_tokens"] else None
-        targets.append(_target("decoder_cache_speedup", value, "" if d["identical_tokens"] else "tokens differ"))
+        notes = [] if d["identical_tokens"] else ["tokens differ"]
+        fast = d.get("fp32_fast")
+        if fast:
+            notes.append(f"fp32 fast paths (fused QKV, [in, out] weights): {fast['speedup']:.3g}×, cached "
+                         f"{fast['speedup_vs_fp32_cached']:.3g}× faster than plain fp32"
+                         + ("" if fast["identical_tokens"] and fast["same_tokens_as_fp32"] else ", tokens differ"))
+        targets.append(_target("decoder_cache_speedup", value, "; ".join(notes)))
     fast = result.get("fast", [])
     int8 = [f for f in fast if f["group"].startswith("fusion") and f["variant"] == "int8"]
     if int8:
