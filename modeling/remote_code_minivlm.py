@@ -96,9 +96,17 @@ def with_backend_auto_map(image_processor_dict: dict) -> dict:
 
 
 class MiniVLMRemoteCodeMixin:
-    """Model mixin: `save_pretrained` (hence `push_to_hub`) writes the complete `auto_map` of `complete_auto_map`."""
+    """Model mixin: `save_pretrained` (hence `push_to_hub`) writes the complete `auto_map` of `complete_auto_map`,
+    and refuses a copy made by `minivlm_hf.fast.optimize_for_inference` (marked `minivlm_optimizations`): its batch
+    norms are folded, its QKV fused, its weights re-laid or quantised, so it would not reload as this model."""
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        if getattr(self, "minivlm_optimizations", None) is not None:
+            raise ValueError(
+                f"this {type(self).__name__} was prepared by minivlm_hf.fast.optimize_for_inference: an inference-only "
+                "copy (folded batch norms, fused QKV, re-laid or quantised weights) that would not reload; save the "
+                "model it was made from instead"
+            )
         if getattr(type(self), "_auto_class", None) is not None:  # registered for remote code (as transformers checks)
             complete_auto_map(self)
         return super().save_pretrained(save_directory, *args, **kwargs)

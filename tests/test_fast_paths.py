@@ -4,6 +4,8 @@ Fused-BN / channels_last TEE = fp32 within 1e-4; bf16 within bf16 tolerance; int
 agreement >= 90%. Nothing here times anything.
 """
 
+import tempfile
+
 import pytest
 import torch
 from torch import nn
@@ -489,5 +491,7 @@ def test_transposed_linear_weights_keep_values_ties_and_tokens():
         reference = model.generate(input_ids=prompt, **inputs, **kwargs)
         for use_cache in (True, False):
             assert torch.equal(fast.generate(input_ids=prompt, **inputs, use_cache=use_cache, **kwargs), reference)
+    with pytest.raises(ValueError, match="inference-only copy"), tempfile.TemporaryDirectory() as out:
+        fast.save_pretrained(out)  # a clear refusal, not a stack trace from the shared-tensor check
     assert optimize_for_inference(model, int8=True).minivlm_optimizations.transposed_linear_weights == 0
     assert optimize_for_inference(model, transpose_weights=False).minivlm_optimizations.transposed_linear_weights == 0
