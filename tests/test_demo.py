@@ -29,6 +29,13 @@ def test_quick_demo_outputs(quick_demo):
     assert "| Task | Metric | Target | Measured | Met |" in report
     for label in ("Detection mAP@0.5", "VQA accuracy", "Caption CIDEr-D", "Image→text R@1", "NLVR accuracy"):
         assert label in report
+    # the CPU model and its matrix extensions: runs on CPUs with different kernels train different models
+    from minivlm_hf.benchmark.machine import machine_info
+
+    info = machine_info()
+    machine = next(line for line in report.splitlines() if line.startswith("- **machine**:"))
+    assert info["cpu_model"] in machine and f"{info['usable_cpus']} usable CPUs" in machine
+    assert ("; AMX" in machine) == bool(info["cpu_flags"]["amx_tile"])
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["metrics"]) == {"detector", "pretrain", "caption", "vqa", "retrieval", "nlvr"}
     for stage, check in summary["reload_checks"].items():

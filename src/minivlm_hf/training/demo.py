@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import gc
 import json
-import os
 import platform
 import time
 from contextlib import contextmanager
@@ -151,6 +150,19 @@ class DemoResult:
     report_path: Path | None = None
     gallery_path: Path | None = None
     total_seconds: float = 0.0
+
+
+def _machine_line() -> str:
+    """CPU model and the matrix ISA extensions that decide which kernels run: runs are deterministic on one machine,
+    but CPUs with different kernels (AMX vs AVX-512 bf16 / VNNI) round differently and train different models."""
+    from ..benchmark.machine import machine_info
+
+    info = machine_info()
+    flags = [name for name, flag in (("AMX", "amx_tile"), ("AVX-512 bf16", "avx512_bf16"), ("VNNI", "avx512_vnni"))
+             if info["cpu_flags"].get(flag)]
+    return (f"{info['cpu_model']} ({platform.machine()}; {', '.join(flags) or 'no AMX, AVX-512 bf16 or VNNI'}), "
+            f"{info['usable_cpus']} usable CPUs, torch {torch.__version__}, "
+            f"{'CUDA' if torch.cuda.is_available() else 'CPU only'}")
 
 
 def demo_config(quick: bool, cache_dir=None, overrides: dict | None = None) -> dict:
@@ -445,8 +457,7 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
             for s, t in ((s, {**_stage_defaults(s), **v}) for s, v in stage_settings.items())),
         "caption decoding": f"{caption_eval['num_beams']}-beam search, length penalty "
                             f"{caption_eval.get('length_penalty', 1.0):g}, at most {caption_eval['max_new_tokens']} tokens",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-                   f"{'CUDA' if torch.cuda.is_available() else 'CPU only'}",
+        "machine": _machine_line(),
         "machine speed (matmul GFLOP/s, start → end of the run)": ", ".join(
             f"{dt} {speed['start'][dt]:.0f} → {speed['end'][dt]:.0f}" for dt in speed["start"]),
     }
@@ -455,6 +466,8 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
         "this pipeline on that data and are not comparable with the paper's COCO / VQA v2 / NLVR2 results.",
         "Fusion stages train on region features precomputed once by the trained TEE (float16); the saved caption "
         "and VQA models contain the TEE and also run from pixels (see the gallery).",
+        "A run is deterministic on one machine; CPUs whose kernels differ (e.g. with or without AMX) round "
+        "differently, so the same preset trains different models there (README: the demo on an AMD EPYC).",
     ]
     if base["data"].get("extract_fast"):
         notes.append("The features were extracted by an inference copy of the TEE with its batch norms folded into "
