@@ -88,7 +88,7 @@ def run_parity(model_dir, *, limit: int | None = None, num_test: int | None = No
     ``num_test``: a larger test split of the same generator instead of the demo's (its first scenes are the demo's
     test scenes; NLVR pairs grow in the same proportion; retrieval is averaged over ``num_test // num_candidates``
     groups of the demo's candidate count), so that a delta of one point is not one or two test items."""
-    from ..fast import optimize_for_inference
+    from ..fast import full_range_activations_are_safe, int8_engines, optimize_for_inference
     from ..training.data_setup import RecipeData
     from ..training.demo import load_processor, load_with_auto_class, stage_config
     from ..training.recipes import evaluate_stage
@@ -171,6 +171,9 @@ def run_parity(model_dir, *, limit: int | None = None, num_test: int | None = No
         "seconds": seconds,
         "total_s": time.perf_counter() - start,
         "criterion": "|Δ| ≤ 0.01 (1 point) on every metric; int8: loss ≤ 1 point",
+        # int8 rounding depends on the CPU: which engines' kernels ran and how many bits the activations had
+        "int8": {"engines": list(int8_engines("auto")),
+                 "activation_bits": 8 if full_range_activations_are_safe() else 7},
     }
     result["markdown"] = parity_markdown(result)
     if tmp is not None:
@@ -201,4 +204,7 @@ def parity_markdown(result: dict[str, Any]) -> str:
                 f"{k} {v / POINT:+.2f}" if _judged(k) else f"{k} {v:+.1f} (rank)" for k, v in d.items())
             ok = "—" if d is None else ("yes" if result["within_1_point"][task][variant] else "NO")
             lines.append(f"| {task} | {variant} | {metric_text} | {delta_text} | {ok} |")
+    if result.get("int8"):
+        lines += ["", f"int8 ran on {' + '.join(result['int8']['engines'])} kernels with "
+                      f"{result['int8']['activation_bits']}-bit activations (both depend on the CPU)."]
     return "\n".join(lines)
