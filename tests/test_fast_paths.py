@@ -436,9 +436,9 @@ def test_int8_activations_use_all_8_bits_where_the_cpu_cannot_saturate():
 
     from minivlm_hf.fast import FullRangeInt8Linear, RowDispatchInt8Linear, full_range_activations_are_safe
     from minivlm_hf.fast import quantize_fusion_int8
-    from minivlm_hf.fast.int8 import _cpu_has_vnni
+    from minivlm_hf.fast.int8 import _cpu_supports
 
-    assert full_range_activations_are_safe() == _cpu_has_vnni()
+    assert full_range_activations_are_safe() == _cpu_supports("_is_vnni_supported")
     model = _vqa_model()
     names = fusion_linear_names(model)
     seven = quantize_fusion_int8(copy.deepcopy(model), engine="default", reduce_range=True)

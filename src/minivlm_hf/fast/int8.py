@@ -51,9 +51,9 @@ INT8_ENGINES = ("auto", "default", "x86", "fbgemm", "onednn")
 ONEDNN_MIN_ROWS = 48
 
 
-def _cpu_has_vnni() -> bool:
-    """AVX512-VNNI / AMX: int8 products accumulate straight into int32. torch exposes the check privately."""
-    check = getattr(torch.cpu, "_is_vnni_supported", None)
+def _cpu_supports(check_name: str) -> bool:
+    """One of torch's private CPU feature checks (``torch.cpu._is_vnni_supported`` ...); missing or failing: no."""
+    check = getattr(torch.cpu, check_name, None)
     try:
         return bool(check())
     except Exception:  # noqa: BLE001 - a missing / changed private check means "no"
@@ -64,12 +64,7 @@ def _onednn_int8_is_fast() -> bool:
     """oneDNN's int8 GEMMs beat fbgemm's on AMX CPUs (fusion + VQA head from regions, 2 threads: 1.58-1.64x fp32 with
     oneDNN for sequences vs 1.44-1.51x fbgemm only, Intel Xeon); with AVX512-VNNI alone they do not (2.10x vs 2.27x
     fbgemm only, AMD EPYC)."""
-    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    try:
-        amx = bool(check())
-    except Exception:  # noqa: BLE001 - a missing / changed private check means "no"
-        amx = False
-    return amx and "onednn" in torch.backends.quantized.supported_engines
+    return _cpu_supports("_is_amx_tile_supported") and "onednn" in torch.backends.quantized.supported_engines
 
 
 def full_range_activations_are_safe() -> bool:
@@ -78,7 +73,7 @@ def full_range_activations_are_safe() -> bool:
     (255 x 127 x 2 overflows); VNNI / AMX kernels accumulate in int32, so on those CPUs the 8th bit is free and
     halves the activation rounding error (relative RMS error of a 96 x 1536 -> 384 Linear with a few large input
     channels: 0.206 -> 0.103 for x86, fbgemm and oneDNN alike; worst case all-255 inputs x all-127 weights: 0.4%)."""
-    return _cpu_has_vnni()
+    return _cpu_supports("_is_vnni_supported")
 
 
 def int8_engines(engine: str = "auto") -> tuple[str, ...]:
@@ -116,16 +111,6 @@ def _dynamic_int8_linear(pack: nn.Module, x: torch.Tensor, reduce_range: bool = 
         return pack(x)
     return torch.ops.quantized.linear_dynamic(x, pack._packed_params._packed_params,
                                               reduce_range=reduce_range).to(x.dtype)
-
-
-def _run_int8(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)`` for a quantized Linear, :class:`FullRangeInt8Linear` or :class:`RowDispatchInt8Linear`,
-    skipping ``nn.Module.__call__``."""
-    if isinstance(module, RowDispatchInt8Linear):
-        return _dynamic_int8_linear(module.pack_for(x), x, module.reduce_range)
-    if isinstance(module, FullRangeInt8Linear):
-        return _dynamic_int8_linear(module.pack, x, reduce_range=False)
-    return _dynamic_int8_linear(module, x)
 
 
 class FullRangeInt8Linear(nn.Module):
@@ -263,7 +248,7 @@ class OutlierScaledInt8Linear(nn.Module):
         self.rest = _quantized_copy(linear, linear.weight.detach() * scale.to(linear.weight.dtype), quantize)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _run_int8(self.rest, x * self.inverse_scale.to(x.dtype))
+        return self.rest.forward(x * self.inverse_scale.to(x.dtype))  # .forward: no second module call
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
