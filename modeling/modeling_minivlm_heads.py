@@ -10,6 +10,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from .configuration_minivlm import MiniVLMConfig
+from .modeling_minivlm_layers import few_rows_linear
 
 
 class MiniVLMPredictionHeadTransform(nn.Module):
@@ -20,7 +21,7 @@ class MiniVLMPredictionHeadTransform(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
+        return self.LayerNorm(self.transform_act_fn(few_rows_linear(self.dense, hidden_states)))
 
 
 class MiniVLMLMPredictionHead(nn.Module):
@@ -33,7 +34,9 @@ class MiniVLMLMPredictionHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.transform(hidden_states)) + self.bias
+        # Up to 16 rows (a decoding step's queries, one per beam) the vocabulary projection is much faster as
+        # W @ x^T (see few_rows_linear).
+        return few_rows_linear(self.decoder, self.transform(hidden_states), max_rows=16) + self.bias
 
 
 class MiniVLMOnlyMLMHead(nn.Module):

@@ -83,7 +83,7 @@ def test_tiny_benchmark_runs_every_part(tmp_path, capsys):
     assert FAST_VQA_FP32_LABEL in vqa_target["note"] and FAST_VQA_LABEL in vqa_target["note"]
     assert 0 < result["param_ratio"] < 1 and result["params"]["minivlm"]["total"] > 0
     assert result["decoder"]["identical_tokens"] and result["decoder"]["speedup"] > 0
-    fast_decoder = result["decoder"]["fp32_fast"]  # fused QKV + [in, out] weights: the same tokens, cached or not
+    fast_decoder = result["decoder"]["fp32_fast"]  # fused QKV: the same tokens, cached or not
     assert fast_decoder["identical_tokens"] and fast_decoder["same_tokens_as_fp32"] and fast_decoder["speedup"] > 0
     decoder_target = next(t for t in result["targets"] if t["name"] == "decoder_cache_speedup")
     assert "fp32 fast paths" in decoder_target["note"]

@@ -465,34 +465,63 @@ def test_int8_activations_use_all_8_bits_where_the_cpu_cannot_saturate():
     assert err8 < 0.7 * err7, (float(err8), float(err7))
 
 
-def test_transposed_linear_weights_keep_values_ties_and_tokens():
-    """``transpose_linear_weights`` only changes the memory layout of the fusion Linears' weights ([in, out]
-    storage): shapes, values, tied LM head / word embeddings, logits and generated tokens stay the same."""
-    from minivlm_hf.fast import transpose_linear_weights
+def test_few_rows_linear_matches_the_module_and_falls_back_where_it_must():
+    """A cached decoding step's Linears (1-4 rows; the LM head up to 16) run as ``W @ x^T``: the same values as the
+    module, and the module itself for anything else (more rows, bf16, autocast, hooks, non-contiguous weights)."""
+    from minivlm_hf.modeling.modeling_minivlm_layers import few_rows_linear
 
+    def forbid(*args, **kwargs):
+        raise AssertionError("the module's own forward ran")
+
+    torch.manual_seed(0)
+    for bias in (True, False):
+        linear = nn.Linear(24, 40, bias=bias)
+        for shape in ((1, 24), (2, 24), (1, 1, 24), (1, 2, 24), (2, 2, 24)):
+            x = torch.randn(shape)
+            expected = linear(x)
+            linear.forward = forbid  # the few-row path must not call it
+            out = few_rows_linear(linear, x)
+            del linear.forward
+            assert out.shape == expected.shape and out.is_contiguous()
+            torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+    linear = nn.Linear(24, 40)
+    calls = []
+    linear.register_forward_hook(lambda *args: calls.append(1))
+    few_rows_linear(linear, torch.randn(2, 24))
+    assert calls == [1]  # hooks see the call (e.g. int8 calibration)
+    transposed = nn.Linear(24, 40)
+    transposed.weight.data = transposed.weight.detach().t().contiguous().t()
+    fallbacks = {
+        "more rows": (nn.Linear(24, 40), torch.randn(5, 24)),
+        "bf16": (nn.Linear(24, 40).to(torch.bfloat16), torch.randn(2, 24, dtype=torch.bfloat16)),
+        "transposed storage": (transposed, torch.randn(2, 24)),
+    }
+    for name, (linear, x) in fallbacks.items():
+        linear.forward = forbid
+        with pytest.raises(AssertionError, match="own forward ran"):
+            few_rows_linear(linear, x)
+    linear = nn.Linear(24, 40)
+    linear.forward = forbid
+    with pytest.raises(AssertionError, match="own forward ran"), torch.autocast("cpu", dtype=torch.bfloat16):
+        few_rows_linear(linear, torch.randn(2, 24))
+    assert few_rows_linear(linear, torch.randn(16, 24), max_rows=16).shape == (16, 40)
+
+
+def test_cached_decoding_on_few_rows_keeps_the_tokens_of_reencoding():
+    """The plain and the fused-QKV captioner decode the same tokens with the cache (few-row Linears) as without it
+    (every Linear on the whole sequence), greedy and with beams; an optimised copy refuses to be saved."""
     torch.manual_seed(0)
     config = tiny_fusion_config(vision_config=tiny_tee_config())
     model = MiniVLMForImageCaptioning(config).eval()
     inputs = {**region_inputs(batch=2, features=config.region_feature_size), **tag_inputs()}
     prompt = torch.full((2, 1), config.cls_token_id)
-    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, num_beams=1)
     fast = optimize_for_inference(model)
-    decoder, words = fast.cls.predictions.decoder.weight, fast.minivlm.embeddings.word_embeddings.weight
-    assert decoder is words and decoder.shape == (config.vocab_size, config.hidden_size)
-    assert not decoder.is_contiguous() and decoder.t().is_contiguous()
-    assert torch.equal(decoder, model.cls.predictions.decoder.weight)
-    linears = {id(m.weight) for n, m in fast.named_modules() if type(m) is nn.Linear and "vision_model" not in n}
-    assert fast.minivlm_optimizations.transposed_linear_weights == len(linears) > 10
-    tee_linear = next(m for n, m in fast.named_modules() if type(m) is nn.Linear and "vision_model" in n)
-    assert tee_linear.weight.is_contiguous()  # the TEE is left alone
-    assert transpose_linear_weights(fast) == 0  # already re-laid: nothing to do
+    assert fast.minivlm_optimizations.fused_qkv_layers == config.num_hidden_layers
     with torch.inference_mode():
-        torch.testing.assert_close(fast(input_ids=prompt, **inputs).logits, model(input_ids=prompt, **inputs).logits,
-                                   atol=1e-5, rtol=1e-5)
-        reference = model.generate(input_ids=prompt, **inputs, **kwargs)
-        for use_cache in (True, False):
-            assert torch.equal(fast.generate(input_ids=prompt, **inputs, use_cache=use_cache, **kwargs), reference)
+        for beams in (1, 3):
+            kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, num_beams=beams)
+            reference = model.generate(input_ids=prompt, **inputs, use_cache=False, **kwargs)
+            for candidate in (model, fast):
+                assert torch.equal(candidate.generate(input_ids=prompt, **inputs, use_cache=True, **kwargs), reference)
     with pytest.raises(ValueError, match="inference-only copy"), tempfile.TemporaryDirectory() as out:
         fast.save_pretrained(out)  # a clear refusal, not a stack trace from the shared-tensor check
-    assert optimize_for_inference(model, int8=True).minivlm_optimizations.transposed_linear_weights == 0
-    assert optimize_for_inference(model, transpose_weights=False).minivlm_optimizations.transposed_linear_weights == 0

@@ -253,7 +253,7 @@ class _Runner(FastPathParts):
         self.log(f"    cached {_fmt_stats(timing['use_cache=True'])}, uncached {_fmt_stats(timing['use_cache=False'])}:"
                  f" {speedup:.2f}× faster, identical tokens: {identical}")
         if "fast" in self.s.parts:
-            # The same comparison on the fp32 fast-path captioner (fused QKV, [in, out] weights: same arithmetic)
+            # The same comparison on the fp32 fast-path captioner (fused QKV: the same arithmetic up to rounding)
             # and on the bf16 one, for information next to the plain fp32 model the target is about.
             from ..fast import optimize_for_inference
 

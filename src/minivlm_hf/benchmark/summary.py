@@ -62,7 +62,7 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         notes = [] if d["identical_tokens"] else ["tokens differ"]
         fast = d.get("fp32_fast")
         if fast:
-            notes.append(f"fp32 fast paths (fused QKV, [in, out] weights): {fast['speedup']:.3g}×, cached "
+            notes.append(f"fp32 fast paths (fused QKV): {fast['speedup']:.3g}×, cached "
                          f"{fast['speedup_vs_fp32_cached']:.3g}× faster than plain fp32"
                          + ("" if fast["identical_tokens"] and fast["same_tokens_as_fp32"] else ", tokens differ"))
         targets.append(_target("decoder_cache_speedup", value, "; ".join(notes)))

@@ -42,7 +42,6 @@ from .fusion import (
     fusion_linear_names,
     fusion_to_bf16,
     is_fusion_model,
-    transpose_linear_weights,
 )
 from .int8 import (
     INT8_ENGINES,
@@ -81,7 +80,6 @@ __all__ = [
     "fuse_qkv_projections",
     "fusion_linear_names",
     "fusion_to_bf16",
-    "transpose_linear_weights",
     "INT8_ENGINES",
     "RowDispatchInt8Linear",
     "FullRangeInt8Linear",

@@ -3,8 +3,6 @@
 - :func:`fusion_linear_names`: the Linears that int8 quantisation (:mod:`.int8`) replaces.
 - :func:`fuse_qkv_projections`: each attention layer's query / key / value Linears become one Linear (exact up to
   float rounding; one larger GEMM, and for int8 one activation quantisation instead of three).
-- :func:`transpose_linear_weights`: float Linear weights stored as ``[in, out]`` (same values and shape), which CPU
-  BLAS streams faster for the few rows of a cached decoding step.
 - :func:`fusion_to_bf16`: the fusion transformer and heads in bfloat16 (weights converted once; the model already
   casts region features to its embedding dtype). The TEE inside is left in float32 unless asked otherwise.
 - :func:`compile_fusion_encoder`: ``torch.compile`` of the encoder stack.
@@ -24,7 +22,6 @@ __all__ = [
     "find_fusion_models",
     "fusion_linear_names",
     "fuse_qkv_projections",
-    "transpose_linear_weights",
     "fusion_to_bf16",
     "compile_fusion_encoder",
 ]
@@ -100,29 +97,6 @@ def fuse_qkv_projections(model: nn.Module) -> int:
         module.qkv = qkv
         fused += 1
     return fused
-
-
-def transpose_linear_weights(model: nn.Module) -> int:
-    """Store the weight of every float32 ``nn.Linear`` outside the TEE as the transpose of a contiguous
-    ``[in_features, out_features]`` tensor, in place: the same values and the same ``[out, in]`` shape, only the
-    memory layout changes, and tied weights (the captioning LM head and the word embeddings) stay one tensor.
-
-    ``F.linear`` then runs ``x @ W^T`` as a plain GEMM on a contiguous matrix. For the one or two rows of a cached
-    decoding step that is a weight-streaming GEMV, and CPU BLAS streams the ``[in, out]`` layout much faster (the
-    30522 x 384 LM head, 1 row, AMD EPYC: 1.6 vs 4.4 ms); cached greedy captioning of ``minivlm-base`` took 420 vs
-    524 ms with the same tokens, while re-encoding the whole sequence (~100 rows) was unchanged (947 vs 952 ms).
-    Inference only (the state dict then holds non-contiguous tensors). Returns the number of weights re-laid."""
-    tees = _tee_prefixes(model)
-    done: set[int] = set()
-    for name, module in model.named_modules():
-        if type(module) is not nn.Linear or not _outside_tees(name, tees):
-            continue
-        weight = module.weight
-        if id(weight) in done or weight.dtype != torch.float32 or weight.dim() != 2 or not weight.is_contiguous():
-            continue
-        weight.data = weight.detach().t().contiguous().t()
-        done.add(id(weight))
-    return len(done)
 
 
 def fusion_to_bf16(model: nn.Module, include_vision: bool = False) -> nn.Module:

@@ -14,7 +14,6 @@ from .fusion import (
     find_fusion_models,
     fuse_qkv_projections,
     fusion_to_bf16,
-    transpose_linear_weights,
 )
 from .int8 import ffn_input_ranges, linear_input_ranges, quantize_fusion_int8
 from .tee import bf16_dense_part, compile_dense_part, find_tees, fuse_conv_bn, tee_example_input, to_channels_last
@@ -33,7 +32,6 @@ class OptimizationSummary:
     bf16_fusion: bool = False
     bf16_vision: bool = False
     fused_qkv_layers: int = 0
-    transposed_linear_weights: int = 0
     int8_linear_layers: int = 0
     compiled: list[str] = field(default_factory=list)
 
@@ -47,7 +45,6 @@ def optimize_for_inference(
     bf16: bool = False,
     int8: bool = False,
     fuse_qkv: bool = True,
-    transpose_weights: bool = True,
     channels_last: bool = True,
     fuse_bn: bool = True,
     compile: bool = False,
@@ -77,8 +74,6 @@ def optimize_for_inference(
         compile (with compile_vision): ``torch.compile`` of EfficientNet + BiFPN (static shapes).
     Fusion transformer + heads (everything outside the TEE):
         fuse_qkv: each attention layer's query / key / value Linears as one Linear (fp32: exact up to rounding).
-        transpose_weights: in an fp32 fusion model (neither int8 nor bf16), every Linear weight stored as
-            ``[in, out]`` (``transpose_linear_weights``: same values; cached decoding steps stream it faster).
         int8: dynamic int8 quantisation of every ``nn.Linear`` (``include_lm_head=False`` keeps the tied MLM
             decoder of a captioning model in float; ``int8_float_ffn_output=True`` keeps each layer's FFN
             down-projection in float: metric parity on captioning / retrieval, less speed-up; ``int8_engine``:
@@ -123,8 +118,6 @@ def optimize_for_inference(
     if fusions:
         if fuse_qkv:
             summary.fused_qkv_layers = fuse_qkv_projections(model)
-        if transpose_weights and not int8 and not bf16:
-            summary.transposed_linear_weights = transpose_linear_weights(model)
         if int8:
             before = sum(1 for m in model.modules() if type(m) is nn.Linear)
             ranges = None
