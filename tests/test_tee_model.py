@@ -218,6 +218,24 @@ def test_base_model_outputs_and_tuple_output():
         assert torch.equal(value, getattr(outputs, name))
 
 
+def test_cpu_backbone_runs_on_channels_last_activations():
+    """On CPU the padded pixels reach the backbone as NHWC (faster oneDNN convolutions) with the stored weights
+    untouched, and the feature maps equal those of NCHW input."""
+    model = _model(TEEModel)
+    pixel_values, pixel_mask = _batch()
+    seen = []
+    handle = model.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad():
+        model(pixel_values, pixel_mask)
+        handle.remove()
+        nchw = seen[0].contiguous()
+        assert seen[0].is_contiguous(memory_format=torch.channels_last) and not nchw.is_contiguous(
+            memory_format=torch.channels_last)
+        for a, b in zip(model.backbone(seen[0]), model.backbone(nchw)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
 def test_batched_equals_single_image():
     """In eval mode an image gives the same regions alone as inside a padded batch."""
     model = _model()
