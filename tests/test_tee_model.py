@@ -236,6 +236,27 @@ def test_cpu_backbone_runs_on_channels_last_activations():
     assert all(p.is_contiguous() for p in model.parameters())
 
 
+def test_cpu_inference_runs_the_dense_part_one_image_at_a_time():
+    """In eval on CPU, EfficientNet + BiFPN see one image per call (cache-sized activations) and the stacked maps
+    equal those of the whole batch; training sees the whole batch in one call."""
+    model = _model(TEEModel)
+    pixel_values, pixel_mask = _batch()
+    batch_sizes = []
+    model.backbone.register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
+    with torch.no_grad():
+        outputs = model(pixel_values, pixel_mask, output_hidden_states=True)
+        assert batch_sizes == [1, 1]
+        batch_sizes.clear()
+        whole = model.bifpn(model.backbone(model._prepare_inputs(pixel_values, pixel_mask)[0]))
+    assert len(whole) == len(outputs.feature_maps)
+    for stacked, batched in zip(outputs.feature_maps, whole):
+        torch.testing.assert_close(stacked, batched, rtol=1e-4, atol=1e-5)
+    batch_sizes.clear()
+    model.train()
+    model(pixel_values, pixel_mask)
+    assert batch_sizes == [2]
+
+
 def test_batched_equals_single_image():
     """In eval mode an image gives the same regions alone as inside a padded batch."""
     model = _model()
