@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from minivlm_hf.training.data_setup import RecipeData
-from minivlm_hf.training.recipes import load_recipe_config, run_stage
+from minivlm_hf.training.recipes import evaluate_stage, load_recipe_config, run_stage
 from minivlm_hf.training.trainers import StopAtStepCallback, parameter_hash
 
 REPO = Path(__file__).resolve().parents[1]
@@ -309,6 +309,12 @@ def test_next_token_captioning_and_listwise_retrieval_recipes(tmp_path, cache_di
     losses = [h["loss"] for h in result.trainer.state.log_history if "loss" in h]
     assert losses and all(math.isfinite(loss) and loss > 0 for loss in losses)
     assert 0.0 <= result.metrics["test_i2t_r1"] <= 1.0
+    # evaluation.caption_model: the same evaluation also ranks with the saved captioner's PMI (caption_pmi_* keys)
+    ranked = load_recipe_config(None, {**retrieval, "evaluation": {**retrieval["evaluation"], "caption_pmi_weight": 1.0,
+                                                                   "caption_model": str(tmp_path / "caption")}})
+    metrics, _ = evaluate_stage("retrieval", result.model, ranked, data, progress=False)
+    assert 0.0 <= metrics["caption_pmi_i2t_r1"] <= 1.0 and metrics["caption_pmi_weight"] == 1.0
+    assert metrics["i2t_r1"] == pytest.approx(result.metrics["test_i2t_r1"])
 
 
 def test_tag_geometry_recipes_train_and_evaluate(tmp_path, cache_dir):

@@ -148,28 +148,69 @@ def evaluate_vqa(model, collator: VQACollator, examples, *, limit: int | None = 
 # ---------------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def retrieval_score_matrix(model, collator: RetrievalScoringCollator, image_indices: list[int], captions: list[str],
-                           *, batch_size: int = 128, progress: bool = True) -> torch.Tensor:
+                           *, batch_size: int = 128, progress: bool = True, margins: bool = False) -> torch.Tensor:
     """``scores[i, t]`` = P(match) of image ``image_indices[i]`` and ``captions[t]`` (every pair is scored by the
-    cross-encoder, as OSCAR does)."""
+    cross-encoder, as OSCAR does); ``margins=True``: the match logit minus the no-match logit instead (the same
+    ranking, without float32 saturation near P = 1)."""
     model.eval()
     device = _device(model)
     pairs = [{"image_index": i, "caption": c} for i in image_indices for c in captions]
     scores = []
     for chunk in tqdm(list(_batches(pairs, batch_size)), desc="Scoring image-text pairs", disable=not progress):
         logits = model(**_to(collator(chunk), device)).logits.float()
-        scores.append(logits.softmax(-1)[:, 1].cpu())
+        scores.append((logits[:, 1] - logits[:, 0] if margins else logits.softmax(-1)[:, 1]).cpu())
     return torch.cat(scores).view(len(image_indices), len(captions))
 
 
+@torch.no_grad()
+def caption_log_likelihood_matrix(caption_model, collator: RetrievalScoringCollator, image_indices: list[int],
+                                  captions: list[str], *, batch_size: int = 128, progress: bool = True) -> torch.Tensor:
+    """``L[i, t]`` = log p(``captions[t]`` | image ``image_indices[i]``) under a captioning model: the sum over the
+    caption's word pieces after [CLS] ([SEP] included) of the log-probability the model gives each when decoding.
+    One teacher-forced pass per pair: the model's "next_token" queries, each of which sees the caption before it,
+    as the [MASK] query that ``generate`` appends does. ``collator`` encodes the pairs (``[CLS] caption [SEP]`` +
+    the image's tags and regions), e.g. the retrieval scoring collator."""
+    caption_model.eval()
+    device = _device(caption_model)
+    pairs = [{"image_index": i, "caption": c} for i in image_indices for c in captions]
+    objective, caption_model.config.caption_objective = caption_model.config.caption_objective, "next_token"
+    totals = []
+    try:
+        for chunk in tqdm(list(_batches(pairs, batch_size)), desc="Caption likelihoods", disable=not progress):
+            batch = _to(collator(chunk), device)
+            labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+            logits = caption_model(**batch, labels=labels).logits  # [B, kept length - 1, vocab]
+            targets = labels[:, 1 : logits.shape[1] + 1]
+            log_probs = logits.float().log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            totals.append((log_probs * (targets != -100)).sum(1).cpu())
+    finally:
+        caption_model.config.caption_objective = objective
+    return torch.cat(totals).view(len(image_indices), len(captions))
+
+
+def caption_pmi(log_likelihoods: torch.Tensor) -> torch.Tensor:
+    """Pointwise mutual information of each (image, caption) pair, ``log p(c | i) - log mean_i' p(c | i')``: the
+    marginal over the matrix's images (rows), so that captions likely for every image (short, generic ones) do not
+    win every image."""
+    marginal = torch.logsumexp(log_likelihoods, dim=0, keepdim=True) - math.log(log_likelihoods.shape[0])
+    return log_likelihoods - marginal
+
+
 def evaluate_retrieval(model, collator: RetrievalScoringCollator, examples, *, num_candidates: int = 100,
-                       num_groups: int = 1, batch_size: int = 128, progress: bool = True) -> tuple[dict, dict]:
+                       num_groups: int = 1, batch_size: int = 128, progress: bool = True, caption_model=None,
+                       caption_pmi_weight: float = 0.5) -> tuple[dict, dict]:
     """R@1/5/10 in both directions over ``num_candidates`` images and their first captions (image→text: rank the
     ``num_candidates`` captions for each image; text→image: rank the images for each caption). ``examples``: one
     row per image with ``image_index`` and ``captions``.
 
     ``num_groups`` > 1: the same task on each of that many consecutive, disjoint groups of ``num_candidates`` test
     images, metrics averaged over the groups (each image still competes with ``num_candidates - 1`` others): a
-    larger sample of the same measurement, e.g. to compare two versions of a model with less noise."""
+    larger sample of the same measurement, e.g. to compare two versions of a model with less noise.
+
+    ``caption_model`` (a captioning model of the same pipeline): also rank by the retrieval model's match margin +
+    ``caption_pmi_weight`` x the caption model's :func:`caption_pmi` over the group's images (transductive: the
+    marginal uses the candidate images), reported as ``caption_pmi_i2t_r1`` ... next to the retrieval model's own
+    R@k. Every pair is then scored by both models (about twice the time)."""
     from ..metrics import compute_retrieval_recall
 
     if int(num_groups) < 1:
@@ -187,11 +228,21 @@ def evaluate_retrieval(model, collator: RetrievalScoringCollator, examples, *, n
         scores = retrieval_score_matrix(model, collator, image_indices, captions, batch_size=batch_size,
                                         progress=progress)
         metrics = compute_retrieval_recall(scores.numpy(), list(range(len(rows))))
+        if caption_model is not None:
+            margins = retrieval_score_matrix(model, collator, image_indices, captions, batch_size=batch_size,
+                                             progress=progress, margins=True)
+            log_likelihoods = caption_log_likelihood_matrix(caption_model, collator, image_indices, captions,
+                                                            batch_size=batch_size, progress=progress)
+            fused = margins.double() + caption_pmi_weight * caption_pmi(log_likelihoods.double())
+            fused_metrics = compute_retrieval_recall(fused.numpy(), list(range(len(rows))))
+            metrics.update({f"caption_pmi_{k}": v for k, v in fused_metrics.items()})
         per_group.append({k: float(v) for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))})
         for key, value in (("scores", scores), ("captions", captions), ("image_indices", image_indices)):
             details[key].append(value)
     metrics = {k: float(np.mean([m[k] for m in per_group])) for k in per_group[0] if all(k in m for m in per_group)}
     metrics["num_candidates"] = len(all_rows) // num_groups
+    if caption_model is not None:
+        metrics["caption_pmi_weight"] = float(caption_pmi_weight)
     if num_groups == 1:
         return metrics, {k: v[0] for k, v in details.items()}
     metrics["num_groups"] = num_groups

@@ -50,6 +50,8 @@ Recipe config (JSON; every key optional, defaults in :data:`DEFAULT_CONFIG` and 
                                               # "bf16": "auto" = bf16 autocast where the hardware has it
       "evaluation": {"split": "test", "limit": null, "num_candidates": 100, "max_new_tokens": 20, "num_beams": 1,
                      "retrieval_groups": 1,           # retrieval: R@k averaged over this many groups of candidates
+                     "caption_model": null,           # retrieval: also rank with this captioning model's PMI (a
+                     "caption_pmi_weight": 0.5,       #   folder): margin + weight * PMI, as caption_pmi_* metrics
                      "length_penalty": 1.0,           # captioning beams: log-probability / length ** this
                      "batch_size": 64, "detection_threshold": 0.0,
                      "bf16": false},                  # evaluate under bf16 autocast ("auto": where it is fast)
@@ -116,7 +118,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "evaluation": {
         "split": "test", "limit": None, "num_candidates": 100, "retrieval_groups": 1, "max_new_tokens": 20,
         "num_beams": 1, "length_penalty": 1.0, "batch_size": 64,
-        "detection_threshold": 0.0, "bf16": False,
+        "detection_threshold": 0.0, "bf16": False, "caption_model": None, "caption_pmi_weight": 0.5,
     },
 }
 
@@ -401,9 +403,16 @@ def _evaluate_stage(stage: str, model, config: dict, data: RecipeData, *, progre
         return E.evaluate_vqa(model, collator, vqa_examples(table), limit=limit, batch_size=bs, progress=progress)
     if stage == "retrieval":
         collator = C.RetrievalScoringCollator(tok, regions=store, **common)
+        caption_model = None
+        if ev.get("caption_model"):
+            from ..modeling.modeling_minivlm_captioning import MiniVLMForImageCaptioning
+
+            caption_model = MiniVLMForImageCaptioning.from_pretrained(ev["caption_model"])
+            caption_model.to(next(model.parameters()).device)
         return E.evaluate_retrieval(model, collator, caption_examples(table, per_caption=False),
                                     num_candidates=ev["num_candidates"], num_groups=ev.get("retrieval_groups", 1),
-                                    batch_size=max(bs, 100), progress=progress)
+                                    batch_size=max(bs, 100), progress=progress, caption_model=caption_model,
+                                    caption_pmi_weight=float(ev.get("caption_pmi_weight", 0.5)))
     raise ValueError(f"unknown stage {stage!r}; choose from {STAGES}")
 
 

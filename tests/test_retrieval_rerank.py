@@ -1,0 +1,78 @@
+"""Retrieval ranked with a captioning model's likelihoods (``evaluation.caption_model``): the teacher-forced caption
+log-likelihood equals step-by-step decoding, and the fused ranking is the retrieval margin + weight x PMI."""
+
+import numpy as np
+import pytest
+import torch
+from fusion_utils import tiny_fusion_config
+
+from minivlm_hf.convert import load_offline_tokenizer
+from minivlm_hf.data import build_scenes
+from minivlm_hf.metrics import compute_retrieval_recall
+from minivlm_hf.modeling.modeling_minivlm_captioning import MiniVLMForImageCaptioning
+from minivlm_hf.modeling.modeling_minivlm_tasks import MiniVLMForImageTextRetrieval
+from minivlm_hf.training import evaluation as E
+from minivlm_hf.training.collators import RetrievalScoringCollator
+from minivlm_hf.training.features import RegionStore, caption_examples, oracle_features
+from minivlm_hf.training.recipes import fusion_collator_settings
+
+CAPTIONS = ["a red circle", "two blue squares left of a green ring", "there is an object", "a small yellow star"]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tok = load_offline_tokenizer()
+    scenes = build_scenes(4, 0, 0, seed=3)["train"]
+    table = oracle_features(scenes, feature_size=24, num_regions=5)
+    config = tiny_fusion_config(vocab_size=len(tok), cls_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id,
+                                mask_token_id=tok.mask_token_id, pad_token_id=tok.pad_token_id,
+                                bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, max_text_length=24,
+                                max_tag_length=16, region_feature_size=24, id2label={0: "no", 1: "yes"})
+    collator = RetrievalScoringCollator(tok, regions=RegionStore(table), **fusion_collator_settings(config))
+    torch.manual_seed(0)
+    return config, collator, table, MiniVLMForImageCaptioning(config).eval()
+
+
+def test_caption_log_likelihood_equals_step_by_step_decoding(setup):
+    config, collator, _, model = setup
+    before = model.config.caption_objective
+    matrix = E.caption_log_likelihood_matrix(model, collator, [0, 2], CAPTIONS, batch_size=3, progress=False)
+    assert matrix.shape == (2, 4) and model.config.caption_objective == before  # the objective is restored
+    with torch.no_grad():
+        for row, image in enumerate([0, 2]):
+            for col, caption in enumerate(CAPTIONS):
+                batch = collator([{"image_index": image, "caption": caption}])
+                ids = batch.pop("input_ids")
+                batch.pop("attention_mask"), batch.pop("token_type_ids", None)
+                total = 0.0
+                for k in range(1, ids.shape[1]):  # each word piece after [CLS], [SEP] included
+                    logits = model(input_ids=ids[:, :k], predict_next=True, **batch).logits[0, -1]
+                    total += float(logits.log_softmax(-1)[ids[0, k]])
+                assert matrix[row, col].item() == pytest.approx(total, abs=1e-4)
+    assert (matrix < 0).all()
+
+
+def test_caption_pmi_ranking_is_margin_plus_weighted_pmi(setup):
+    config, collator, table, captioner = setup
+    torch.manual_seed(1)
+    retrieval = MiniVLMForImageTextRetrieval(config).eval()
+    examples = caption_examples(table, per_caption=False)
+    metrics, details = E.evaluate_retrieval(retrieval, collator, examples, num_candidates=4, progress=False,
+                                            caption_model=captioner, caption_pmi_weight=2.0)
+    images = [int(r["image_index"]) for r in examples]
+    captions = [r["captions"][0] for r in examples]
+    margins = E.retrieval_score_matrix(retrieval, collator, images, captions, progress=False, margins=True)
+    probabilities = E.retrieval_score_matrix(retrieval, collator, images, captions, progress=False)
+    torch.testing.assert_close(margins.sigmoid(), probabilities, atol=1e-5, rtol=1e-5)  # same ranking
+    likelihoods = E.caption_log_likelihood_matrix(captioner, collator, images, captions, progress=False).double()
+    pmi = E.caption_pmi(likelihoods)
+    by_hand = likelihoods - torch.log(likelihoods.exp().mean(0, keepdim=True))
+    torch.testing.assert_close(pmi, by_hand)
+    expected = compute_retrieval_recall((margins.double() + 2.0 * pmi).numpy(), list(range(4)))
+    for key in ("i2t_r1", "i2t_r5", "t2i_r1"):
+        assert metrics[f"caption_pmi_{key}"] == pytest.approx(expected[key])
+    assert metrics["i2t_r1"] == pytest.approx(compute_retrieval_recall(probabilities.numpy(), list(range(4)))["i2t_r1"])
+    assert metrics["caption_pmi_weight"] == 2.0
+    plain, _ = E.evaluate_retrieval(retrieval, collator, examples, num_candidates=4, progress=False)
+    assert not any(k.startswith("caption_pmi") for k in plain)
+    assert np.isfinite(list(plain.values())).all()
