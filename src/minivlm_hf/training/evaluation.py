@@ -225,12 +225,13 @@ def evaluate_retrieval(model, collator: RetrievalScoringCollator, examples, *, n
         rows = all_rows[g * num_candidates:(g + 1) * num_candidates]
         image_indices = [int(r["image_index"]) for r in rows]
         captions = [r["captions"][0] for r in rows]
-        scores = retrieval_score_matrix(model, collator, image_indices, captions, batch_size=batch_size,
-                                        progress=progress)
+        # With a caption model the margins are needed too; P(match) = sigmoid(margin), so one scoring pass serves both.
+        margins = None if caption_model is None else retrieval_score_matrix(
+            model, collator, image_indices, captions, batch_size=batch_size, progress=progress, margins=True)
+        scores = margins.sigmoid() if margins is not None else retrieval_score_matrix(
+            model, collator, image_indices, captions, batch_size=batch_size, progress=progress)
         metrics = compute_retrieval_recall(scores.numpy(), list(range(len(rows))))
         if caption_model is not None:
-            margins = retrieval_score_matrix(model, collator, image_indices, captions, batch_size=batch_size,
-                                             progress=progress, margins=True)
             log_likelihoods = caption_log_likelihood_matrix(caption_model, collator, image_indices, captions,
                                                             batch_size=batch_size, progress=progress)
             fused = margins.double() + caption_pmi_weight * caption_pmi(log_likelihoods.double())
