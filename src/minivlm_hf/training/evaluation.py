@@ -11,6 +11,7 @@ from collections import defaultdict
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.scenes import detection_annotations
@@ -180,9 +181,9 @@ def caption_log_likelihood_matrix(caption_model, collator: RetrievalScoringColla
             batch = _to(collator(chunk), device)
             labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
             logits = caption_model(**batch, labels=labels).logits  # [B, kept length - 1, vocab]
-            targets = labels[:, 1 : logits.shape[1] + 1]
-            log_probs = logits.float().log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            totals.append((log_probs * (targets != -100)).sum(1).cpu())
+            targets = labels[:, 1 : logits.shape[1] + 1]  # padding: -100, no loss
+            nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
+            totals.append(-nll.sum(1).cpu())
     finally:
         caption_model.config.caption_objective = objective
     return torch.cat(totals).view(len(image_indices), len(captions))
@@ -225,11 +226,10 @@ def evaluate_retrieval(model, collator: RetrievalScoringCollator, examples, *, n
         rows = all_rows[g * num_candidates:(g + 1) * num_candidates]
         image_indices = [int(r["image_index"]) for r in rows]
         captions = [r["captions"][0] for r in rows]
-        # With a caption model the margins are needed too; P(match) = sigmoid(margin), so one scoring pass serves both.
-        margins = None if caption_model is None else retrieval_score_matrix(
-            model, collator, image_indices, captions, batch_size=batch_size, progress=progress, margins=True)
-        scores = margins.sigmoid() if margins is not None else retrieval_score_matrix(
-            model, collator, image_indices, captions, batch_size=batch_size, progress=progress)
+        # P(match) = sigmoid(margin): one scoring pass gives the probabilities and the margins the fusion needs.
+        margins = retrieval_score_matrix(model, collator, image_indices, captions, batch_size=batch_size,
+                                         progress=progress, margins=True)
+        scores = margins.sigmoid()
         metrics = compute_retrieval_recall(scores.numpy(), list(range(len(rows))))
         if caption_model is not None:
             log_likelihoods = caption_log_likelihood_matrix(caption_model, collator, image_indices, captions,
