@@ -86,6 +86,11 @@ class MiniVLMConfig(PreTrainedConfig):
             group's match margins (logit 1 − logit 0, the ranking score), which trains the ranking directly.
         vqa_classifier (`str`, defaults to `"mlp"`): `"mlp"` (h → 2h → answers, as OSCAR) or `"linear"`.
         classifier_dropout (`float`, *optional*): dropout before the classification heads.
+        unpad_tokens (`bool`, defaults to `True`): when at least 10% of a batch's sequence is padding (text, tags and
+            regions are padded separately), run the encoder's projections, feed-forward and LayerNorms on the real
+            tokens only and scatter them into the padded layout just for the attention: the same outputs at every
+            real position for less compute (padding positions of `last_hidden_state` are then zeros). Off with a
+            cache, with returned hidden states / attentions, and under tracing, `torch.compile` or ONNX export.
         mask_token_id, cls_token_id, sep_token_id: special token ids (BERT uncased by default).
     """
 
@@ -128,6 +133,7 @@ class MiniVLMConfig(PreTrainedConfig):
     vqa_classifier: str = "mlp"
     vqa_loss: str = "bce"
     classifier_dropout: float | int | None = None
+    unpad_tokens: bool = True
     pad_token_id: int | None = 0
     cls_token_id: int = 101
     sep_token_id: int = 102

@@ -275,6 +275,21 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
         mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
         return mask.unsqueeze(1)
 
+    #: Padding share at or above which the encoder runs on the non-padding tokens alone (`config.unpad_tokens`);
+    #: below it the gather / scatter around each attention costs about what the skipped rows save.
+    UNPAD_MIN_PADDING = 0.1
+
+    def _unpadded_index(self, token_valid: torch.BoolTensor) -> torch.LongTensor | None:
+        """Flattened positions of the real tokens, when the encoder may skip the padding (else None)."""
+        if not self.config.unpad_tokens or getattr(self.encoder, "_compiled_call_impl", None) is not None:
+            return None
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+            return None  # data-dependent shapes
+        flat = token_valid.reshape(-1)
+        if float((~flat).sum()) < self.UNPAD_MIN_PADDING * flat.numel():
+            return None
+        return flat.nonzero().squeeze(1)
+
     # ----------------------------------------------------------------------------------------------------------
     def forward(
         self,
@@ -449,6 +464,17 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             commit = hidden.shape[1] - (mask_embeddings.shape[1] if mask_embeddings is not None else 0)
 
         additive = self._additive(allowed, dtype)
+        token_index = None
+        if cache is None and not (output_attentions or output_hidden_states):
+            if attention_mode == "bidirectional":
+                token_valid = valid
+            else:  # caption layout: prefix, caption, [MASK] queries (always real)
+                num_queries = hidden.shape[1] - prefix_valid.shape[1] - text_length
+                token_valid = torch.cat(
+                    [prefix_valid, attention_mask[:, -text_length:].bool(),
+                     torch.ones((batch, num_queries), dtype=torch.bool, device=device)], dim=1
+                )
+            token_index = self._unpadded_index(token_valid)
         sequence_output, all_hidden, all_attentions = self.encoder(
             hidden,
             additive,
@@ -456,6 +482,7 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             cache_commit_length=commit,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            token_index=token_index,
         )
         pooled = self.pooler(sequence_output) if (self.pooler is not None and attention_mode == "bidirectional") else None
         if valid is None:  # caption mode: report validity of the visible sequence

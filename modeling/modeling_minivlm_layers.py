@@ -9,6 +9,7 @@ Remote-code file: imports only torch, transformers and sibling files.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -44,6 +45,23 @@ def few_rows_linear(linear: nn.Module, hidden_states: torch.Tensor, max_rows: in
     else:
         out = torch.addmm(linear.bias.unsqueeze(1), weight, columns)
     return out.t()[:rows].contiguous().view(*hidden_states.shape[:-1], weight.shape[0])
+
+
+class PackedTokens(NamedTuple):
+    """Where the non-padding tokens of a (batch, length) sequence sit: `index` into its flattened positions."""
+
+    batch: int
+    length: int
+    index: torch.LongTensor
+
+    def pack(self, padded: torch.Tensor) -> torch.Tensor:
+        """(batch, length, ...) → (num_tokens, ...)."""
+        return padded.reshape(self.batch * self.length, *padded.shape[2:]).index_select(0, self.index)
+
+    def pad(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(num_tokens, ...) → (batch, length, ...), zeros at the padding positions."""
+        flat = tokens.new_zeros(self.batch * self.length, *tokens.shape[1:]).index_copy(0, self.index, tokens)
+        return flat.view(self.batch, self.length, *tokens.shape[1:])
 
 
 class MiniVLMEmbeddings(nn.Module):
@@ -187,9 +205,12 @@ class MiniVLMSelfAttention(nn.Module):
         cache: Cache | None = None,
         cache_commit_length: int | None = None,
         output_attentions: bool = False,
+        packed: PackedTokens | None = None,
     ):
-        shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
         qkv = getattr(self, "qkv", None)
+        if packed is not None:
+            return self._packed_forward(hidden_states, attention_mask, packed, qkv)
+        shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
         if qkv is not None:  # one GEMM instead of three (fast path)
             fused = few_rows_linear(qkv, hidden_states)
             query, key, value = (t.view(shape).transpose(1, 2) for t in fused.chunk(3, dim=-1))
@@ -204,10 +225,14 @@ class MiniVLMSelfAttention(nn.Module):
             cached_key, cached_value = cache.update(key[:, :, :n], value[:, :, :n], self.layer_idx)
             key = torch.cat([cached_key, key[:, :, n:]], dim=2)
             value = torch.cat([cached_value, value[:, :, n:]], dim=2)
+        output, weights = self._attend(query, key, value, attention_mask, output_attentions)
+        return output.reshape(*hidden_states.shape[:-1], -1).contiguous(), weights
+
+    def _attend(self, query, key, value, attention_mask, output_attentions=False):
         interface: Callable = eager_attention_forward
         if not output_attentions:  # attention weights exist only in eager mode
             interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        output, weights = interface(
+        return interface(
             self,
             query,
             key,
@@ -217,7 +242,20 @@ class MiniVLMSelfAttention(nn.Module):
             scaling=self.scaling,
             is_causal=False,
         )
-        return output.reshape(*hidden_states.shape[:-1], -1).contiguous(), weights
+
+    def _packed_forward(self, hidden_states, attention_mask, packed: PackedTokens, qkv):
+        """`hidden_states` (num_tokens, hidden) holds only the non-padding tokens: the projections run on them, and
+        their queries / keys / values are scattered into the padded (batch, length) layout for the attention alone
+        (padding rows stay zero; the mask hides them as keys and their outputs are dropped)."""
+        if qkv is not None:
+            fused = qkv(hidden_states)
+        else:
+            fused = torch.cat([self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)], dim=-1)
+        padded = packed.pad(fused)
+        shape = (packed.batch, packed.length, -1, self.attention_head_size)
+        query, key, value = (t.reshape(shape).transpose(1, 2) for t in padded.chunk(3, dim=-1))
+        output, weights = self._attend(query, key, value, attention_mask)
+        return packed.pack(output.reshape(packed.batch, packed.length, -1)), weights
 
 
 class MiniVLMSelfOutput(nn.Module):
@@ -237,8 +275,11 @@ class MiniVLMAttention(nn.Module):
         self.self = MiniVLMSelfAttention(config, layer_idx)
         self.output = MiniVLMSelfOutput(config)
 
-    def forward(self, hidden_states, attention_mask=None, cache=None, cache_commit_length=None, output_attentions=False):
-        attention, weights = self.self(hidden_states, attention_mask, cache, cache_commit_length, output_attentions)
+    def forward(self, hidden_states, attention_mask=None, cache=None, cache_commit_length=None, output_attentions=False,
+                packed=None):
+        attention, weights = self.self(
+            hidden_states, attention_mask, cache, cache_commit_length, output_attentions, packed
+        )
         return self.output(attention, hidden_states), weights
 
 
@@ -270,9 +311,10 @@ class MiniVLMLayer(GradientCheckpointingLayer):
         self.intermediate = MiniVLMIntermediate(config)
         self.output = MiniVLMOutput(config)
 
-    def forward(self, hidden_states, attention_mask=None, cache=None, cache_commit_length=None, output_attentions=False):
+    def forward(self, hidden_states, attention_mask=None, cache=None, cache_commit_length=None, output_attentions=False,
+                packed=None):
         attention_output, weights = self.attention(
-            hidden_states, attention_mask, cache, cache_commit_length, output_attentions
+            hidden_states, attention_mask, cache, cache_commit_length, output_attentions, packed
         )
         layer_output = self.output(self.intermediate(attention_output), attention_output)
         return layer_output, weights
@@ -291,7 +333,19 @@ class MiniVLMEncoder(nn.Module):
         cache_commit_length=None,
         output_attentions=False,
         output_hidden_states=False,
+        token_index=None,
     ):
+        """`token_index` (`torch.LongTensor` of shape `(num_tokens,)`, optional): the non-padding positions of the
+        flattened (batch × length) sequence. The layers then run their projections, feed-forward and LayerNorms on
+        those tokens only (the attention sees the padded layout); the padding positions of the output are zeros.
+        Not combined with a cache or with returned hidden states / attentions."""
+        packed = None
+        if token_index is not None:
+            if cache is not None or output_attentions or output_hidden_states:
+                raise ValueError("token_index (unpadded tokens) cannot be combined with a cache or returned "
+                                 "hidden states / attentions")
+            packed = PackedTokens(*hidden_states.shape[:2], token_index)
+            hidden_states = packed.pack(hidden_states)
         all_hidden = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layer:
@@ -301,11 +355,14 @@ class MiniVLMEncoder(nn.Module):
                 cache=cache,
                 cache_commit_length=cache_commit_length,
                 output_attentions=output_attentions,
+                packed=packed,
             )
             if output_hidden_states:
                 all_hidden = all_hidden + (hidden_states,)
             if output_attentions:
                 all_attentions = all_attentions + (weights,)
+        if packed is not None:
+            hidden_states = packed.pad(hidden_states)
         return hidden_states, all_hidden, all_attentions
 
 
