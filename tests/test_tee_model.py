@@ -236,6 +236,32 @@ def test_cpu_backbone_runs_on_channels_last_activations():
     assert all(p.is_contiguous() for p in model.parameters())
 
 
+def test_depthwise_convolutions_train_in_fp32_under_cpu_autocast():
+    """Every depthwise conv (timm's EfficientNet and the BiFPN) is a TEEDepthwiseConv2d: under bf16 autocast it
+    outputs fp32 in training (oneDNN's bf16 depthwise backward is the slow one) and bf16 in eval, while the other
+    convolutions stay bf16; parameter names and values are those of nn.Conv2d."""
+    from minivlm_hf.modeling.modeling_minivlm_tee_layers import TEEDepthwiseConv2d
+
+    model = _model(TEEForObjectDetection)
+    depthwise = {n: m for n, m in model.named_modules() if isinstance(m, TEEDepthwiseConv2d)}
+    plain = [m for m in model.modules() if type(m) is torch.nn.Conv2d]
+    assert any(n.startswith("tee.backbone.") for n in depthwise) and any(".bifpn." in n for n in depthwise)
+    assert all(m.groups == m.in_channels == m.out_channels > 1 for m in depthwise.values())
+    assert plain and all(m.groups == 1 for m in plain)
+    assert all(f"{n}.weight" in model.state_dict() for n in depthwise)
+    dtypes = {}
+    for name, module in [*depthwise.items()][:1] + [("plain", plain[0])]:
+        module.register_forward_hook(lambda m, i, o, name=name: dtypes.setdefault(name, []).append(o.dtype))
+    pixel_values, pixel_mask = _batch()
+    for training in (True, False):
+        model.train(training)
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.set_grad_enabled(training):
+            model.tee.bifpn(model.tee.backbone(pixel_values))
+    first = next(iter(depthwise))
+    assert dtypes[first][0] == torch.float32 and dtypes[first][-1] == torch.bfloat16
+    assert set(dtypes["plain"]) == {torch.bfloat16}
+
+
 def test_cpu_inference_runs_the_dense_part_one_image_at_a_time():
     """In eval on CPU, EfficientNet + BiFPN see one image per call (cache-sized activations) and the stacked maps
     equal those of the whole batch; training sees the whole batch in one call."""
