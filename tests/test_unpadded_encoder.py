@@ -161,3 +161,50 @@ def test_config_default_and_round_trip(tmp_path):
     assert MiniVLMConfig().unpad_tokens is True
     tiny_fusion_config(unpad_tokens=False).save_pretrained(tmp_path)
     assert MiniVLMConfig.from_pretrained(tmp_path).unpad_tokens is False
+
+
+def _loss_and_grads(model, inputs):
+    loss = model.train()(**inputs).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    return loss.detach(), grads
+
+
+def _assert_same(a, b):
+    torch.testing.assert_close(b[0], a[0], atol=1e-5, rtol=1e-5)
+    assert a[1].keys() == b[1].keys() and a[1]
+    for name in a[1]:
+        torch.testing.assert_close(b[1][name], a[1][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_pretraining_and_gradient_checkpointing_match_the_padded_computation(monkeypatch):
+    from minivlm_hf.modeling import modeling_minivlm_layers as layers
+    from minivlm_hf.modeling.modeling_minivlm_tasks import MiniVLMForPreTraining
+
+    dense, packed = _pair(MiniVLMForPreTraining)
+    inputs = _padded_inputs()
+    labels = torch.full_like(inputs["input_ids"], -100)
+    labels[:, 2] = inputs["input_ids"][:, 2]
+    inputs.update(labels=labels, contrastive_labels=torch.tensor([0, 2]))
+    reference = _loss_and_grads(dense, inputs)
+    rows, forward = [], layers.MiniVLMIntermediate.forward
+    monkeypatch.setattr(layers.MiniVLMIntermediate, "forward", lambda self, h: rows.append(h.shape[0]) or forward(self, h))
+    _assert_same(reference, _loss_and_grads(packed, inputs))
+    assert rows == [24, 24]  # 2 layers
+    packed.activation_checkpointing_enable({"use_reentrant": False})  # `packed` passes through the checkpoint
+    _assert_same(reference, _loss_and_grads(packed, inputs))
+    assert rows == [24] * 6  # forward + the backward's recomputation, both unpadded
+
+
+def test_nlvr_pairs_match_the_padded_computation():
+    from minivlm_hf.modeling.modeling_minivlm_tasks import MiniVLMForVisualReasoning
+
+    dense, packed = _pair(MiniVLMForVisualReasoning)
+    rows = _rows_seen(packed)
+    one = _padded_inputs()
+    pair = {k: torch.stack([v, v.flip(0)], dim=1) for k, v in one.items() if k not in ("input_ids", "attention_mask")}
+    inputs = {"input_ids": one["input_ids"], "attention_mask": one["attention_mask"], **pair,
+              "labels": torch.tensor([1, 0])}
+    _assert_same(_loss_and_grads(dense, inputs), _loss_and_grads(packed, inputs))
+    assert rows and all(r < 60 for r in rows)
