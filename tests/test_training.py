@@ -231,6 +231,30 @@ def test_head_lr_multiplier_gives_heads_their_own_learning_rate(tmp_path, cache_
         FusionTrainer(model=result.model, args=result.trainer.args, head_lr_multiplier=0)
 
 
+def test_trainer_flos_count_parameters_once(tmp_path):
+    """The Trainer's per-step FLOP estimate (6 × input size × parameters, excluding embeddings) is the stock formula,
+    with the parameters counted on the first step only (counting them cost ~5 ms a step)."""
+    from transformers import Trainer, TrainingArguments
+
+    from fusion_utils import tiny_fusion_config
+    from minivlm_hf.modeling.modeling_minivlm_tasks import MiniVLMForQuestionAnswering
+    from minivlm_hf.training.trainers import FusionTrainer
+
+    model = MiniVLMForQuestionAnswering(tiny_fusion_config())
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    trainer = FusionTrainer(model=model, args=args)
+    inputs = {"input_ids": torch.ones(3, 7, dtype=torch.long)}
+    counted = []
+    count = model.num_parameters
+    model.num_parameters = lambda **kw: counted.append(kw) or count(**kw)
+    expected = Trainer.floating_point_ops(trainer, inputs)
+    assert expected == 6 * 21 * count(exclude_embeddings=True) > 0
+    counted.clear()
+    assert [trainer.floating_point_ops(inputs) for _ in range(3)] == [expected] * 3
+    assert counted == [{"exclude_embeddings": True}]
+    assert trainer.floating_point_ops({"pixel_values": torch.ones(1)}) == 0
+
+
 def test_a_task_starts_from_another_tasks_checkpoint(tmp_path, cache_dir):
     """fusion.init_from another task (the demo chains caption → VQA → retrieval → NLVR): the shared transformer
     weights carry over, a head of another shape is re-initialised, and VQA's answer labels stay with VQA."""
