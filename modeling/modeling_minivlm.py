@@ -275,8 +275,8 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
         mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
         return mask.unsqueeze(1)
 
-    #: Padding share at or above which the encoder runs on the non-padding tokens alone (`config.unpad_tokens`);
-    #: below it the gather / scatter around each attention costs about what the skipped rows save.
+    #: Padding share at or above which the encoder runs on the non-padding tokens alone (`config.unpad_tokens`).
+    #: Not tuned: a margin for the gather / scatter around each attention (the demo's batches have ~35% padding).
     UNPAD_MIN_PADDING = 0.1
 
     def _unpadded_index(self, token_valid: torch.BoolTensor) -> torch.LongTensor | None:
