@@ -25,7 +25,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput, is_tracing, logging
 
 from .configuration_minivlm import MiniVLMConfig
 from .modeling_minivlm_heads import MiniVLMLMPredictionHead
@@ -283,7 +283,7 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
         """Flattened positions of the real tokens, when the encoder may skip the padding (else None)."""
         if not self.config.unpad_tokens or getattr(self.encoder, "_compiled_call_impl", None) is not None:
             return None
-        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        if is_tracing(token_valid) or torch.onnx.is_in_onnx_export():
             return None  # data-dependent shapes
         flat = token_valid.reshape(-1)
         if float((~flat).sum()) < self.UNPAD_MIN_PADDING * flat.numel():
@@ -443,6 +443,7 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             tag_slice = slice(text_length, text_length + num_tags)
             region_slice = slice(text_length + num_tags, text_length + num_tags + num_regions)
             commit, prefix_valid = None, None
+            token_valid = valid
         else:
             hidden, allowed, prefix_valid = self._caption_layout(
                 text_embeddings, mask_embeddings, mask_positions, pieces, masks, attention_mask, prefix_attention_mask,
@@ -456,6 +457,11 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
                 query_slice = slice(text_slice.stop, text_slice.stop + mask_embeddings.shape[1])
             commit = prefix_length + text_length if cache is not None else None
             valid = None
+            num_queries = 0 if mask_embeddings is None else mask_embeddings.shape[1]
+            token_valid = None if cached else torch.cat(  # prefix, caption, [MASK] queries (always real)
+                [prefix_valid, attention_mask[:, -text_length:].bool(),
+                 torch.ones((batch, num_queries), dtype=torch.bool, device=device)], dim=1
+            )
 
         if cache is None and use_cache and attention_mode == "caption":
             from transformers.cache_utils import DynamicCache
@@ -466,14 +472,6 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
         additive = self._additive(allowed, dtype)
         token_index = None
         if cache is None and not (output_attentions or output_hidden_states):
-            if attention_mode == "bidirectional":
-                token_valid = valid
-            else:  # caption layout: prefix, caption, [MASK] queries (always real)
-                num_queries = hidden.shape[1] - prefix_valid.shape[1] - text_length
-                token_valid = torch.cat(
-                    [prefix_valid, attention_mask[:, -text_length:].bool(),
-                     torch.ones((batch, num_queries), dtype=torch.bool, device=device)], dim=1
-                )
             token_index = self._unpadded_index(token_valid)
         sequence_output, all_hidden, all_attentions = self.encoder(
             hidden,

@@ -17,6 +17,7 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import is_tracing
 
 from .configuration_minivlm import MiniVLMConfig
 
@@ -36,7 +37,7 @@ def few_rows_linear(linear: nn.Module, hidden_states: torch.Tensor, max_rows: in
     if (type(linear) is not nn.Linear or not 0 < rows <= max_rows or hidden_states.device.type != "cpu"
             or hidden_states.dtype != torch.float32 or weight.dtype != torch.float32 or not weight.is_contiguous()
             or linear._forward_hooks or linear._forward_pre_hooks or torch.is_autocast_enabled("cpu")
-            or torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()):
+            or is_tracing(hidden_states) or torch.onnx.is_in_onnx_export()):
         return linear(hidden_states)
     flat = hidden_states.reshape(rows, -1)
     columns = (flat.repeat(2, 1) if rows == 1 else flat).t()

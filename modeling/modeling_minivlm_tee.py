@@ -26,7 +26,7 @@ from torch import nn
 from torchvision.ops import batched_nms
 from transformers import initialization as init
 from transformers.modeling_utils import PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, is_tracing
 
 from .configuration_minivlm_tee import TEEConfig
 from .loss_minivlm_tee import (
@@ -364,7 +364,7 @@ class TEEModel(TEEPreTrainedModel):
         threads: 538 vs 956 ms), and per-image convolutions give the same maps. Training, other devices, tracing
         and compiling see the whole batch."""
         if (self.training or pixel_values.shape[0] == 1 or pixel_values.device.type != "cpu"
-                or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
+                or is_tracing(pixel_values) or torch.onnx.is_in_onnx_export()):
             return self.bifpn(self.backbone(pixel_values))
         per_image = [self.bifpn(self.backbone(image)) for image in pixel_values.split(1)]
         return [torch.cat(level) for level in zip(*per_image)]
