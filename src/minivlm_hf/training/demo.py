@@ -37,22 +37,16 @@ PRESETS: dict[str, dict] = {
                      "nlvr_num_train": 300, "nlvr_statements_per_pair": 4, "nlvr_num_validation": 4,
                      "nlvr_num_test": 50, "image_size": 256, "tag_threshold": 0.2, "tag_attributes": True,
                      "tag_order": "area", "extract_batch_size": 32},
-            # TEE-B0 with one BiFPN cell (the paper uses 3) and the class loss weighted up: trained from scratch in
-            # 300 steps it reached test mAP@0.5 0.87 vs 0.18-0.25 with the paper's 3 cells and unit weights (200 steps:
-            # 0.67, below the 0.70 target).
-            # The final NMS is class-agnostic at IoU 0.4: with per-class NMS one object often kept two regions of
-            # different classes (IoU up to 0.9), so the tags (one phrase per region, score >= 0.3) had the test
-            # images' object count right for 39% of them; class-agnostic 77% (true objects overlap by IoU > 0.5 in 1%
-            # of the images), 80% with tag_threshold 0.2. It costs some mAP (0.845 vs 0.882 @0.5: one class
-            # hypothesis per object). Probe chains on the same detector (caption → VQA → retrieval → NLVR), class-
-            # agnostic with tag_threshold 0.3 / 0.2 vs the last full run (per-class, 0.3): CIDEr-D 1.66 / 1.71 vs
-            # 1.55, VQA 82.2% / 81.9% vs 79.2%, image→text R@1 37% / 41% vs 42%, NLVR 76.0% / 90.5% vs 87.0%.
+            # Why each setting of this preset, with the measurement behind it: docs/results.md, "The demo preset".
+            # TEE-B0 with one BiFPN cell (the paper uses 3) and the class loss weighted up: trained from scratch, the
+            # paper's setting does not reach the mAP target within the demo's steps.
+            # The final NMS is class-agnostic: with per-class NMS one object often keeps regions of several classes,
+            # each becoming a tag, so the tags miscount the objects; one region per object costs some mAP.
             "detector": {"backbone": "efficientnet_b0", "num_regions": 12, "image_size": 256, "bifpn_num_cells": 1,
                          "cls_loss_weight": 2.0, "attribute_loss_weight": 0.25,
                          "detection_nms_class_agnostic": True, "detection_nms_iou_threshold": 0.4},
             # Tags largest box first (tag_order "area"): the usual decoded caption names the largest object, whose
-            # phrase then leads the tags; CIDEr-D 1.547 vs 1.359 in score order (full runs, same seed; with seed 1 both
-            # orders gave 1.472 in probes).
+            # phrase then leads the tags.
             # Attribute tags ("red large circle" per region) and a softmax VQA loss: with class-name tags and the
             # BCE loss colour / shape questions stayed at chance within the demo's step budget. No dropout: these
             # short schedules underfit, and CPU dropout (bernoulli_) was 20% of a fusion training step.
@@ -62,49 +56,37 @@ PRESETS: dict[str, dict] = {
             "evaluation": {"num_candidates": 100, "max_new_tokens": 20},
         },
         # Fusion lr 1e-4: at 2e-4 the pre-trained attention was disrupted and colour questions were never learned.
-        # Each task starts from the model that measured best for it at these budgets (probes on the demo's data):
-        # caption from MiniLM (CIDEr-D 0.65 vs 0.43-0.50 from the 100-step pre-training), VQA from the caption model
-        # (79% vs 60% from MiniLM), retrieval from VQA (R@1 37% vs 33% from caption), NLVR from retrieval (73.5% vs
-        # 67.5% from VQA, 57.5% from the pre-training).
+        # Each task starts from the model that measured best for it at these budgets: caption from MiniLM, VQA from
+        # the caption model (captioning teaches the text-to-tag binding), retrieval from VQA, NLVR from retrieval.
         "stages": {
-            # 300 steps: 270 gave mAP@0.5 0.818 (0.831 at 300) but weaker tags, and VQA fell to 79.2% (81.6%; colour,
-            # count, shape and size all lower) in the same run.
+            # 300 steps: fewer gave weaker tags, and every fusion task after them lost accuracy.
             "detector": {"training": {"max_steps": 300, "per_device_train_batch_size": 8, "learning_rate": 2e-3,
                                       "bf16": "auto"}},
-            # No task starts from the pre-training at this budget (see above), so it runs 10 steps (was 100, then
-            # 30): it shows the stage and its losses; the time goes to captioning and VQA.
+            # No task starts from the pre-training at this budget (see above), so it runs 10 steps: it shows the
+            # stage and its losses; the time goes to captioning and VQA.
             "pretrain": {"collator": {"mask_polluted": False},
                          "training": {"max_steps": 10, "per_device_train_batch_size": 48, "learning_rate": 1e-4,
                                       "warmup_steps": 3, "bf16": "auto"}},
-            # Captioning: 50% of the caption tokens masked (at most 12) instead of OSCAR's 15% / 3 and lr 3e-4: CIDEr-D
-            # 0.87 vs 0.62 at 200 steps (0.75 with the masking alone; 0.55 at lr 6e-4); 3-beam search 0.92 vs greedy
-            # 0.87; 300 steps 1.09-1.11 (VQA from it 78.8%, relation 61% with the scaled geometry init vs 56%).
-            # Steps (5 beams, length penalty 2, test split): 300 → 1.19, 400 → 1.39, 500 → 1.55 (probes before the
-            # captions were padded to the batch's longest; after it: 1.47 with seed 1, 600 steps 1.47, the full run at
-            # 500 steps 1.36 — run-to-run spread of about ±0.1).
-            # Decoding chosen on the validation split (20 images; the 17-min run's model): 5 beams with length penalty
-            # 2 (beam score = log p / length²) CIDEr-D 1.234 vs 1.106 with 3 plain beams (1.182: 3 beams, penalty 2;
-            # 1.131: 5 beams, penalty 3): the plain beams prefer the short generic "there is a red object in the
-            # picture" over the longer, more specific templates.
+            # Captioning: 50% of the caption tokens masked (at most 12) instead of OSCAR's 15% / 3, and lr 3e-4: with
+            # OSCAR's masking a short schedule gets too little signal. Decoding chosen on the validation split: plain
+            # beams prefer the short generic "there is a red object in the picture"; the length penalty (beam score =
+            # log p / length²) lets the longer, more specific templates win.
             "caption": {"init_from_stage": MINILM,
                         "collator": {"mask_probability": 0.5, "max_masked_tokens": 12},
                         "evaluation": {"num_beams": 5, "length_penalty": 2.0},
                         "training": {"max_steps": 500, "per_device_train_batch_size": 48, "learning_rate": 3e-4,
                                      "bf16": "auto"}},
-            # VQA probes: 400 steps from the 300-step caption model 78.4%, 600 steps 79.5%; from the 500-step caption
-            # model 78.8% (400 steps) / 81.2% (600 steps: count 74.5% vs 69.4%).
             "vqa": {"init_from_stage": "caption",
                     "training": {"max_steps": 600, "per_device_train_batch_size": 48, "learning_rate": 1e-4,
                                  "bf16": "auto"}},
-            # Scoring 100 x 100 image-caption pairs is the costliest evaluation: bf16 autocast (54 -> 20 s; the same
-            # R@k as fp32 scoring of the same model in the measured demo runs). Half the negatives are the batch's most
-            # similar caption / its image: image->text R@1 37% vs 33% with random negatives only (38% with all hard).
+            # Scoring 100 x 100 image-caption pairs is the costliest evaluation, hence bf16 autocast (the same R@k as
+            # fp32 in the measured runs). Half the negatives are the batch's most similar caption / its image: hard
+            # negatives teach more than random ones.
             "retrieval": {"init_from_stage": "vqa", "evaluation": {"bf16": "auto"},
                           "collator": {"hard_negatives": 0.5},
                           "training": {"max_steps": 150, "per_device_train_batch_size": 32, "learning_rate": 1e-4,
                                        "bf16": "auto"}},
-            # 100 steps (200: 91.5%; 150: 84.0% and 90.0% in a probe of the new chain, 100: 85.0% in the same chain)
-            # to pay for the longer captioning and VQA within the 20 minutes.
+            # 100 steps, to pay for the longer captioning and VQA within the 20 minutes.
             "nlvr": {"init_from_stage": "retrieval",
                      "training": {"max_steps": 100, "per_device_train_batch_size": 32, "learning_rate": 1e-4,
                                   "bf16": "auto"}},
@@ -243,7 +225,8 @@ def load_processor(stage: str, path: Path):
     processor = AutoProcessor.from_pretrained(str(path))
     from ..modeling.processing_minivlm import MiniVLMProcessor
 
-    if not isinstance(processor, MiniVLMProcessor):  # HF_NOTES §7.6: an unregistered processor silently degrades
+    # AutoProcessor silently returns the bare tokenizer for a folder whose processor class it cannot resolve.
+    if not isinstance(processor, MiniVLMProcessor):
         raise TypeError(f"AutoProcessor.from_pretrained({path}) returned {type(processor).__name__}")
     return processor
 
@@ -474,7 +457,7 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
         "Fusion stages train on region features precomputed once by the trained TEE (float16); the saved caption "
         "and VQA models contain the TEE and also run from pixels (see the gallery).",
         "A run is deterministic on one machine; CPUs whose kernels differ (e.g. with or without AMX) round "
-        "differently, so the same preset trains different models there (README: the demo on an AMD EPYC).",
+        "differently, so the same preset trains different models there (docs/results.md: demo runs).",
     ]
     if base["data"].get("extract_fast"):
         notes.append("The features were extracted by an inference copy of the TEE with its batch norms folded into "
