@@ -1,7 +1,7 @@
 """A small Hub-protocol HTTP server for tests (standard library only).
 
 It speaks the subset of the Hugging Face Hub HTTP protocol that the *real* ``huggingface_hub`` 2.x client and
-``transformers`` use to push and pull repos (see /work/shared/HUB_TESTING.md), so tests can run
+``transformers`` use to push and pull repos, so tests can run
 ``push_to_hub`` / ``upload_folder`` / ``snapshot_download`` / ``from_pretrained`` end to end on loopback
 without mocking the client and without network access.
 

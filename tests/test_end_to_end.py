@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,15 +176,20 @@ def test_pipelines_in_process(saved, images):
     assert len(result) == 3 and {"answer", "score"} <= set(result[0])
 
 
-BLOCK_PACKAGE = """
-import sys
+# The subprocess must not see this checkout's sources (repository root, src/, modeling/) on sys.path; installed
+# packages (site-packages, even in a venv inside the checkout) stay.
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+
+BLOCK_PACKAGE = f"""
+import os, sys
 class _Block:
     def find_spec(self, name, path=None, target=None):
         if name == "minivlm_hf" or name.startswith("minivlm_hf."):
             raise ImportError("minivlm_hf is blocked in this process")
         return None
 sys.meta_path.insert(0, _Block())
-sys.path = [p for p in sys.path if "/work/" not in p or "site-packages" in p]
+sys.path = [p for p in sys.path
+            if not os.path.abspath(p or ".").startswith({REPO_ROOT!r}) or "site-packages" in p]
 """
 
 

@@ -91,7 +91,7 @@ def test_huggingface_hub_major_version_is_2():
     assert version.split(".")[0] == "2", (
         f"tests/hub_server.py implements the Hub protocol as sent by huggingface_hub 2.x, but {version} is installed. "
         "Check what the new client sends/expects (hf_api.py create_repo/preupload/commit, lfs.py batch + PUT, "
-        "file_download.py HEAD/resolve headers, /work/shared/HUB_TESTING.md), update hub_server.py, then this guard."
+        "file_download.py HEAD/resolve headers), update hub_server.py, then this guard."
     )
 
 
