@@ -84,7 +84,8 @@ class MiniVLMImageProcessingMixin:
 
     def to_dict(self):
         # minivlm-hf hub: save `auto_map["AutoImageProcessor"]` as {"torchvision": ..., "pil": ...} so that
-        # `backend="pil"` works with trust_remote_code (HF_NOTES §1.7); see remote_code_minivlm.py.
+        # `backend="pil"` works with trust_remote_code (transformers saves only the registered class, and without
+        # the dict `backend="pil"` silently returns the torchvision one); see remote_code_minivlm.py.
         return with_backend_auto_map(super().to_dict())
 
     # -- kwargs ---------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ every Auto class it supports with `trust_remote_code=True`, with the package not
   fusion models, and AutoImageProcessor in the backend dict form `{"torchvision": ..., "pil": ...}`), and VQA models
   get `custom_pipelines` for the `minivlm-vqa` pipeline;
 - image-processor configs (`preprocessor_config.json`, and the nested one in `processor_config.json`) get the
-  AutoImageProcessor dict form, otherwise `backend="pil"` silently returns the torchvision class (HF_NOTES §1.7);
+  AutoImageProcessor dict form, otherwise `backend="pil"` silently returns the torchvision class;
 - the files these entries name are copied next to the weights: they are listed in the `TYPE_CHECKING` block below,
   which transformers' relative-import scan follows when it saves (and downloads) the model code.
 

@@ -58,8 +58,8 @@ Recipe config (JSON; every key optional, defaults in :data:`DEFAULT_CONFIG` and 
       "debug": {"param_hash": false}          # every rank writes param_hash_rank{R}.json at the end (DDP checks)
     }
 
-Always set: ``remove_unused_columns=False`` (the collators need the raw columns, HF_NOTES §3),
-``use_cpu=True`` when no GPU is visible, ``report_to="none"``. Checkpoints are safetensors (the only format of
+Always set: ``remove_unused_columns=False`` (otherwise the Trainer drops the image columns before the collators see
+them), ``use_cpu=True`` when no GPU is visible, ``report_to="none"``. Checkpoints are safetensors (the only format of
 transformers 5; ``save_safetensors`` no longer exists) and ``resume_from_checkpoint`` continues exactly: collator
 randomness depends only on the seed, the epoch and the rows (see ``collators``), and the Trainer restores the RNGs.
 """
@@ -185,9 +185,8 @@ def training_attention(config: dict, use_cpu: bool) -> str | None:
     """The attention implementation to train a fusion stage with (``None``: keep the model's own).
 
     ``"auto"`` picks ``"eager"`` on the CPU: there, without dropout, ``scaled_dot_product_attention`` takes the
-    CPU flash-attention kernel, whose backward (torch 2.14, bf16, batch 48 x ~70 tokens) cost ~55 ms per layer, 45%
-    of a training step; the eager matmul + softmax path made the step 1.7x faster. Elsewhere the model's own
-    (``sdpa``) is kept."""
+    CPU flash-attention kernel, whose backward is far slower there than the eager matmul + softmax path (figures in
+    docs/results.md). Elsewhere the model's own (``sdpa``) is kept."""
     choice = config.get("fusion", {}).get("train_attn_implementation", "auto")
     if not choice:
         return None

@@ -1,7 +1,7 @@
 """``Trainer`` subclasses, ``compute_metrics`` functions and callbacks of the recipes.
 
 - :class:`DetectionTrainer`: evaluation returns post-processed detections (padded per batch) so ``compute_metrics``
-  can compute COCO mAP (HF_NOTES §3: ragged outputs).
+  can compute COCO mAP (the Trainer cannot concatenate ragged per-image detections across batches).
 - :class:`CaptioningTrainer`: ``prediction_step`` computes the masked-token loss on the batch, then ``generate``s
   from the image inputs alone (the Seq2SeqTrainer ``predict_with_generate`` trap: it would continue the
   teacher-forced caption), and returns ``(loss, generated ids, image indices)``; ``compute_metrics`` scores CIDEr-D.
@@ -27,8 +27,9 @@ GENERATION_INPUTS = (
 
 
 class _CountParametersOnce:
-    """``Trainer`` logs ``total_flos`` as 6 × input size × ``model.num_parameters()`` after every step; counting the
-    ~600 parameter tensors of a fusion model with its TEE took ~5 ms each time. The count is taken once per model."""
+    """``Trainer`` logs ``total_flos`` as 6 × input size × ``model.num_parameters()`` after every step, and counting
+    the hundreds of parameter tensors of a fusion model with its TEE each time is a visible share of a CPU step. The
+    count is taken once per model."""
 
     def floating_point_ops(self, inputs) -> int:
         main_input = getattr(self.model, "main_input_name", "input_ids")

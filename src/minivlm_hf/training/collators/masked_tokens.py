@@ -17,8 +17,8 @@ class PreTrainingCollator(FusionCollator):
 
     Each row is (image, caption): ``caption`` (or one of ``captions``, drawn at random) with the image's regions and
     tags. 15% of the text and of the tag tokens are selected (80% [MASK] / 10% random / 10% unchanged) →
-    ``labels`` / ``tag_labels``. Pollution (DESIGN §4, 3-way): with probability ``caption_pollution`` (0.25) the
-    caption is replaced by another image's caption (``contrastive_labels`` 2); with probability
+    ``labels`` / ``tag_labels``. Pollution (OSCAR+'s 3-way contrastive task): with probability ``caption_pollution``
+    (0.25) the caption is replaced by another image's caption (``contrastive_labels`` 2); with probability
     ``pollution - caption_pollution`` (0.25) the tags are replaced by another image's tags (label 1); otherwise the
     pair stays matched (0). With ``num_contrastive_labels=2`` both kinds are label 1. Donors are other rows of the
     batch whose image differs and whose replaced content differs; without one the pair stays matched.
