@@ -16,17 +16,12 @@ calibrated outlier channels). Parity of each path is covered by ``tests/test_fas
 ``minivlm-hf benchmark --part fast`` and quality on the scenes test split by ``minivlm-hf benchmark --part parity
 --model-dir DEMO_OUT [--parity-num-test 300]``.
 
-Measured quality (``--part parity --parity-num-test 300`` on a full ``minivlm-hf demo`` run; points vs fp32, see
-the README for every figure): fused BN + channels_last gives identical detections; bf16 stays within 1 point
-except a VQA relation gain of 1.4; plain int8 loses VQA 1.4, retrieval R@1 2.3-2.7 and NLVR 1.8; int8 with the 16
-calibrated outlier input channels of each FFN down-projection in float (``int8_outlier_ffn_channels=16,
-int8_calibration=...``) VQA +0.1, CIDEr-D -0.8, text->image R@5 -2.7, NLVR -1.0; with also 8 channels of every
-other Linear (``int8_outlier_other_channels=8``) every metric within 1 point (but 1.18x instead of 1.6x faster than
-fp32). Those figures are with 7-bit activations on an Intel Xeon with AMX. With 8-bit activations (the default on
-VNNI / AMX CPUs, ``int8_reduce_range``), on an AMD EPYC, the same 16 / 8 channels scaled into range instead of kept
-in float (``int8_outlier_mode="scale"``) kept every metric within 1 point at 2.07-2.29x fp32's speed, where plain
-int8 lost 1.5 points of VQA count and 1.3 of NLVR consistency. Without calibration data prefer bf16 (or fp32)
-where quality matters.
+Quality: fused BN + channels_last gives identical detections and bf16 stays within a point of fp32 on every metric;
+plain int8 loses more than a point on some metrics because a few input channels of the FFN down-projections are far
+larger than the rest and coarsen the per-tensor activation scale. Scaling those calibrated channels into range
+(``int8_outlier_ffn_channels``, ``int8_outlier_other_channels``, ``int8_outlier_mode="scale"``) keeps every metric
+within a point. Without calibration data prefer bf16 (or fp32) where quality matters. Every parity table and speed-up:
+docs/results.md.
 
 Notes:
 - int8 needs ``torch.ao.quantization.quantize_dynamic`` (deprecated upstream in favour of torchao, still working

@@ -61,9 +61,8 @@ def _cpu_supports(check_name: str) -> bool:
 
 
 def _onednn_int8_is_fast() -> bool:
-    """oneDNN's int8 GEMMs beat fbgemm's on AMX CPUs (fusion + VQA head from regions, 2 threads: 1.58-1.64x fp32 with
-    oneDNN for sequences vs 1.44-1.51x fbgemm only, Intel Xeon); with AVX512-VNNI alone they do not (2.10x vs 2.27x
-    fbgemm only, AMD EPYC)."""
+    """oneDNN's int8 GEMMs beat fbgemm's for sequences on AMX CPUs but not with AVX512-VNNI alone (measured:
+    docs/results.md, int8 experiments)."""
     return _cpu_supports("_is_amx_tile_supported") and "onednn" in torch.backends.quantized.supported_engines
 
 
@@ -71,8 +70,7 @@ def full_range_activations_are_safe() -> bool:
     """Whether dynamic int8 Linears may quantise activations to the full 8 bits (``reduce_range=False``). torch's
     dynamic Linear always uses 7 bits because AVX2 kernels sum pairs of u8 x s8 products in saturating int16
     (255 x 127 x 2 overflows); VNNI / AMX kernels accumulate in int32, so on those CPUs the 8th bit is free and
-    halves the activation rounding error (relative RMS error of a 96 x 1536 -> 384 Linear with a few large input
-    channels: 0.206 -> 0.103 for x86, fbgemm and oneDNN alike; worst case all-255 inputs x all-127 weights: 0.4%)."""
+    halves the activation rounding error."""
     return _cpu_supports("_is_vnni_supported")
 
 
@@ -106,7 +104,7 @@ def _quantized_engine(name: str):
 
 def _dynamic_int8_linear(pack: nn.Module, x: torch.Tensor, reduce_range: bool = True) -> torch.Tensor:
     """What a ``torch.ao`` dynamic quantized Linear's forward does (there always with ``reduce_range=True``),
-    without the module call (~10 µs each here)."""
+    without the module call, whose overhead is a visible share of a small int8 GEMM."""
     if pack._packed_params.dtype != torch.qint8 or getattr(pack, "version", None) is None or pack.version < 4:
         return pack(x)
     return torch.ops.quantized.linear_dynamic(x, pack._packed_params._packed_params,
@@ -139,8 +137,8 @@ class RowDispatchInt8Linear(nn.Module):
     """One dynamic int8 Linear packed for two quantized engines: ``many`` (oneDNN) runs calls with at least
     ``min_rows`` rows, ``few`` (x86 / fbgemm) the others. With 7-bit activations (``reduce_range=True``) both
     quantise alike and the outputs agree to float rounding (2e-8); with 8-bit activations they pick the activation
-    quantisation parameters slightly differently (a 96 x 1536 -> 384 Linear: outputs up to 0.017 apart, the same
-    relative RMS error against float, 0.103). Deep copies repack each with its own engine."""
+    quantisation parameters slightly differently (equally accurate against float, but the outputs differ).
+    Deep copies repack each with its own engine."""
 
     def __init__(self, many: nn.Module, few: nn.Module, engines: tuple[str, str], min_rows: int = ONEDNN_MIN_ROWS,
                  reduce_range: bool = True):
@@ -194,9 +192,8 @@ class OutlierSplitInt8Linear(nn.Module):
     """A Linear whose input has a few outlier channels (an FFN down-projection: a handful of GELU-output channels
     several times larger than the rest): those ``outliers`` input channels are multiplied in float, the others by
     the int8 module ``quantize(rest)``, LLM.int8()-style. With the outliers out of the int8 input, its per-tensor
-    activation scale follows the ordinary channels (3.5-4.8x finer in layers 0-3 of the demo's VQA model with 16 of
-    1536 channels in float). The int8 part keeps the full input width with the outlier channels zeroed (input and
-    weight columns): gathering the other channels instead cost more than the GEMM (218 µs for 96 x 1536 here)."""
+    activation scale follows the ordinary channels. The int8 part keeps the full input width with the outlier
+    channels zeroed (input and weight columns): gathering the other channels instead cost more than the GEMM."""
 
     def __init__(self, linear: nn.Linear, outliers: torch.Tensor, quantize):
         super().__init__()
@@ -314,24 +311,17 @@ def quantize_fusion_int8(model: nn.Module, include_lm_head: bool = True, per_cha
     """Dynamic int8 quantisation of the fusion transformer's (and heads') ``nn.Linear`` layers, in place.
 
     ``per_channel`` (default): one weight scale per output channel (``per_channel_dynamic_qconfig``); ``False``: one
-    per tensor (``default_dynamic_qconfig``), which on the demo's models lost 2.5 VQA points and 4 NLVR points where
-    per-channel scales lost none (+0.3 / +0.5), at the same speed.
+    per tensor (``default_dynamic_qconfig``), which loses accuracy at the same speed.
     ``float_ffn_output``: keep each layer's FFN down-projection (``layer.N.output.dense``) in float. Its input, the
     GELU output, has a few channels far above the rest, so one dynamic activation scale per tensor rounds everything
-    else coarsely. On a 300-image test split of the demo's models plain int8 lost 1.4 VQA points (relation -3.0,
-    count -2.8) where this variant lost 0.2, but it keeps a third of the Linear FLOPs in fp32 (less speed-up).
+    else coarsely; keeping it in float costs a third of the Linear FLOPs in fp32 (less speed-up).
     ``outlier_ffn_channels`` (with ``input_ranges`` from :func:`ffn_input_ranges` / :func:`linear_input_ranges`):
     instead keep only that many input channels of each FFN down-projection in float, those with the largest
     calibration range (:class:`OutlierSplitInt8Linear`); everything else int8. ``outlier_other_channels``: the same
     for every other quantised Linear (attention projections, FFN up-projections, heads). ``outlier_mode``:
     ``"float"`` multiplies those channels in float (:class:`OutlierSplitInt8Linear`), ``"scale"`` scales them into
-    the int8 range of the others (:class:`OutlierScaledInt8Linear`, no float GEMM). On a 300-scene test split
-    of the demo's models (points vs fp32): 16 FFN channels VQA +0.1, CIDEr-D -0.8, text→image R@5 -2.7, NLVR -1.0
-    at 1.55x fp32's speed; 16 FFN + 8 other channels every metric within 1 point at 1.18x; the same channels with
-    ``outlier_mode="scale"`` VQA -0.06 (colour -1.08), CIDEr-D +1.4, R@10 -1.3 / -1.7, NLVR -0.5 at nearly plain
-    int8's speed (1.47x vs 1.54x in one A/B). All of these with 7-bit activations; with 8 (``reduce_range``) the
-    scaled 16 + 8 channels kept every metric within 1 point (worst: VQA count -0.5) on another demo run's models,
-    where plain int8 lost 1.3 / 1.7 points of R@1 with 7 bits and 1.3 of NLVR consistency with 8.
+    the int8 range of the others (:class:`OutlierScaledInt8Linear`, no float GEMM, so nearly plain int8's speed).
+    Each variant's parity and speed: docs/results.md.
     ``engine``: whose kernels run the int8 GEMMs (:data:`INT8_ENGINES`, :func:`int8_engines`); ``"auto"`` packs each
     Linear for oneDNN and for torch's default engine on an AMX CPU and picks per call by row count
     (:class:`RowDispatchInt8Linear`).
