@@ -249,9 +249,8 @@ class TEEModel(TEEPreTrainedModel):
         if pad_h or pad_w:
             pixel_values = F.pad(pixel_values, (0, pad_w, 0, pad_h))
         if pixel_values.device.type == "cpu" and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
-            # oneDNN's CPU convolutions are faster on NHWC activations, with the weights as they are (TEE-B0 + BiFPN
-            # at 512 x 512, AMD EPYC, 2 threads: 94 vs 126 ms; a training step, 8 x 256², fp32 612 vs 816 ms, bf16
-            # autocast 606 vs 658 ms).
+            # oneDNN's CPU convolutions are faster on NHWC activations, with the weights as they are (figures in
+            # docs/results.md, CPU speed changes).
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         return pixel_values, image_sizes
 
@@ -360,9 +359,8 @@ class TEEModel(TEEPreTrainedModel):
         """The BiFPN maps P3 … P`max_level` of the padded batch.
 
         CPU inference runs EfficientNet + BiFPN one image at a time and stacks the maps: a batch's intermediate
-        activations do not fit the CPU caches, one image's mostly do (TEE-B0 at 512 x 512, batch 8, AMD EPYC, 2
-        threads: 538 vs 956 ms), and per-image convolutions give the same maps. Training, other devices, tracing
-        and compiling see the whole batch."""
+        activations do not fit the CPU caches, one image's mostly do, and per-image convolutions give the same maps.
+        Training, other devices, tracing and compiling see the whole batch."""
         if (self.training or pixel_values.shape[0] == 1 or pixel_values.device.type != "cpu"
                 or is_tracing(pixel_values) or torch.onnx.is_in_onnx_export()):
             return self.bifpn(self.backbone(pixel_values))

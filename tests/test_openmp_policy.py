@@ -1,4 +1,4 @@
-"""The passive OpenMP wait policy of the long-running commands is opt-in (it slows an idle machine 1.4-1.9x)."""
+"""The passive OpenMP wait policy of the long-running commands is opt-in (it slows an idle machine down)."""
 
 import os
 

@@ -1,12 +1,11 @@
 """OpenMP wait policy for the long-running commands (``train``, ``demo``).
 
 PyTorch's CPU kernels use GNU OpenMP, whose worker threads busy-wait between parallel regions by default. On a CPU
-shared with other processes that busy-waiting is pathological: measured here on 2 shared cores, one EfficientNet-B0
-detector training step went from 1.2 s (machine idle) to 20-30 s when one other single-threaded job ran, and back to
-about 2 s with ``OMP_WAIT_POLICY=PASSIVE``. On an idle machine, though, the passive policy costs 1.4-1.9x per step
-(measured: detector 1.8 vs 1.25 s, VQA fusion 1.02 vs 0.55-0.73 s, with ~15-20% of the CPU time in the kernel), so it
-is opt-in: set ``MINIVLM_HF_PASSIVE_OPENMP=1`` on a shared machine. libgomp reads the policy only when it is loaded (at
-``import torch``), so the console script then re-executes itself once with ``OMP_WAIT_POLICY=PASSIVE``.
+shared with other processes that busy-waiting is pathological: a training step becomes many times slower when one
+other job runs, and ``OMP_WAIT_POLICY=PASSIVE`` brings most of it back. On an idle machine, though, the passive
+policy makes every step slower (figures in docs/results.md, "The demo preset"), so it is opt-in: set
+``MINIVLM_HF_PASSIVE_OPENMP=1`` on a shared machine. libgomp reads the policy only when it is loaded (at ``import
+torch``), so the console script then re-executes itself once with ``OMP_WAIT_POLICY=PASSIVE``.
 """
 
 from __future__ import annotations
