@@ -1,6 +1,6 @@
-"""The benchmark's verdict and write-up: the targets of the speed issue (:data:`TARGETS`), their evaluation on a
-result dict (:func:`evaluate_targets`) and the Markdown report (:func:`to_markdown`) that ``minivlm-hf benchmark``
-prints and the README quotes. The measuring itself is in :mod:`.suite`."""
+"""The benchmark's verdict and write-up: MiniVLM's speed and size targets against the baseline (:data:`TARGETS`),
+their evaluation on a result dict (:func:`evaluate_targets`) and the Markdown report (:func:`to_markdown`) that
+``minivlm-hf benchmark`` prints and docs/results.md quotes. The measuring itself is in :mod:`.suite`."""
 
 from __future__ import annotations
 
