@@ -45,9 +45,9 @@ __all__ = [
 #: ``torch.backends.quantized.engine``) or one quantized engine by name.
 INT8_ENGINES = ("auto", "default", "x86", "fbgemm", "onednn")
 
-#: Calls with at least this many rows (tokens x batch) take oneDNN's kernel under ``engine="auto"``. Measured per
-#: dynamic int8 Linear, 2 threads, per-channel weights (µs, x86 vs oneDNN): 96 rows 384→1152 214 vs 160, 384→1536
-#: 272 vs 188, 1536→384 287 vs 252; 32 rows 115 vs 118; 1 row (a decoding step) 53 vs 91, 1536→384 77 vs 232.
+#: Calls with at least this many rows (tokens x batch) take oneDNN's kernel under ``engine="auto"``: oneDNN is the
+#: faster one for sequences, x86 / fbgemm for the few rows of a decoding step, and they are about equal at 32 rows
+#: (per-Linear timings in docs/results.md, int8 experiments).
 ONEDNN_MIN_ROWS = 48
 
 
