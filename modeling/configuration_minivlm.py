@@ -35,11 +35,6 @@ class MiniVLMConfig(PreTrainedConfig):
             `[x1, y1, x2, y2, w, h]`, normalised by the image size.
         use_image_layer_norm (`bool`, defaults to `True`):
             LayerNorm after the region projection (OSCAR's `img_layer_norm`).
-        region_box_embedding (`str`, defaults to `"concat"`): how box geometry enters the region embedding.
-            `"concat"` (OSCAR): one Linear over the feature ⊕ geometry. `"separate"` (LXMERT): Linear + LayerNorm of
-            the feature and of the geometry, averaged, so the 6 geometry values are not drowned by the feature
-            (TEE features have norms ~50 against ~1 for the box). A fresh "concat" model starts its geometry columns
-            scaled up for the same reason (see `MiniVLMPreTrainedModel._init_weights`).
         freeze_vision_model (`bool`, defaults to `True`):
             Run the TEE inside the fusion model as a frozen extractor (eval mode, no gradients), as OSCAR uses its
             detector. Train the TEE on its own with `TEEForObjectDetection`.
@@ -58,11 +53,6 @@ class MiniVLMConfig(PreTrainedConfig):
         tag_order (`str`, defaults to `"score"`): order of the tag phrases. `"score"` (OSCAR / VinVL): most confident
             region first. `"area"`: largest box first (which regions become tags is decided by score either way), so
             the most salient objects, which captions mention first, lead the tag segment.
-        tag_geometry (`bool`, defaults to `False`): add to every tag token the box geometry of the region its phrase
-            names (`MiniVLMTagGeometryEmbedding`: gate · LayerNorm(Linear(box geometry)) after the embeddings'
-            LayerNorm, the gate starting at 0; tokens naming no region get nothing). Tag text alone does not say where an object is, so
-            with plain OSCAR tags relations and counts must be recovered by matching tags to regions through
-            attention. Tags then need `tag_region_index` (the model makes it when it detects the tags itself).
         tag_attribute_token_ids (`dict[int, list[int]]`, *optional*): word-piece ids of every TEE attribute name
             (filled like `tag_token_ids`).
         tag_token_ids (`dict[int, list[int]]`, *optional*): word-piece ids of every TEE class name, used to turn
@@ -72,19 +62,7 @@ class MiniVLMConfig(PreTrainedConfig):
             cross-entropy per answer, scaled by the number of answers; answer scores are sigmoids. `"softmax"`:
             cross-entropy against the soft scores normalised to sum to 1; answer scores are a softmax. On the
             synthetic scenes softmax learned colour questions to 98% in 100 steps where BCE reached 53%.
-        num_contrastive_labels (`int`, defaults to 3): 3 = matched / tags polluted / caption polluted, 2 = matched
-            / polluted.
         caption_label_smoothing (`float`, defaults to 0.1): label smoothing of the captioning loss.
-        caption_objective (`str`, defaults to `"masked_tokens"`): how captioning trains. `"masked_tokens"` (OSCAR):
-            the collator replaces some caption tokens by [MASK] and the model predicts them, each seeing the
-            (partly masked) caption before it. `"next_token"`: the caption is left intact (`labels` = `input_ids`,
-            pads -100) and one [MASK] query per position predicts every next token in one pass, each query seeing
-            the image, the real caption tokens before it and itself: exactly the computation of a `generate` step.
-        retrieval_loss (`str`, defaults to `"binary"`): image-text matching loss. `"binary"` (OSCAR): cross-entropy
-            of match / no match per pair. `"listwise"`: the batch comes in groups `[matched pair, its negatives…]`
-            (`RetrievalCollator(negatives_per_positive=…)`); the binary loss plus a softmax cross-entropy over each
-            group's match margins (logit 1 − logit 0, the ranking score), which trains the ranking directly.
-        vqa_classifier (`str`, defaults to `"mlp"`): `"mlp"` (h → 2h → answers, as OSCAR) or `"linear"`.
         classifier_dropout (`float`, *optional*): dropout before the classification heads.
         unpad_tokens (`bool`, defaults to `True`): when at least 10% of a batch's sequence is padding (text, tags and
             regions are padded separately), run the encoder's projections, feed-forward and LayerNorms on the real
@@ -113,7 +91,6 @@ class MiniVLMConfig(PreTrainedConfig):
     region_feature_size: int = 1024
     box_feature_size: int = 6
     use_image_layer_norm: bool = True
-    region_box_embedding: str = "concat"
     freeze_vision_model: bool = True
     max_regions: int = 50
     max_text_length: int = 40
@@ -125,12 +102,7 @@ class MiniVLMConfig(PreTrainedConfig):
     max_tag_attributes: int = 2
     tag_order: str = "score"
     tag_attribute_token_ids: dict | None = None
-    tag_geometry: bool = False
-    num_contrastive_labels: int = 3
     caption_label_smoothing: float | int = 0.1
-    caption_objective: str = "masked_tokens"
-    retrieval_loss: str = "binary"
-    vqa_classifier: str = "mlp"
     vqa_loss: str = "bce"
     classifier_dropout: float | int | None = None
     unpad_tokens: bool = True
@@ -144,6 +116,7 @@ class MiniVLMConfig(PreTrainedConfig):
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
+        self._check_vision_config()
         super().__post_init__(**kwargs)
         if self.tag_token_ids is not None:
             # JSON turns int keys into strings.
@@ -154,9 +127,35 @@ class MiniVLMConfig(PreTrainedConfig):
             }
         self._check()
 
+    def _check_vision_config(self):
+        # Before the sub-config is built: a dict of another model_type would become a TEEConfig of that type.
+        vision = self.vision_config
+        if vision is None:
+            return
+        model_type = vision.get("model_type", TEEConfig.model_type) if isinstance(vision, dict) else getattr(
+            vision, "model_type", None)
+        if not isinstance(vision, (dict, PreTrainedConfig)) or model_type != TEEConfig.model_type:
+            raise ValueError(
+                f"MiniVLMConfig.vision_config: must be a TEEConfig (model_type {TEEConfig.model_type!r}), its dict or "
+                f"None, got {type(vision).__name__}" + (f" with model_type {model_type!r}" if model_type else "")
+            )
+
+    def _check_types(self):
+        expected = {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}
+        for field, kind in _FIELD_TYPES.items():
+            if not hasattr(self, field):
+                continue
+            value = getattr(self, field)
+            ok = isinstance(value, bool) if kind is bool else (
+                isinstance(value, (int, float) if kind is float else kind) and not isinstance(value, bool))
+            if not ok and not (value is None and field in _OPTIONAL_FIELDS):
+                raise ValueError(f"MiniVLMConfig.{field}: must be {expected[kind]}, got {value!r} ({type(value).__name__})")
+
     def _check(self):
         def fail(field, why):
             raise ValueError(f"MiniVLMConfig.{field}: {why}")
+
+        self._check_types()
 
         for field in (
             "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -170,14 +169,8 @@ class MiniVLMConfig(PreTrainedConfig):
             fail("box_feature_size", f"must be 4 (xyxy) or 6 (xyxy + w, h), got {self.box_feature_size}")
         if self.max_text_length + self.max_tag_length > self.max_position_embeddings:
             fail("max_tag_length", "max_text_length + max_tag_length exceeds max_position_embeddings")
-        if self.region_box_embedding not in ("concat", "separate"):
-            fail("region_box_embedding", f"must be 'concat' or 'separate', got {self.region_box_embedding!r}")
-        if self.num_contrastive_labels not in (2, 3):
-            fail("num_contrastive_labels", f"must be 2 or 3, got {self.num_contrastive_labels}")
         if self.vqa_loss not in ("bce", "softmax"):
             fail("vqa_loss", f"must be 'bce' or 'softmax', got {self.vqa_loss!r}")
-        if self.vqa_classifier not in ("mlp", "linear"):
-            fail("vqa_classifier", f"must be 'mlp' or 'linear', got {self.vqa_classifier!r}")
         if not 0.0 <= self.tag_score_threshold <= 1.0:
             fail("tag_score_threshold", f"must be in [0, 1], got {self.tag_score_threshold}")
         if not 0.0 <= self.tag_attribute_threshold <= 1.0:
@@ -188,10 +181,6 @@ class MiniVLMConfig(PreTrainedConfig):
             fail("max_tag_attributes", f"must be >= 0, got {self.max_tag_attributes}")
         if not 0.0 <= self.caption_label_smoothing < 1.0:
             fail("caption_label_smoothing", f"must be in [0, 1), got {self.caption_label_smoothing}")
-        if self.caption_objective not in ("masked_tokens", "next_token"):
-            fail("caption_objective", f"must be 'masked_tokens' or 'next_token', got {self.caption_objective!r}")
-        if self.retrieval_loss not in ("binary", "listwise"):
-            fail("retrieval_loss", f"must be 'binary' or 'listwise', got {self.retrieval_loss!r}")
         if self.type_vocab_size < 2:
             fail("type_vocab_size", "needs 2 token types (0 = text, 1 = tags)")
         if self.vision_config is not None and self.vision_config.box_head_dim != self.region_feature_size:
@@ -201,5 +190,17 @@ class MiniVLMConfig(PreTrainedConfig):
                 f"vision_config.box_head_dim={self.vision_config.box_head_dim}",
             )
 
+
+_FIELD_TYPES = {
+    **dict.fromkeys(("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size", "region_feature_size", "box_feature_size",
+                     "max_regions", "max_text_length", "max_tag_length", "max_tag_attributes"), int),
+    **dict.fromkeys(("hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range", "layer_norm_eps",
+                     "tag_score_threshold", "tag_attribute_threshold", "caption_label_smoothing",
+                     "classifier_dropout"), float),
+    **dict.fromkeys(("use_image_layer_norm", "freeze_vision_model", "tag_attributes", "unpad_tokens"), bool),
+    **dict.fromkeys(("hidden_act", "tag_order", "vqa_loss"), str),
+}
+_OPTIONAL_FIELDS = {"classifier_dropout"}
 
 __all__ = ["MiniVLMConfig"]

@@ -35,7 +35,6 @@ from .modeling_minivlm_layers import (
     MiniVLMEncoder,
     MiniVLMPooler,
     MiniVLMRegionEmbeddings,
-    MiniVLMTagGeometryEmbedding,
 )
 from .modeling_minivlm_tee import TEEModel
 from .remote_code_minivlm import (
@@ -104,8 +103,6 @@ class MiniVLMPreTrainedModel(MiniVLMRemoteCodeMixin, PreTrainedModel):  # mixin:
         super()._init_weights(module)
         if isinstance(module, MiniVLMLMPredictionHead):
             init.zeros_(module.bias)
-        if isinstance(module, MiniVLMTagGeometryEmbedding):
-            init.zeros_(module.gate)  # see MiniVLMTagGeometryEmbedding
         geometry = getattr(module, "geometry_columns", 0)
         if isinstance(module, nn.Linear) and geometry:
             # "concat" region projection: the 6 box values share one Linear with ~1024 feature values of the same
@@ -137,7 +134,6 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
         super().__init__(config)
         self.embeddings = MiniVLMEmbeddings(config)
         self.region_embeddings = MiniVLMRegionEmbeddings(config)
-        self.tag_geometry = MiniVLMTagGeometryEmbedding(config) if config.tag_geometry else None
         self.encoder = MiniVLMEncoder(config)
         self.pooler = MiniVLMPooler(config) if add_pooling_layer else None
         self.vision_model = TEEModel(config.vision_config) if config.vision_config is not None else None
@@ -174,12 +170,10 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
         }
 
     def tags_from_regions(
-        self, region_labels, region_scores, region_mask, region_attribute_scores=None, return_region_index=False,
-        region_boxes=None,
-    ) -> tuple[torch.LongTensor, ...]:
+        self, region_labels, region_scores, region_mask, region_attribute_scores=None, region_boxes=None,
+    ) -> tuple[torch.LongTensor, torch.LongTensor]:
         """Detected regions → tag word pieces `[tag … SEP]` (token type 1), in `config.tag_order`: `(tag_ids,
-        tag_attention_mask)`, plus `tag_region_index` (the region each token names, -1 for [SEP] / padding) with
-        `return_region_index=True`.
+        tag_attention_mask)`.
 
         With `config.tag_attributes` each kept region gives "attribute … class" (see [`select_tag_phrases`]);
         otherwise each detected class name appears once. `config.tag_order="area"` needs `region_boxes`."""
@@ -196,36 +190,30 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
                    if not config.tag_attribute_token_ids else "the TEE returned no attribute scores")
             )
         batch = region_labels.shape[0]
-        rows, row_regions = [], []
+        rows = []
         for b in range(batch):
             phrases = select_tag_phrases(
                 region_labels[b], region_scores[b], region_mask[b], config.tag_score_threshold,
                 region_attribute_scores[b] if config.tag_attributes else None,
-                config.tag_attribute_threshold, config.max_tag_attributes, return_regions=True,
+                config.tag_attribute_threshold, config.max_tag_attributes,
                 order=config.tag_order, boxes=None if region_boxes is None else region_boxes[b],
             )
-            pieces, regions = [], []
-            for label, attributes, region in phrases:
-                words = [config.tag_attribute_token_ids.get(a, []) for a in attributes]
-                words.append(config.tag_token_ids.get(label, []))
-                for word in words:
-                    pieces.extend(word)
-                    regions.extend([region] * len(word))
-            keep = config.max_tag_length - 1
-            rows.append(pieces[:keep] + [config.sep_token_id])
-            row_regions.append(regions[:keep] + [-1])
+            pieces = []
+            for label, attributes in phrases:
+                for attribute in attributes:
+                    pieces.extend(config.tag_attribute_token_ids.get(attribute, []))
+                pieces.extend(config.tag_token_ids.get(label, []))
+            rows.append(pieces[: config.max_tag_length - 1] + [config.sep_token_id])
         length = max(len(r) for r in rows)
         device = region_labels.device
         tag_ids = torch.full((batch, length), config.pad_token_id or 0, dtype=torch.long, device=device)
         tag_mask = torch.zeros((batch, length), dtype=torch.long, device=device)
-        tag_region_index = torch.full((batch, length), -1, dtype=torch.long, device=device)
-        for b, (row, regions) in enumerate(zip(rows, row_regions)):
+        for b, row in enumerate(rows):
             tag_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long, device=device)
             tag_mask[b, : len(row)] = 1
-            tag_region_index[b, : len(row)] = torch.tensor(regions, dtype=torch.long, device=device)
-        return (tag_ids, tag_mask, tag_region_index) if return_region_index else (tag_ids, tag_mask)
+        return tag_ids, tag_mask
 
-    def _embed_tokens(self, ids, token_type, position_start, position_ids=None, extra_embeddings=None):
+    def _embed_tokens(self, ids, token_type, position_start, position_ids=None):
         if position_ids is None:
             position_ids = torch.arange(ids.shape[1], device=ids.device) + position_start
             position_ids = position_ids.unsqueeze(0).expand(ids.shape[0], -1)
@@ -235,38 +223,7 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
                 f"max_position_embeddings={self.config.max_position_embeddings}"
             )
         token_type_ids = token_type if torch.is_tensor(token_type) else torch.full_like(ids, token_type)
-        return self.embeddings(ids, token_type_ids, position_ids, extra_embeddings)
-
-    def _tag_geometry(self, tag_ids, tag_region_index, region_boxes, token_type_ids):
-        """`config.tag_geometry`: the box embedding of the region each tag token names (None when off)."""
-        if self.tag_geometry is None:
-            return None
-        if tag_ids is None:
-            if token_type_ids is not None and bool((token_type_ids == 1).any()):
-                raise ValueError(
-                    "config.tag_geometry is set: pass the tags as tag_ids with tag_region_index, not folded into "
-                    "input_ids (token type 1)"
-                )
-            return None
-        if tag_region_index is None:
-            raise ValueError(
-                "config.tag_geometry is set: tag_ids need tag_region_index (batch, tag_length), the region each tag "
-                "token names (-1 for none); MiniVLMProcessor(tags=..., tag_regions=...) and the minivlm_hf collators "
-                "make it, and the model makes it itself when it detects the tags from pixel_values"
-            )
-        if tag_region_index.shape != tag_ids.shape:
-            raise ValueError(
-                f"tag_region_index must have the shape of tag_ids {tuple(tag_ids.shape)}, "
-                f"got {tuple(tag_region_index.shape)}"
-            )
-        if region_boxes is None:
-            raise ValueError("config.tag_geometry is set: tag_region_index needs region inputs (region_boxes)")
-        if tag_region_index.numel() and int(tag_region_index.max()) >= region_boxes.shape[1]:
-            raise ValueError(
-                f"tag_region_index names region {int(tag_region_index.max())} but there are only "
-                f"{region_boxes.shape[1]} regions (after max_regions={self.config.max_regions})"
-            )
-        return self.tag_geometry(tag_region_index.long(), region_boxes)
+        return self.embeddings(ids, token_type_ids, position_ids)
 
     @staticmethod
     def _additive(allowed: torch.BoolTensor, dtype: torch.dtype) -> torch.Tensor:
@@ -304,7 +261,6 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
         region_features: torch.FloatTensor | None = None,
         region_boxes: torch.FloatTensor | None = None,
         region_mask: torch.BoolTensor | None = None,
-        tag_region_index: torch.LongTensor | None = None,
         attention_mode: str = "bidirectional",
         cache: Cache | None = None,
         use_cache: bool | None = None,
@@ -333,18 +289,16 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             region_features (`torch.FloatTensor` of shape `(batch_size, num_regions, region_feature_size)`),
             region_boxes (`torch.FloatTensor` of shape `(batch_size, num_regions, 4)`, normalised xyxy in [0, 1]),
             region_mask (`torch.BoolTensor` of shape `(batch_size, num_regions)`): precomputed regions.
-            tag_region_index (`torch.LongTensor` of shape `(batch_size, tag_length)`): with `config.tag_geometry`,
-                the region (index into the regions) each tag token names, -1 for none ([SEP], padding). Made by the
-                model itself when it detects the tags from `pixel_values`.
             attention_mode (`str`): `"bidirectional"` or `"caption"` (see the module docstring).
             cache (`Cache`), use_cache (`bool`): key/value cache for caption-mode decoding.
             prefix_attention_mask (`torch.LongTensor` of shape `(batch_size, prefix_length)`): validity of the
                 cached tags + regions when decoding with a cache (returned by the prefill call).
             append_mask_token (`bool`): caption mode: append a `[MASK]` query after the caption whose state
                 predicts the next word; it attends to everything and is never cached.
-            next_token_queries (`bool`): caption mode, training (no cache): append `text_length - 1` `[MASK]`
-                queries; query `k` sits at position `k + 1` and sees the prefix, the caption tokens `0 … k` and itself
-                (not the other queries), so it computes what `append_mask_token` computes after `k + 1` tokens.
+            next_token_queries (`bool`): caption mode, teacher-forced scoring of whole captions (no cache): append
+                `text_length - 1` `[MASK]` queries; query `k` sits at position `k + 1` and sees the prefix, the caption
+                tokens `0 … k` and itself (not the other queries), so it computes what `append_mask_token` computes
+                after `k + 1` tokens (see `MiniVLMForImageCaptioning.caption_log_likelihood`).
         """
         output_attentions = bool(output_attentions)
         output_hidden_states = (
@@ -379,9 +333,9 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
                 )
                 folded_tags = token_type_ids is not None and bool((token_type_ids == 1).any())
                 if tag_ids is None and not folded_tags:
-                    tag_ids, tag_attention_mask, tag_region_index = self.tags_from_regions(
+                    tag_ids, tag_attention_mask = self.tags_from_regions(
                         vision["region_labels"], vision["region_scores"], region_mask,
-                        vision["region_attribute_scores"], return_region_index=True, region_boxes=region_boxes,
+                        vision["region_attribute_scores"], region_boxes=region_boxes,
                     )
                     vision["tag_ids"] = tag_ids
             elif region_features is not None:
@@ -393,13 +347,12 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
                     raise ValueError(f"batch size mismatch: tag_ids has {tag_ids.shape[0]} rows, input_ids {batch}")
                 if tag_attention_mask is None:
                     tag_attention_mask = torch.ones_like(tag_ids)
-            tag_geometry = self._tag_geometry(tag_ids, tag_region_index, region_boxes, token_type_ids)
 
         # --- prefix (tags + regions): encoded unless already cached --------------------------------------------------
         pieces, masks = [], []
         if not cached:
             if tag_ids is not None:
-                pieces.append(self._embed_tokens(tag_ids, 1, self.config.max_text_length, None, tag_geometry))
+                pieces.append(self._embed_tokens(tag_ids, 1, self.config.max_text_length))
                 masks.append(tag_attention_mask.long())
             if region_features is not None:
                 region_features = region_features.to(self.embeddings.word_embeddings.weight.dtype)
@@ -420,7 +373,7 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             if attention_mode != "caption":
                 raise ValueError("append_mask_token / next_token_queries are only used in attention_mode='caption'")
             if append_mask_token and next_token_queries:
-                raise ValueError("pass append_mask_token (generation) or next_token_queries (training), not both")
+                raise ValueError("pass append_mask_token (generation) or next_token_queries (scoring), not both")
             if next_token_queries and cached:
                 raise ValueError("next_token_queries cannot be combined with a filled cache")
             if append_mask_token:  # one query after the caption so far (cached tokens included)

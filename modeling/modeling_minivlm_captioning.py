@@ -1,9 +1,10 @@
 """MiniVLM image captioning: masked caption-token training and cached step-by-step generation.
 
-Training, `config.caption_objective="masked_tokens"` (OSCAR): 15% of the caption tokens are replaced by [MASK] (by
-the collator) and predicted under the caption attention mask, with label smoothing, by an MLM head whose decoder is
-tied to the word embeddings. `"next_token"`: the caption stays intact and one [MASK] query per position (see
-`MiniVLMModel`'s `next_token_queries`) predicts every next token in one pass, each exactly as a generation step would.
+Training (OSCAR): 15% of the caption tokens are replaced by [MASK] (by the collator) and predicted under the caption
+attention mask, with label smoothing, by an MLM head whose decoder is tied to the word embeddings.
+
+Scoring (`caption_log_likelihood`): the caption stays intact and one [MASK] query per position (see `MiniVLMModel`'s
+`next_token_queries`) predicts every next token in one pass, each exactly as a generation step would.
 
 Generation: the model appends a [MASK] after the caption so far and predicts it. With `use_cache=True` (default) the
 first call encodes the image prefix (tags + regions) and the prompt once and stores their keys/values; each later
@@ -34,9 +35,8 @@ class MiniVLMCaptioningOutput(ModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `()`): label-smoothed cross-entropy over the labelled caption tokens.
     logits (`torch.FloatTensor` of shape `(batch_size, caption_length, vocab_size)`): per caption token; with
-        `predict_next=True`, shape `(batch_size, 1, vocab_size)`: the prediction for the appended [MASK]; with the
-        `"next_token"` objective and `labels`, shape `(batch_size, caption_length - 1, vocab_size)`: `logits[:, k]`
-        predicts `input_ids[:, k + 1]`. `None` in training mode when `labels` select some tokens: the decoder then
+        `predict_next=True`, shape `(batch_size, 1, vocab_size)`: the prediction for the appended [MASK]. `None` in
+        training mode when `labels` select some tokens: the decoder then
         runs on those positions only.
     cache (`Cache`): keys/values of the image prefix and the caption so far.
     prefix_attention_mask (`torch.LongTensor` of shape `(batch_size, prefix_length)`): validity of the cached prefix.
@@ -87,7 +87,6 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
         region_features: torch.FloatTensor | None = None,
         region_boxes: torch.FloatTensor | None = None,
         region_mask: torch.BoolTensor | None = None,
-        tag_region_index: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         cache: Cache | None = None,
         use_cache: bool | None = None,
@@ -101,9 +100,8 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
         Args:
             input_ids (`torch.LongTensor` of shape `(batch_size, caption_length)`): `[CLS] caption [SEP]` with some
                 tokens replaced by [MASK] for training; the caption so far for generation.
-            labels (`torch.LongTensor` of shape `(batch_size, caption_length)`): `"masked_tokens"` objective: the
-                original ids at masked positions, -100 elsewhere. `"next_token"`: `input_ids` with -100 at padding
-                (position 0 is never predicted).
+            labels (`torch.LongTensor` of shape `(batch_size, caption_length)`): the original ids at masked
+                positions, -100 elsewhere.
             predict_next (`bool`): append a [MASK] and return only its logits (used by `generate`).
             Other arguments: as [`MiniVLMModel.forward`]. `token_type_ids` are accepted (tokenizers emit them) and
             ignored: caption tokens are segment 0.
@@ -136,21 +134,6 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
                 raise ValueError(
                     f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}"
                 )
-        next_token = labels is not None and self.config.caption_objective == "next_token"
-        if next_token:
-            if cache is not None and cache.get_seq_length() > 0:
-                raise ValueError("the next_token objective trains on whole captions: no cache")
-            if (input_ids == self.config.mask_token_id).any():
-                raise ValueError(
-                    "config.caption_objective='next_token' expects intact captions (labels = input_ids), but "
-                    "input_ids contain [MASK]: the collator is set up for the 'masked_tokens' objective"
-                )
-            # Padding columns past the longest caption only cost compute.
-            keep = int(attention_mask.any(0).nonzero().max()) + 1 if attention_mask is not None else input_ids.shape[1]
-            input_ids, labels = input_ids[:, :keep], labels[:, :keep]
-            attention_mask = attention_mask[:, :keep] if attention_mask is not None else None
-            position_ids = position_ids[:, :keep] if position_ids is not None else None
-            use_cache = False
         outputs = self.minivlm(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -162,22 +145,17 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
             region_features=region_features,
             region_boxes=region_boxes,
             region_mask=region_mask,
-            tag_region_index=tag_region_index,
             attention_mode="caption",
             cache=cache,
             use_cache=use_cache,
             prefix_attention_mask=prefix_attention_mask,
             append_mask_token=predict_next,
-            next_token_queries=next_token,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
         sequence = outputs.last_hidden_state
-        # Which hidden states predict which labels: the [MASK] queries predict tokens 1 … for "next_token".
-        predicting = sequence[:, outputs.query_slice] if next_token else sequence[:, outputs.text_slice]
-        if next_token:
-            labels = labels[:, 1:]
+        predicting = sequence[:, outputs.text_slice]
         selected = labels != -100 if labels is not None else None
         if predict_next:
             logits = self.cls(sequence[:, -1:])
@@ -214,6 +192,28 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
         )
         return output if return_dict else output.to_tuple()
 
+    def caption_log_likelihood(
+        self, input_ids: torch.LongTensor, attention_mask: torch.LongTensor | None = None, **image_inputs
+    ) -> torch.FloatTensor:
+        """log p(caption | image) per row, shape `(batch_size,)`: the sum over the caption's tokens after [CLS]
+        ([SEP] included, padding excluded) of the log-probability a generation step gives each. One teacher-forced
+        pass: `MiniVLMModel`'s `next_token_queries` compute all those steps at once (a test compares them with
+        step-by-step decoding). `image_inputs`: the image as in `forward` (`tag_ids`, `region_features`, … or
+        `pixel_values`)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        keep = int(attention_mask.any(0).nonzero().max()) + 1  # padding past the longest caption only costs compute
+        input_ids, attention_mask = input_ids[:, :keep], attention_mask[:, :keep]
+        image_inputs.pop("token_type_ids", None)  # caption tokens are all segment 0
+        outputs = self.minivlm(
+            input_ids=input_ids, attention_mask=attention_mask, attention_mode="caption", use_cache=False,
+            next_token_queries=True, return_dict=True, **image_inputs,
+        )
+        # Query k predicts caption token k + 1.
+        logits = self.cls(outputs.last_hidden_state[:, outputs.query_slice]).float()
+        token_log_probs = logits.log_softmax(-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        return (token_log_probs * attention_mask[:, 1:]).sum(1)
+
     # ------------------------------------------------------------------------------------------------------------
     # generate() integration
     # ------------------------------------------------------------------------------------------------------------
@@ -236,12 +236,9 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
             with torch.no_grad():
                 regions = self.minivlm.extract_regions(pixel_values, pixel_mask)
                 if kwargs.get("tag_ids") is None:
-                    kwargs["tag_ids"], kwargs["tag_attention_mask"], kwargs["tag_region_index"] = (
-                        self.minivlm.tags_from_regions(
-                            regions["region_labels"], regions["region_scores"], regions["region_mask"],
-                            regions["region_attribute_scores"], return_region_index=True,
-                            region_boxes=regions["region_boxes"],
-                        )
+                    kwargs["tag_ids"], kwargs["tag_attention_mask"] = self.minivlm.tags_from_regions(
+                        regions["region_labels"], regions["region_scores"], regions["region_mask"],
+                        regions["region_attribute_scores"], region_boxes=regions["region_boxes"],
                     )
             for name in ("region_features", "region_boxes", "region_mask"):
                 kwargs[name] = regions[name]
@@ -271,7 +268,7 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
         inputs.update(input_ids=input_ids, cache=cache if use_cache else None)
         for name in (
             "pixel_values", "pixel_mask", "region_features", "region_boxes", "region_mask", "tag_ids",
-            "tag_attention_mask", "tag_region_index",
+            "tag_attention_mask",
         ):
             if kwargs.get(name) is not None:
                 inputs[name] = kwargs[name]

@@ -54,7 +54,8 @@ class MiniVLMPreTrainingHeads(nn.Module):
     def __init__(self, config: MiniVLMConfig):
         super().__init__()
         self.predictions = MiniVLMLMPredictionHead(config)
-        self.seq_relationship = nn.Linear(config.hidden_size, config.num_contrastive_labels)
+        # OSCAR's 3 contrastive classes: matched / tags polluted / caption polluted
+        self.seq_relationship = nn.Linear(config.hidden_size, 3)
 
     def forward(self, sequence_output: torch.Tensor, pooled_output: torch.Tensor):
         return self.predictions(sequence_output), self.seq_relationship(pooled_output)

@@ -14,7 +14,7 @@ BOX_TOLERANCE = 1e-3
 
 def select_tag_phrases(
     labels, scores, mask, threshold: float, attribute_scores=None, attribute_threshold: float = 0.5,
-    max_attributes: int = 2, return_regions: bool = False, order: str = "score", boxes=None,
+    max_attributes: int = 2, order: str = "score", boxes=None,
 ) -> list[tuple]:
     """The tags of one image as `(class id, attribute ids)` phrases, most confident region first (or largest box
     first, `order="area"`).
@@ -24,9 +24,8 @@ def select_tag_phrases(
     them every kept region is a phrase (repeats kept: they carry counts) naming up to `max_attributes` attributes
     whose probability is `>= attribute_threshold` (the most probable), listed in vocabulary order. The feature
     extraction of the minivlm_hf training recipes calls this same function, so precomputed tags and tags made
-    from pixels agree. `return_regions=True` adds the region index of each phrase: `(class id, attribute ids,
-    region)` (the first region of the class without attributes). `order="area"` lists the chosen phrases largest
-    box first (`boxes`: `(num_regions, 4)` xyxy; ties keep the score order)."""
+    from pixels agree. `order="area"` lists the chosen phrases largest box first (`boxes`: `(num_regions, 4)` xyxy;
+    ties keep the score order; without attributes a class counts with its most confident region)."""
     labels, scores, mask = torch.as_tensor(labels), torch.as_tensor(scores).float(), torch.as_tensor(mask).bool()
     keep = mask & (scores >= threshold)
     ranked = torch.argsort(scores.masked_fill(~keep, -1.0), descending=True, stable=True)[: int(keep.sum())]
@@ -49,7 +48,7 @@ def select_tag_phrases(
         phrases = sorted(phrases, key=lambda phrase: -area[phrase[2]])  # stable: equal areas keep the score order
     elif order != "score":
         raise ValueError(f"tag order must be 'score' or 'area', got {order!r}")
-    return phrases if return_regions else [phrase[:2] for phrase in phrases]
+    return [phrase[:2] for phrase in phrases]
 
 
 def region_geometry_check(region_features, region_boxes, region_mask, config):

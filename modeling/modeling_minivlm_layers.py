@@ -81,16 +81,12 @@ class MiniVLMEmbeddings(nn.Module):
         input_ids: torch.LongTensor,
         token_type_ids: torch.LongTensor,
         position_ids: torch.LongTensor,
-        extra_embeddings: torch.FloatTensor | None = None,
     ):
-        """`extra_embeddings` (batch, length, hidden), e.g. tag geometry, is added after the LayerNorm."""
         embeddings = self.LayerNorm(
             self.word_embeddings(input_ids)
             + self.token_type_embeddings(token_type_ids)
             + self.position_embeddings(position_ids)
         )
-        if extra_embeddings is not None:
-            embeddings = embeddings + extra_embeddings.to(embeddings.dtype)
         return self.dropout(embeddings)
 
 
@@ -101,53 +97,21 @@ def box_geometry(boxes: torch.FloatTensor, size: int) -> torch.FloatTensor:
     return boxes
 
 
-class MiniVLMTagGeometryEmbedding(nn.Module):
-    """`config.tag_geometry`: the box geometry of the region a tag token names → `gate` · LayerNorm(Linear(geometry)),
-    added to that token's (normalised) embedding; zero for tokens that name no region (`tag_region_index` -1). Text
-    can then find where an object is, and how many there are, through its tag.
-
-    The scalar `gate` starts at 0 (`_init_weights`), so a fine-tuned text encoder is unchanged at step 0 and the
-    geometry's share grows only as fast as the gate learns. Added ungated before the LayerNorm, the geometry swamped
-    the small differences between colour words' embeddings: captioning stopped binding colours to objects (CIDEr-D
-    0.77-0.90 in two probes vs 1.47-1.55 without tag geometry)."""
-
-    def __init__(self, config: MiniVLMConfig):
-        super().__init__()
-        self.box_feature_size = config.box_feature_size
-        self.projection = nn.Linear(config.box_feature_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.gate = nn.Parameter(torch.zeros(()))
-
-    def forward(self, tag_region_index: torch.LongTensor, region_boxes: torch.FloatTensor) -> torch.FloatTensor:
-        """`tag_region_index` (batch, tag_length), `region_boxes` (batch, regions, 4) → (batch, tag_length, hidden)."""
-        named = tag_region_index >= 0
-        boxes = torch.gather(region_boxes, 1, tag_region_index.clamp(min=0).unsqueeze(-1).expand(-1, -1, 4))
-        geometry = box_geometry(boxes, self.box_feature_size).to(self.projection.weight.dtype)
-        return self.gate * self.LayerNorm(self.projection(geometry)) * named.unsqueeze(-1).to(geometry.dtype)
-
-
 class MiniVLMRegionEmbeddings(nn.Module):
     """Region feature + box geometry → hidden; no position or token-type embedding.
 
-    `config.region_box_embedding == "concat"` (OSCAR): LayerNorm(Linear(feature ⊕ geometry)), dropout; a fresh
-    model's geometry columns are initialised at sqrt(feature size / 6) x the usual std (see `_init_weights`).
-    `"separate"` (LXMERT): (LayerNorm(Linear(feature)) + LayerNorm(Linear(geometry))) / 2, dropout: each input is
-    normalised on its own, so the geometry counts as much as the feature from the first step.
+    As OSCAR: LayerNorm(Linear(feature ⊕ geometry)), dropout; a fresh model's geometry columns are initialised at
+    sqrt(feature size / 6) x the usual std (see `_init_weights`).
     """
 
     def __init__(self, config: MiniVLMConfig):
         super().__init__()
-        self.separate_boxes = config.region_box_embedding == "separate"
-        in_features = config.region_feature_size + (0 if self.separate_boxes else config.box_feature_size)
-        self.projection = nn.Linear(in_features, config.hidden_size)
+        self.projection = nn.Linear(config.region_feature_size + config.box_feature_size, config.hidden_size)
         # read by MiniVLMPreTrainedModel._init_weights: the geometry columns start at the features' variance share
-        self.projection.geometry_columns = 0 if self.separate_boxes else config.box_feature_size
+        self.projection.geometry_columns = config.box_feature_size
         self.LayerNorm = (
             nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.use_image_layer_norm else nn.Identity()
         )
-        if self.separate_boxes:
-            self.box_projection = nn.Linear(config.box_feature_size, config.hidden_size)
-            self.box_LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.box_feature_size = config.box_feature_size
 
@@ -155,9 +119,6 @@ class MiniVLMRegionEmbeddings(nn.Module):
         """`region_features` (batch, regions, region_feature_size), `region_boxes` (batch, regions, 4) normalised
         xyxy → (batch, regions, hidden_size)."""
         geometry = box_geometry(region_boxes, self.box_feature_size).to(region_features.dtype)
-        if self.separate_boxes:
-            features = self.LayerNorm(self.projection(region_features))
-            return self.dropout((features + self.box_LayerNorm(self.box_projection(geometry))) / 2)
         features = torch.cat([region_features, geometry], dim=-1)
         return self.dropout(self.LayerNorm(self.projection(features)))
 

@@ -20,7 +20,6 @@ from .modeling_minivlm_heads import MiniVLMPreTrainingHeads
 
 _REGION_INPUTS = (
     "pixel_values", "pixel_mask", "region_features", "region_boxes", "region_mask", "tag_ids", "tag_attention_mask",
-    "tag_region_index",
 )
 
 
@@ -106,7 +105,6 @@ class MiniVLMForPreTraining(MiniVLMPreTrainedModel):
         region_features: torch.FloatTensor | None = None,
         region_boxes: torch.FloatTensor | None = None,
         region_mask: torch.BoolTensor | None = None,
-        tag_region_index: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         tag_labels: torch.LongTensor | None = None,
         contrastive_labels: torch.LongTensor | None = None,
@@ -135,7 +133,6 @@ class MiniVLMForPreTraining(MiniVLMPreTrainedModel):
             region_features=region_features,
             region_boxes=region_boxes,
             region_mask=region_mask,
-            tag_region_index=tag_region_index,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
@@ -222,15 +219,12 @@ class MiniVLMForQuestionAnswering(_PooledClassifierMixin, MiniVLMPreTrainedModel
         self.minivlm = MiniVLMModel(config)
         hidden = config.hidden_size
         self.dropout = _dropout(config)
-        if config.vqa_classifier == "mlp":
-            self.classifier = nn.Sequential(
-                nn.Linear(hidden, hidden * 2),
-                nn.GELU(),
-                nn.LayerNorm(hidden * 2, eps=config.layer_norm_eps),
-                nn.Linear(hidden * 2, config.num_labels),
-            )
-        else:
-            self.classifier = nn.Linear(hidden, config.num_labels)
+        self.classifier = nn.Sequential(  # OSCAR's VQA head: h → 2h → answers
+            nn.Linear(hidden, hidden * 2),
+            nn.GELU(),
+            nn.LayerNorm(hidden * 2, eps=config.layer_norm_eps),
+            nn.Linear(hidden * 2, config.num_labels),
+        )
         self.post_init()
 
     def forward(
@@ -245,7 +239,6 @@ class MiniVLMForQuestionAnswering(_PooledClassifierMixin, MiniVLMPreTrainedModel
         region_features: torch.FloatTensor | None = None,
         region_boxes: torch.FloatTensor | None = None,
         region_mask: torch.BoolTensor | None = None,
-        tag_region_index: torch.LongTensor | None = None,
         labels: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -262,8 +255,7 @@ class MiniVLMForQuestionAnswering(_PooledClassifierMixin, MiniVLMPreTrainedModel
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, tag_ids=tag_ids,
             tag_attention_mask=tag_attention_mask, pixel_values=pixel_values, pixel_mask=pixel_mask,
             region_features=region_features, region_boxes=region_boxes, region_mask=region_mask,
-            tag_region_index=tag_region_index, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
         )
         logits = self.classifier(self.dropout(pooled))
         loss = None
@@ -302,7 +294,6 @@ class MiniVLMForImageTextRetrieval(_PooledClassifierMixin, MiniVLMPreTrainedMode
         region_features: torch.FloatTensor | None = None,
         region_boxes: torch.FloatTensor | None = None,
         region_mask: torch.BoolTensor | None = None,
-        tag_region_index: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -311,46 +302,25 @@ class MiniVLMForImageTextRetrieval(_PooledClassifierMixin, MiniVLMPreTrainedMode
         r"""
         Args:
             labels (`torch.LongTensor` of shape `(batch_size,)`): 1 = the text describes the image, 0 = it does not.
-                With `config.retrieval_loss="listwise"` the rows come in equal groups `[1, 0, …, 0]`.
             Other arguments: as [`MiniVLMModel.forward`].
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if labels is not None and self.config.retrieval_loss == "listwise":
-            group = self._listwise_group_size(labels.view(-1))
         pooled, outputs = self._pooled(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, tag_ids=tag_ids,
             tag_attention_mask=tag_attention_mask, pixel_values=pixel_values, pixel_mask=pixel_mask,
             region_features=region_features, region_boxes=region_boxes, region_mask=region_mask,
-            tag_region_index=tag_region_index, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
         )
         logits = self.classifier(self.dropout(pooled))
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.float(), labels.view(-1).long())
-            if self.config.retrieval_loss == "listwise":
-                margins = (logits[:, 1] - logits[:, 0]).float().view(-1, group)
-                loss = loss + nn.functional.cross_entropy(margins, margins.new_zeros(margins.shape[0], dtype=torch.long))
         output = MiniVLMClassifierOutput(
             loss=loss, logits=logits, pooler_output=pooled, hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
 
-    @staticmethod
-    def _listwise_group_size(labels: torch.LongTensor) -> int:
-        """The group size of a listwise batch `[1, 0, …, 0] * groups`; a clear error for any other layout."""
-        groups = int((labels == 1).sum())
-        size = labels.numel() // max(groups, 1)
-        pattern = torch.zeros(size, dtype=labels.dtype, device=labels.device)
-        pattern[:1] = 1
-        layout_ok = size >= 2 and groups * size == labels.numel()
-        if not (layout_ok and torch.equal(labels.view(-1, size), pattern.expand(groups, -1))):
-            raise ValueError(
-                "config.retrieval_loss='listwise' needs labels in equal groups [1, 0, …, 0] (a matched pair, then its "
-                f"negatives), as RetrievalCollator makes them; got {labels.tolist()[:12]}…"
-            )
-        return size
 
 
     # ---------------------------------------------------------------------------------------------------------
@@ -361,12 +331,9 @@ class MiniVLMForImageTextRetrieval(_PooledClassifierMixin, MiniVLMPreTrainedMode
         if "pixel_values" in inputs:
             regions = self.minivlm.extract_regions(inputs.pop("pixel_values"), inputs.pop("pixel_mask", None))
             if "tag_ids" not in inputs:
-                inputs["tag_ids"], inputs["tag_attention_mask"], inputs["tag_region_index"] = (
-                    self.minivlm.tags_from_regions(
-                        regions["region_labels"], regions["region_scores"], regions["region_mask"],
-                        regions["region_attribute_scores"], return_region_index=True,
-                        region_boxes=regions["region_boxes"],
-                    )
+                inputs["tag_ids"], inputs["tag_attention_mask"] = self.minivlm.tags_from_regions(
+                    regions["region_labels"], regions["region_scores"], regions["region_mask"],
+                    regions["region_attribute_scores"], region_boxes=regions["region_boxes"],
                 )
             for key in ("region_features", "region_boxes", "region_mask"):
                 inputs[key] = regions[key]
@@ -454,7 +421,6 @@ class MiniVLMForVisualReasoning(_PooledClassifierMixin, MiniVLMPreTrainedModel):
         region_features: torch.FloatTensor | None = None,
         region_boxes: torch.FloatTensor | None = None,
         region_mask: torch.BoolTensor | None = None,
-        tag_region_index: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -466,7 +432,7 @@ class MiniVLMForVisualReasoning(_PooledClassifierMixin, MiniVLMPreTrainedModel):
             pixel_values (`torch.FloatTensor` of shape `(batch_size, 2, 3, height, width)`), pixel_mask
                 `(batch_size, 2, height, width)`; or region_features `(batch_size, 2, regions, features)`,
                 region_boxes `(batch_size, 2, regions, 4)`, region_mask `(batch_size, 2, regions)`;
-                tag_ids / tag_attention_mask (/ tag_region_index) `(batch_size, 2, tag_length)`: the image pair.
+                tag_ids / tag_attention_mask `(batch_size, 2, tag_length)`: the image pair.
             labels (`torch.LongTensor` of shape `(batch_size,)`): 1 = the statement is true.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -477,7 +443,7 @@ class MiniVLMForVisualReasoning(_PooledClassifierMixin, MiniVLMPreTrainedModel):
         for name, value in (
             ("pixel_values", pixel_values), ("pixel_mask", pixel_mask), ("region_features", region_features),
             ("region_boxes", region_boxes), ("region_mask", region_mask), ("tag_ids", tag_ids),
-            ("tag_attention_mask", tag_attention_mask), ("tag_region_index", tag_region_index),
+            ("tag_attention_mask", tag_attention_mask),
         ):
             if value is None:
                 continue

@@ -60,8 +60,7 @@ class MiniVLMProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return [
-            "input_ids", "attention_mask", "tag_ids", "tag_attention_mask", "tag_region_index", "pixel_values",
-            "pixel_mask",
+            "input_ids", "attention_mask", "tag_ids", "tag_attention_mask", "pixel_values", "pixel_mask",
         ]
 
     # ------------------------------------------------------------------------------------------------------------
@@ -70,7 +69,6 @@ class MiniVLMProcessor(ProcessorMixin):
         images=None,
         text: str | list[str] | None = None,
         tags: list[str] | list[list[str]] | None = None,
-        tag_regions: list[int] | list[list[int]] | None = None,
         answers: list[str] | list[list[str]] | None = None,
         answer2id: dict[str, int] | None = None,
         annotations=None,
@@ -84,8 +82,6 @@ class MiniVLMProcessor(ProcessorMixin):
             images: one image or a list (PIL, numpy or torch; see the image processor).
             text: one string or a list, one per image (or per row when no images are given).
             tags: object names per image (a list of strings, or a list of lists for a batch).
-            tag_regions: for models with `config.tag_geometry`: the region (index into that image's regions) each
-                tag names, one per tag (same nesting as `tags`) → `tag_region_index`.
             answers: VQA annotator answers per question (a string or a list of strings each).
             answer2id: answer vocabulary for `answers` (e.g. `model.config.label2id`).
             annotations: COCO detection annotations, forwarded to the image processor.
@@ -118,16 +114,7 @@ class MiniVLMProcessor(ProcessorMixin):
             tag_lists = [tags] if tags and isinstance(tags[0], str) else list(tags)
             if batch is not None and len(tag_lists) != batch:
                 raise ValueError(f"got {len(tag_lists)} tag lists for a batch of {batch}")
-            region_lists = None
-            if tag_regions is not None:
-                region_lists = [tag_regions] if tag_regions and isinstance(tag_regions[0], int) else list(tag_regions)
-                if len(region_lists) != len(tag_lists) or any(
-                    len(r) != len(t) for r, t in zip(region_lists, tag_lists)
-                ):
-                    raise ValueError("tag_regions must give one region index per tag, in the same nesting as tags")
-            data.update(self._encode_tags(tag_lists, region_lists))
-        elif tag_regions is not None:
-            raise ValueError("tag_regions were given without tags")
+            data.update(self._encode_tags(tag_lists))
 
         if answers is not None:
             if answer2id is None:
@@ -153,18 +140,9 @@ class MiniVLMProcessor(ProcessorMixin):
             rows.append([tok.cls_token_id] + ids + [tok.sep_token_id])
         return _pad(rows, tok.pad_token_id, "input_ids", "attention_mask")
 
-    def _encode_tags(self, tag_lists: list[list[str]], region_lists: list[list[int]] | None = None) -> dict:
-        encoded = [
-            encode_tag_phrases(self.tokenizer, tags, self.max_tag_length, None if region_lists is None else regions)
-            for tags, regions in zip(tag_lists, region_lists or tag_lists)
-        ]
-        data = _pad([ids for ids, _ in encoded], self.tokenizer.pad_token_id, "tag_ids", "tag_attention_mask")
-        if region_lists is not None:
-            index = torch.full_like(data["tag_ids"], -1)
-            for i, (_, regions) in enumerate(encoded):
-                index[i, : len(regions)] = torch.tensor(regions, dtype=torch.long)
-            data["tag_region_index"] = index
-        return data
+    def _encode_tags(self, tag_lists: list[list[str]]) -> dict:
+        encoded = [encode_tag_phrases(self.tokenizer, tags, self.max_tag_length) for tags in tag_lists]
+        return _pad(encoded, self.tokenizer.pad_token_id, "tag_ids", "tag_attention_mask")
 
     # ------------------------------------------------------------------------------------------------------------
     def prepare_config(self, config):
@@ -211,18 +189,14 @@ class MiniVLMProcessor(ProcessorMixin):
         return self.image_processor.post_process_object_detection(*args, **kwargs)
 
 
-def encode_tag_phrases(tokenizer, tags: Sequence[str], max_tag_length: int, regions: Sequence[int] | None = None):
-    """Tag phrases → (`tag … [SEP]` word pieces truncated to `max_tag_length`, the region each piece names).
-
-    Each phrase is tokenised on its own (for WordPiece the same pieces as the joined string), so every piece knows its
-    phrase's region (`regions[k]` for `tags[k]`); [SEP] and, without `regions`, every piece get -1."""
-    ids, index = [], []
+def encode_tag_phrases(tokenizer, tags: Sequence[str], max_tag_length: int) -> list[int]:
+    """Tag phrases → `tag … [SEP]` word pieces, truncated to `max_tag_length`. Each phrase is tokenised on its own
+    (for WordPiece the same pieces as the joined string)."""
+    ids = []
     if tags:
-        for k, pieces in enumerate(tokenizer(list(tags), add_special_tokens=False)["input_ids"]):
+        for pieces in tokenizer(list(tags), add_special_tokens=False)["input_ids"]:
             ids.extend(pieces)
-            index.extend([-1 if regions is None else int(regions[k])] * len(pieces))
-    keep = max_tag_length - 1
-    return ids[:keep] + [tokenizer.sep_token_id], index[:keep] + [-1]
+    return ids[: max_tag_length - 1] + [tokenizer.sep_token_id]
 
 
 def _pad(rows: list[list[int]], pad_id: int, ids_name: str, mask_name: str) -> dict:

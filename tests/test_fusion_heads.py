@@ -198,74 +198,24 @@ def test_sparse_decoder_in_training_gives_the_full_loss(case, loss_name, logits_
     torch.testing.assert_close(train_out.loss, eval_out.loss)
 
 
-def test_next_token_objective_predicts_every_token_as_a_generation_step_would():
-    """`caption_objective="next_token"`: the [MASK] query for position k+1 computes exactly what the generation step
-    after k+1 tokens computes (same visibility and position), for every k in one pass."""
+def test_caption_log_likelihood_sums_the_generation_steps_log_probabilities():
+    """`caption_log_likelihood`: the [MASK] query for position k+1 computes exactly what the generation step after
+    k+1 tokens computes (same visibility and position), for every k in one pass; padding is not counted."""
     torch.manual_seed(0)
-    model = MiniVLMForImageCaptioning(tiny_fusion_config(caption_objective="next_token")).eval()
+    model = MiniVLMForImageCaptioning(tiny_fusion_config()).eval()
     image = {**region_inputs(), **tag_inputs()}
     text = text_inputs()
-    labels = text["input_ids"].masked_fill(text["attention_mask"] == 0, -100)
-    out = model(**text, **image, labels=labels)
-    assert out.logits.shape == (2, 6, 120)  # positions 1 … 6 of a 7-token caption
-    for k in range(6):
-        prefix = {n: t[:, : k + 1] for n, t in text.items()}
-        step = model(**prefix, **image, predict_next=True, use_cache=False).logits[:, 0]
-        rows = [0, 1] if k < 4 else [0]  # row 1 is padded from position 5 on
-        torch.testing.assert_close(out.logits[rows, k], step[rows], atol=1e-5, rtol=1e-5)
-    valid = labels[:, 1:] != -100
-    expected = torch.nn.functional.cross_entropy(out.logits[valid], labels[:, 1:][valid], label_smoothing=0.1)
-    torch.testing.assert_close(out.loss, expected)
-    # Training mode decodes only the labelled positions and gives the same loss.
-    torch.testing.assert_close(model.train()(**text, **image, labels=labels).loss, out.loss)
-
-
-def test_next_token_objective_trims_padding_and_refuses_masked_captions():
-    torch.manual_seed(0)
-    model = MiniVLMForImageCaptioning(tiny_fusion_config(caption_objective="next_token")).eval()
-    image = region_inputs()
-    text = text_inputs()
-    labels = text["input_ids"].masked_fill(text["attention_mask"] == 0, -100)
-    padded = {n: torch.nn.functional.pad(t, (0, 3)) for n, t in text.items()}
-    padded_labels = torch.nn.functional.pad(labels, (0, 3), value=-100)
-    torch.testing.assert_close(model(**padded, **image, labels=padded_labels).loss, model(**text, **image, labels=labels).loss)
-    masked = text["input_ids"].clone()
-    masked[0, 2] = 3  # [MASK]
-    with pytest.raises(ValueError, match="input_ids contain \\[MASK\\]"):
-        model(input_ids=masked, attention_mask=text["attention_mask"], **image, labels=labels)
-    with pytest.raises(ValueError, match="caption_objective"):
-        tiny_fusion_config(caption_objective="causal")
-
-
-def test_next_token_objective_loss_drops_when_overfitting():
-    torch.manual_seed(0)
-    model = MiniVLMForImageCaptioning(tiny_fusion_config(caption_objective="next_token")).train()
-    inputs = {**region_inputs(), **text_inputs()}
-    inputs["labels"] = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
-    losses = _overfit(model, inputs, 30)
-    assert losses[-1] < 0.4 * losses[0]
-    # and greedy generation now reproduces the memorised first caption
-    generated = model.eval().generate(**{k: v[:1] for k, v in region_inputs().items()}, max_new_tokens=6)
-    assert generated[0].tolist() == inputs["input_ids"][0].tolist()
-
-
-def test_listwise_retrieval_loss_is_binary_plus_group_softmax():
-    torch.manual_seed(0)
-    model = MiniVLMForImageTextRetrieval(tiny_fusion_config(retrieval_loss="listwise")).eval()
-    regions = region_inputs(batch=6)
-    texts = text_inputs(batch=6)
-    labels = torch.tensor([1, 0, 0, 1, 0, 0])
-    out = model(**texts, **regions, labels=labels)
-    margins = (out.logits[:, 1] - out.logits[:, 0]).view(2, 3)
-    expected = torch.nn.functional.cross_entropy(out.logits, labels) + torch.nn.functional.cross_entropy(
-        margins, torch.zeros(2, dtype=torch.long))
-    torch.testing.assert_close(out.loss, expected)
-    binary = MiniVLMForImageTextRetrieval(tiny_fusion_config()).eval()
-    binary.load_state_dict(model.state_dict())
-    torch.testing.assert_close(binary(**texts, **regions, labels=labels).loss,
-                               torch.nn.functional.cross_entropy(out.logits, labels))
-    for bad in ([1, 0, 0, 0, 1, 0], [0, 1, 0, 0, 1, 0], [1, 1, 1, 1, 1, 1], [1, 0, 0, 1, 0, 1]):
-        with pytest.raises(ValueError, match="equal groups"):
-            model(**texts, **regions, labels=torch.tensor(bad))
-    with pytest.raises(ValueError, match="retrieval_loss"):
-        tiny_fusion_config(retrieval_loss="triplet")
+    with torch.no_grad():
+        scores = model.caption_log_likelihood(**text, **image)
+        expected = torch.zeros(2)
+        for k in range(6):  # predicting tokens 1 … 6 of a 7-token caption
+            prefix = {n: t[:, : k + 1] for n, t in text.items()}
+            step = model(**prefix, **image, predict_next=True, use_cache=False).logits[:, 0].log_softmax(-1)
+            token = text["input_ids"][:, k + 1]
+            expected += step[torch.arange(2), token] * text["attention_mask"][:, k + 1]
+        # Extra padding columns change nothing.
+        padded = {n: torch.nn.functional.pad(t, (0, 3)) for n, t in text.items()}
+        padded_scores = model.caption_log_likelihood(**padded, **image)
+    assert scores.shape == (2,)
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(padded_scores, scores)

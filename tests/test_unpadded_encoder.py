@@ -55,29 +55,36 @@ def test_same_outputs_at_real_positions_and_zeros_at_padding(mode):
         torch.testing.assert_close(b.pooler_output, a.pooler_output, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("objective", ["masked_tokens", "next_token"])
-def test_caption_training_loss_and_gradients_match(objective):
-    dense, packed = _pair(MiniVLMForImageCaptioning, caption_objective=objective)
+def test_caption_training_loss_and_gradients_match():
+    dense, packed = _pair(MiniVLMForImageCaptioning)
     rows = _rows_seen(packed)
     inputs = _padded_inputs()
-    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
-    if objective == "masked_tokens":
-        labels = torch.full_like(labels, -100)
-        labels[:, 2:4] = inputs["input_ids"][:, 2:4]
-        inputs["input_ids"] = inputs["input_ids"].clone()
-        inputs["input_ids"][:, 2:4] = dense.config.mask_token_id
+    labels = torch.full_like(inputs["input_ids"], -100)
+    labels[:, 2:4] = inputs["input_ids"][:, 2:4]
+    inputs["input_ids"] = inputs["input_ids"].clone()
+    inputs["input_ids"][:, 2:4] = dense.config.mask_token_id
     losses, grads = [], []
     for model in (dense.train(), packed.train()):
         loss = model(**inputs, labels=labels).loss
         loss.backward()
         losses.append(loss.detach())
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-    # next_token: captions cut to the longest (6), plus 5 [MASK] queries per row: 34 real positions of 38
-    assert rows == [24 if objective == "masked_tokens" else 34]
+    assert rows == [24]
     torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_caption_log_likelihood_matches():
+    dense, packed = _pair(MiniVLMForImageCaptioning)
+    rows = _rows_seen(packed)
+    inputs = _padded_inputs()
+    with torch.no_grad():
+        scores = [model.eval().caption_log_likelihood(**inputs) for model in (dense, packed)]
+    # captions cut to the longest (6), plus 5 [MASK] queries per row: 34 real positions of 38
+    assert rows == [34]
+    torch.testing.assert_close(scores[1], scores[0], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("model_class", [MiniVLMForQuestionAnswering, MiniVLMForImageTextRetrieval])

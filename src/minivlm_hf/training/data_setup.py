@@ -27,7 +27,6 @@ class RecipeData:
         self._features: dict = {}
         self._stores: dict = {}
         self._nlvr_features: dict = {}
-        self._fast_extractor = None
         self._nlvr_statements: dict = {}
         self._nlvr_stores: dict = {}
 
@@ -91,20 +90,6 @@ class RecipeData:
                 self.image_processor = AutoImageProcessor.from_pretrained(str(path))
         return self._detector
 
-    @property
-    def extractor(self):
-        """The TEE that extracts the fusion stages' regions: the detector itself, or with ``data.extract_fast`` an
-        inference copy with the batch norms folded into the convolutions and NHWC weights (``minivlm_hf.fast``;
-        the same detections; 1.7x faster extraction in the demo)."""
-        if not self.data_config.get("extract_fast", False):
-            return self.detector
-        if self._fast_extractor is None or self._fast_extractor[0] is not self.detector:
-            from ..fast import optimize_for_inference
-
-            self._fast_extractor = (self.detector, optimize_for_inference(self.detector, fuse_bn=True,
-                                                                          channels_last=True))
-        return self._fast_extractor[1]
-
     def ensure_image_processor(self):
         if self.image_processor is None:
             if self.data_config["features"] == "detector" and self.data_config.get("detector"):
@@ -146,7 +131,7 @@ class RecipeData:
                                     tag_order=d.get("tag_order", "score"))
         else:
             table = extract_features(
-                self.extractor, self.ensure_image_processor(), images, batch_size=d["extract_batch_size"],
+                self.detector, self.ensure_image_processor(), images, batch_size=d["extract_batch_size"],
                 tag_threshold=d["tag_threshold"], tag_attributes=bool(d.get("tag_attributes", False)),
                 attribute_threshold=d.get("tag_attribute_threshold", 0.5), tag_order=d.get("tag_order", "score"),
                 desc=f"Extracting regions ({name})",

@@ -11,7 +11,6 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.scenes import detection_annotations
@@ -168,24 +167,14 @@ def caption_log_likelihood_matrix(caption_model, collator: RetrievalScoringColla
                                   captions: list[str], *, batch_size: int = 128, progress: bool = True) -> torch.Tensor:
     """``L[i, t]`` = log p(``captions[t]`` | image ``image_indices[i]``) under a captioning model: the sum over the
     caption's word pieces after [CLS] ([SEP] included) of the log-probability the model gives each when decoding.
-    One teacher-forced pass per pair: the model's "next_token" queries, each of which sees the caption before it,
-    as the [MASK] query that ``generate`` appends does. ``collator`` encodes the pairs (``[CLS] caption [SEP]`` +
-    the image's tags and regions), e.g. the retrieval scoring collator."""
+    One teacher-forced pass per pair (``MiniVLMForImageCaptioning.caption_log_likelihood``). ``collator`` encodes the
+    pairs (``[CLS] caption [SEP]`` + the image's tags and regions), e.g. the retrieval scoring collator."""
     caption_model.eval()
     device = _device(caption_model)
     pairs = [{"image_index": i, "caption": c} for i in image_indices for c in captions]
-    objective, caption_model.config.caption_objective = caption_model.config.caption_objective, "next_token"
     totals = []
-    try:
-        for chunk in tqdm(list(_batches(pairs, batch_size)), desc="Caption likelihoods", disable=not progress):
-            batch = _to(collator(chunk), device)
-            labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-            logits = caption_model(**batch, labels=labels).logits  # [B, kept length - 1, vocab]
-            targets = labels[:, 1 : logits.shape[1] + 1]  # padding: -100, no loss
-            nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
-            totals.append(-nll.sum(1).cpu())
-    finally:
-        caption_model.config.caption_objective = objective
+    for chunk in tqdm(list(_batches(pairs, batch_size)), desc="Caption likelihoods", disable=not progress):
+        totals.append(caption_model.caption_log_likelihood(**_to(collator(chunk), device)).cpu())
     return torch.cat(totals).view(len(image_indices), len(captions))
 
 

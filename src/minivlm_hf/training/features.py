@@ -35,27 +35,23 @@ def region_features_schema(num_regions: int, feature_size: int, dtype: str = "fl
         "region_scores": List(Value("float32"), length=num_regions),
         "region_labels": List(Value("int32"), length=num_regions),
         "tags": List(Value("string")),
-        "tag_regions": List(Value("int32")),
     }
 
 
 def tags_from_detections(labels, scores, mask, id2label: dict, threshold: float, attribute_scores=None,
                          attribute_id2label: dict | None = None, attribute_threshold: float = 0.5,
-                         max_attributes: int = 2, return_regions: bool = False, order: str = "score",
-                         boxes=None):
+                         max_attributes: int = 2, order: str = "score", boxes=None) -> list[str]:
     """Tag strings of one image by :func:`select_tag_phrases` (the rule ``MiniVLMModel.tags_from_regions`` applies):
-    class names once each, or with ``attribute_scores`` one "attribute … class" phrase per region. With
-    ``return_regions``: ``(tags, regions)``, the index of the region each tag names. ``order="area"``: largest box
-    (``boxes``) first."""
+    class names once each, or with ``attribute_scores`` one "attribute … class" phrase per region. ``order="area"``:
+    largest box (``boxes``) first."""
     phrases = select_tag_phrases(labels, scores, mask, threshold, attribute_scores, attribute_threshold, max_attributes,
-                                 return_regions=True, order=order, boxes=boxes)
-    names, regions = [], []
-    for label, attributes, region in phrases:
+                                 order=order, boxes=boxes)
+    names = []
+    for label, attributes in phrases:
         words = [attribute_id2label.get(a, str(a)) for a in attributes] if attributes else []
         words.append(id2label.get(label, str(label)))
         names.append(" ".join(w.replace("_", " ") for w in words))
-        regions.append(int(region))
-    return (names, regions) if return_regions else names
+    return names
 
 
 @torch.no_grad()
@@ -109,13 +105,13 @@ def extract_features(
         attributes = out.attribute_logits[:, :k].float().sigmoid().cpu() if tag_attributes else [None] * n
         result = {key: batch[key] for key in base}
         tags = [tags_from_detections(labels[i, :k], scores[i, :k], mask[i, :k], id2label, tag_threshold, attributes[i],
-                                     attribute_id2label, attribute_threshold, max_attributes, return_regions=True,
+                                     attribute_id2label, attribute_threshold, max_attributes,
                                      order=tag_order, boxes=boxes[i, :k])
                 for i in range(n)]
         result.update(
             region_features=list(feats), region_boxes=list(boxes), region_mask=mask.tolist(),
             region_scores=scores.tolist(), region_labels=labels.tolist(),
-            tags=[names for names, _ in tags], tag_regions=[regions for _, regions in tags],
+            tags=tags,
         )
         return result
 
@@ -169,23 +165,10 @@ def oracle_features(dataset: datasets.Dataset, *, feature_size: int = 32, num_re
         rows["region_mask"].append(mask.tolist())
         rows["region_scores"].append(mask.astype(np.float32).tolist())
         rows["region_labels"].append(labels.tolist())
-        tags, regions = tags_from_detections(labels, mask.astype(np.float32), mask, OBJECT_ID2LABEL, 0.5,
-                                             attributes if tag_attributes else None, ATTRIBUTE_ID2LABEL,
-                                             return_regions=True, order=tag_order, boxes=boxes)
-        rows["tags"].append(tags)
-        rows["tag_regions"].append(regions)
+        rows["tags"].append(tags_from_detections(labels, mask.astype(np.float32), mask, OBJECT_ID2LABEL, 0.5,
+                                                 attributes if tag_attributes else None, ATTRIBUTE_ID2LABEL,
+                                                 order=tag_order, boxes=boxes))
     return datasets.Dataset.from_dict(rows, features=features)
-
-
-def tag_pairs(tags, regions) -> list:
-    """An image's tags as ``(phrase, region index)`` pairs when ``regions`` says which region each names, else as
-    phrases (e.g. tables extracted before ``tag_regions`` existed: no tag geometry)."""
-    tags = list(tags or [])
-    if regions is None:
-        return tags
-    if len(regions) != len(tags):
-        raise ValueError(f"tag_regions must give one region per tag: {len(tags)} tags, {len(regions)} regions")
-    return [(t, int(r)) for t, r in zip(tags, regions)]
 
 
 class RegionStore:
@@ -204,9 +187,6 @@ class RegionStore:
         self.region_boxes = torch.from_numpy(np.ascontiguousarray(table["region_boxes"])).float()
         self.region_mask = torch.from_numpy(np.ascontiguousarray(table["region_mask"])).bool()
         self.tags = [list(t) for t in dataset["tags"]]
-        # Tables extracted before tag_regions existed name no region per tag (no tag geometry).
-        regions = dataset["tag_regions"] if "tag_regions" in dataset.column_names else [None] * len(self.tags)
-        self.tags = [tag_pairs(t, r) for t, r in zip(self.tags, regions)]
 
     def __len__(self) -> int:
         return self.region_features.shape[0]
@@ -248,50 +228,6 @@ def caption_examples(scenes: datasets.Dataset, per_caption: bool = True) -> data
             rows["image_id"].append(image_ids[i])
             rows["caption"].append(caption)
     return datasets.Dataset.from_dict(rows)
-
-
-def similar_captions(captions: list[str], image_index: list[int], k: int = 8,
-                     chunk_size: int = 2048) -> list[list[str]]:
-    """For each (image, caption) row, the ``k`` captions of *other* images that share the most words with it
-    (Jaccard over word sets), most similar first: mined hard negatives for retrieval ("a red circle left of two blue
-    squares" → "a red circle right of two blue squares"). Captions that are also a caption of the row's own image
-    are left out (they would be labelled both ways). Exact, on word-set indicator matrices, ``chunk_size`` rows at a
-    time (memory ``chunk_size × len(captions)``)."""
-    if len(captions) != len(image_index):
-        raise ValueError(f"similar_captions: {len(captions)} captions but {len(image_index)} image indices")
-    if k < 1:
-        raise ValueError(f"similar_captions: k must be >= 1, got {k}")
-    vocab: dict[str, int] = {}
-    words = [sorted({vocab.setdefault(w, len(vocab)) for w in c.split()}) for c in captions]
-    n = len(captions)
-    x = torch.zeros(n, max(1, len(vocab)))
-    for i, ids in enumerate(words):
-        x[i, ids] = 1.0
-    sizes = x.sum(1)
-    images = torch.as_tensor(image_index)
-    text_id: dict[str, int] = {}
-    texts = torch.as_tensor([text_id.setdefault(c, len(text_id)) for c in captions])
-    own_texts: dict[int, set[int]] = {}
-    for img, t in zip(image_index, texts.tolist()):
-        own_texts.setdefault(img, set()).add(t)
-    out: list[list[str]] = []
-    for start in range(0, n, chunk_size):
-        rows = slice(start, min(n, start + chunk_size))
-        inter = x[rows] @ x.T
-        jaccard = inter / (sizes[rows, None] + sizes[None, :] - inter).clamp(min=1.0)
-        excluded = images[rows, None] == images[None, :]
-        for r, img in enumerate(image_index[rows]):
-            excluded[r] |= torch.isin(texts, torch.as_tensor(sorted(own_texts[img])))
-        jaccard[excluded] = -1.0
-        top = jaccard.topk(min(k, n), dim=1)
-        for values, indices in zip(top.values.tolist(), top.indices.tolist()):
-            picked, seen = [], set()
-            for v, j in zip(values, indices):
-                if v >= 0 and captions[j] not in seen:
-                    picked.append(captions[j])
-                    seen.add(captions[j])
-            out.append(picked)
-    return out
 
 
 def vqa_examples(scenes: datasets.Dataset) -> datasets.Dataset:
@@ -377,7 +313,6 @@ __all__ = [
     "load_feature_table",
     "nlvr_images",
     "oracle_features",
-    "tag_pairs",
     "tags_from_detections",
     "vqa_examples",
 ]

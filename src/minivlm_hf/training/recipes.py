@@ -20,7 +20,6 @@ Recipe config (JSON; every key optional, defaults in :data:`DEFAULT_CONFIG` and 
                                               # (ground-truth codes, for tests / upper bounds)
         "detector": null,                     # folder of a trained detector (train detector ... output)
         "features_dir": null,                 # reuse / store extracted features here
-        "extract_fast": false,                # extract with the folded-BN + NHWC copy of the TEE (same detections)
         "oracle_feature_size": 32, "oracle_num_regions": 10,
         "tag_threshold": 0.3,                 # a region becomes a tag at this detection score
         "tag_attributes": false,              # tags "attribute … class" per region (VinVL style) instead of
@@ -34,17 +33,11 @@ Recipe config (JSON; every key optional, defaults in :data:`DEFAULT_CONFIG` and 
         "with_vision": true,                  #   embed the TEE (vision_config + weights) so the model runs on pixels
         "train_attn_implementation": "auto",  #   attention kernel while training ("auto": eager on CPU, see
                                               #   training_attention); the saved model keeps its own (sdpa)
-        "head_lr_multiplier": 1.0             #   lr multiple for region embedding, pooler and task heads
       },
       "collator": {"mask_probability": 0.15, "max_masked_tokens": 3, "pollution": 0.5, "caption_pollution": 0.25,
                    "caption_swap": 0.5, "tag_source": "detected", "hflip_probability": 0.5,
                    "mask_polluted": true,             # masked-token labels on polluted pre-training pairs too
-                   "hard_negatives": 0.0,             # retrieval: share of negatives from the most similar caption
-                   "perturbed_negatives": 0.0,        # retrieval: share of the row's own caption, a count or a
-                                                      #   spatial word swapped ("two" -> "five", "left" -> "right")
-                   "negatives_per_positive": 1,       # retrieval: negatives after each matched pair
-                   "mined_negatives": 0.0,            # retrieval: share of negatives from the row's most similar
-                   "mined_pool": 8},                  #   captions of other training images (this many per row)
+                   "hard_negatives": 0.0},            # retrieval: share of negatives from the most similar caption
       "training": {...},                      # any transformers.TrainingArguments field (max_steps, learning_rate,
                                               # per_device_train_batch_size, warmup_steps, save_steps, ...);
                                               # "bf16": "auto" = bf16 autocast where the hardware has it
@@ -93,7 +86,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "nlvr_num_train": 1000, "nlvr_num_validation": 50, "nlvr_num_test": 100, "nlvr_statements_per_pair": 2,
         "min_size": 160, "max_size": 320, "image_size": 256, "fusion_num_train": None, "features": "detector",
         "detector": None, "features_dir": None,
-        "oracle_feature_size": 32, "oracle_num_regions": 10, "extract_batch_size": 16, "extract_fast": False,
+        "oracle_feature_size": 32, "oracle_num_regions": 10, "extract_batch_size": 16,
         "tag_threshold": 0.3,
         "tag_attributes": False, "tag_attribute_threshold": 0.5, "tag_order": "score",
     },
@@ -105,13 +98,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "fusion": {
         "init_text": "offline-minilm", "init_from": None, "with_vision": True, "num_hidden_layers": 6,
         "max_text_length": 24, "max_tag_length": 12, "train_attn_implementation": "auto",
-        "head_lr_multiplier": 1.0,
     },
     "collator": {
         "mask_probability": 0.15, "max_masked_tokens": 3, "pollution": 0.5, "caption_pollution": 0.25,
         "caption_swap": 0.5, "tag_source": "detected", "hflip_probability": 0.5, "mask_polluted": True,
-        "hard_negatives": 0.0, "perturbed_negatives": 0.0, "negatives_per_positive": 1, "mined_negatives": 0.0,
-        "mined_pool": 8,
+        "hard_negatives": 0.0,
     },
     "training": {},
     "debug": {"param_hash": False},
@@ -251,8 +242,7 @@ def build_fusion_model(stage: str, config: dict, data: RecipeData):
 
     fields = dict(config["fusion"])
     init_from, init_text = fields.pop("init_from", None), fields.pop("init_text", None)
-    for key in ("train_attn_implementation", "head_lr_multiplier"):  # training settings (run_stage), not config
-        fields.pop(key, None)
+    fields.pop("train_attn_implementation", None)  # a training setting (run_stage), not config
     with_vision = fields.pop("with_vision", True)
     cls = fusion_class(stage)
     extra: dict = {}
@@ -299,11 +289,9 @@ def build_fusion_model(stage: str, config: dict, data: RecipeData):
 # collators per stage
 # ---------------------------------------------------------------------------------------------------------------------
 def fusion_collator_settings(model_config, **extra) -> dict:
-    """The collator arguments a fusion model's config decides (lengths; ``tag_region_index`` only for a model with
-    ``tag_geometry``, so models saved before it existed, e.g. as remote code, get no argument they do not take)."""
+    """The collator arguments a fusion model's config decides (the lengths)."""
     return dict(max_text_length=model_config.max_text_length, max_tag_length=model_config.max_tag_length,
-                max_regions=model_config.max_regions, tag_geometry=bool(getattr(model_config, "tag_geometry", False)),
-                **extra)
+                max_regions=model_config.max_regions, **extra)
 
 
 def build_collators(stage: str, config: dict, data: RecipeData, model=None, split: str = "train"):
@@ -319,30 +307,24 @@ def build_collators(stage: str, config: dict, data: RecipeData, model=None, spli
     if stage == "pretrain":
         return C.PreTrainingCollator(
             tok, regions=data.store(split), mask_probability=col["mask_probability"], pollution=col["pollution"],
-            caption_pollution=col["caption_pollution"], num_contrastive_labels=mcfg.num_contrastive_labels,
-            mask_polluted=col.get("mask_polluted", True), **common)
+            caption_pollution=col["caption_pollution"], mask_polluted=col.get("mask_polluted", True), **common)
     if stage == "caption":
         return C.CaptioningCollator(
             tok, regions=data.store(split), mask_probability=col["mask_probability"],
-            max_masked_tokens=col["max_masked_tokens"], objective=mcfg.caption_objective,
-            return_image_index=split != "train", **common)
+            max_masked_tokens=col["max_masked_tokens"], return_image_index=split != "train", **common)
     if stage == "vqa":
         return C.VQACollator(tok, regions=data.store(split), answer2id=mcfg.label2id, **common)
     if stage == "retrieval":
         return C.RetrievalCollator(tok, regions=data.store(split), caption_swap=col["caption_swap"],
-                                   hard_negatives=col["hard_negatives"],
-                                   perturbed_negatives=col["perturbed_negatives"],
-                                   negatives_per_positive=col["negatives_per_positive"],
-                                   mined_negatives=col.get("mined_negatives", 0.0), **common)
+                                   hard_negatives=col["hard_negatives"], **common)
     if stage == "nlvr":
         return C.NLVRCollator(tok, regions=data.nlvr_store(split), **common)
     raise ValueError(f"unknown stage {stage!r}; choose from {STAGES}")
 
 
-def stage_datasets(stage: str, data: RecipeData, split: str, config: dict | None = None):
-    """The rows a stage trains (``train``) or is validated on. Retrieval training rows get ``similar_captions``
-    (mined negatives) when ``config["collator"]["mined_negatives"]`` is set."""
-    from .features import caption_examples, similar_captions, vqa_examples
+def stage_datasets(stage: str, data: RecipeData, split: str):
+    """The rows a stage trains (``train``) or is validated on."""
+    from .features import caption_examples, vqa_examples
 
     if stage == "detector":
         return data.scenes[split]
@@ -353,12 +335,7 @@ def stage_datasets(stage: str, data: RecipeData, split: str, config: dict | None
         return vqa_examples(table)
     if stage == "caption" and split != "train":
         return caption_examples(table, per_caption=False)
-    examples = caption_examples(table, per_caption=True)
-    collator = (config or {}).get("collator", {})
-    if stage == "retrieval" and split == "train" and collator.get("mined_negatives"):
-        mined = similar_captions(examples["caption"], examples["image_index"], k=int(collator.get("mined_pool", 8)))
-        examples = examples.add_column("similar_captions", mined)
-    return examples
+    return caption_examples(table, per_caption=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -457,7 +434,7 @@ def run_stage(
         else:
             model = build_fusion_model(stage, config, data)
         train_collator = build_collators(stage, config, data, model, "train")
-        train_set = stage_datasets(stage, data, "train", config)
+        train_set = stage_datasets(stage, data, "train")
         eval_set = eval_collator = None
         if args.eval_strategy != "no":
             eval_set = stage_datasets(stage, data, "validation")
@@ -473,7 +450,6 @@ def run_stage(
     if stage == "detector":
         trainer = T.DetectionTrainer(image_processor=data.image_processor, compute_metrics=T.detection_metrics, **kwargs)
     else:
-        kwargs["head_lr_multiplier"] = config["fusion"].get("head_lr_multiplier", 1.0)
         if stage == "caption":
             trainer = T.CaptioningTrainer(
                 generation_kwargs=caption_generation_kwargs(config),

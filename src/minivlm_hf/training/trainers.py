@@ -22,7 +22,6 @@ from transformers import Trainer, TrainerCallback
 
 GENERATION_INPUTS = (
     "pixel_values", "pixel_mask", "region_features", "region_boxes", "region_mask", "tag_ids", "tag_attention_mask",
-    "tag_region_index",
 )
 
 
@@ -90,41 +89,8 @@ def detection_metrics(eval_pred) -> dict:
     return {"map": result["map"], "map_50": result["map_50"], "map_75": result["map_75"]}
 
 
-def is_text_encoder_parameter(name: str) -> bool:
-    """Whether a fusion-model parameter belongs to the (pre-trained) text embeddings or transformer layers, as opposed
-    to the region embedding, the pooler and the task heads."""
-    return name.startswith(("minivlm.embeddings.", "minivlm.encoder.", "embeddings.", "encoder."))
-
-
 class FusionTrainer(_CountParametersOnce, Trainer):
-    """``Trainer`` of the fusion stages. With ``head_lr_multiplier`` != 1 the parameters outside the text embeddings
-    and transformer layers (region embedding, pooler, task heads: the ones a fine-tuning run starts from scratch or
-    from a short pre-training) learn at that multiple of ``learning_rate``; the scheduler scales every group alike."""
-
-    def __init__(self, *args, head_lr_multiplier: float = 1.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        if not head_lr_multiplier > 0:
-            raise ValueError(f"head_lr_multiplier must be > 0, got {head_lr_multiplier}")
-        self.head_lr_multiplier = float(head_lr_multiplier)
-
-    def create_optimizer(self, model=None):
-        opt_model = self.model if model is None else model
-        if self.optimizer is not None or self.head_lr_multiplier == 1.0 or self.optimizer_cls_and_kwargs is not None:
-            return super().create_optimizer(model)
-        decay = set(self.get_decay_parameter_names(opt_model))
-        groups: dict[tuple[bool, bool], list] = {}
-        for name, param in opt_model.named_parameters():
-            if param.requires_grad:
-                groups.setdefault((name in decay, not is_text_encoder_parameter(name)), []).append(param)
-        lr = self.args.learning_rate
-        param_groups = [
-            {"params": params, "weight_decay": self.args.weight_decay if decays else 0.0,
-             "lr": lr * (self.head_lr_multiplier if head else 1.0)}
-            for (decays, head), params in sorted(groups.items())
-        ]
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
-        return self.optimizer
+    """``Trainer`` of the fusion stages."""
 
 
 class CaptioningTrainer(FusionTrainer):

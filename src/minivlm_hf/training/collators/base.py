@@ -12,7 +12,6 @@ from transformers import TrainerCallback
 
 from ...data.vocab import OBJECT_ID2LABEL
 from ...modeling.processing_minivlm import encode_tag_phrases
-from ..features import tag_pairs
 
 REGION_KEYS = ("region_features", "region_boxes", "region_mask")
 
@@ -105,8 +104,6 @@ class FusionCollator(abc.ABC):
         max_text_length / max_tag_length: as in ``MiniVLMConfig``.
         max_regions: keep at most this many regions (default: all).
         tag_source: ``"detected"`` (the rows' / store's ``tags``), ``"gt"`` (the scenes' objects) or ``"none"``.
-        tag_geometry: also return ``tag_region_index`` (the region each tag piece names) for a model with
-            ``MiniVLMConfig.tag_geometry``; off by default, since other models do not take it.
         seed, generator: randomness (see the module docstring).
     """
 
@@ -119,7 +116,6 @@ class FusionCollator(abc.ABC):
         max_tag_length: int = 30,
         max_regions: int | None = None,
         tag_source: str = "detected",
-        tag_geometry: bool = False,
         seed: int = 0,
         generator: torch.Generator | None = None,
     ):
@@ -132,7 +128,6 @@ class FusionCollator(abc.ABC):
         self.max_tag_length = max_tag_length
         self.max_regions = max_regions
         self.tag_source = tag_source
-        self.tag_geometry = tag_geometry
         self.seed = seed
         self.epoch = 0
         self.generator = generator
@@ -171,26 +166,16 @@ class FusionCollator(abc.ABC):
         rows = [[self.cls_id] + ids[: self.max_text_length - 2] + [self.sep_id] for ids in self._word_pieces(texts)]
         return self._pad(rows, pad_to)
 
-    def encode_tags(self, tag_lists: list[list]) -> dict[str, torch.Tensor]:
-        """``tag … [SEP]`` word pieces (truncated to ``max_tag_length``) → ``tag_ids``, ``tag_attention_mask`` and
-        with ``tag_geometry`` ``tag_region_index`` (the region each piece names, -1 for [SEP], padding and tags without
-        a region). A tag is a phrase or a ``(phrase, region index)`` pair (see :meth:`image_inputs`)."""
-        rows, regions = [], []
+    def encode_tags(self, tag_lists: list[list[str]]) -> dict[str, torch.Tensor]:
+        """``tag … [SEP]`` word pieces (truncated to ``max_tag_length``) → ``tag_ids``, ``tag_attention_mask``."""
+        rows = []
         for tags in tag_lists:
             key = tuple(tags)
             if key not in self._tag_cache:
-                phrases = [t[0] if isinstance(t, tuple) else t for t in tags]
-                index = [t[1] if isinstance(t, tuple) else -1 for t in tags]
-                self._tag_cache[key] = encode_tag_phrases(self.tokenizer, phrases, self.max_tag_length, index)
-            rows.append(self._tag_cache[key][0])
-            regions.append(self._tag_cache[key][1])
+                self._tag_cache[key] = encode_tag_phrases(self.tokenizer, list(tags), self.max_tag_length)
+            rows.append(self._tag_cache[key])
         ids, mask = self._pad(rows)
-        if not self.tag_geometry:
-            return {"tag_ids": ids, "tag_attention_mask": mask}
-        region_index = torch.full_like(ids, -1)
-        for i, row in enumerate(regions):
-            region_index[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        return {"tag_ids": ids, "tag_attention_mask": mask, "tag_region_index": region_index}
+        return {"tag_ids": ids, "tag_attention_mask": mask}
 
     def _pad(self, rows: list[list[int]], pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         length = max(pad_to or 0, max(len(r) for r in rows))
@@ -206,9 +191,7 @@ class FusionCollator(abc.ABC):
 
     # -- images ---------------------------------------------------------------------------------------------------
     def image_inputs(self, rows: Sequence[dict], side: str | None = None) -> tuple[dict, list[list] | None]:
-        """Region tensors (or pixels) for ``rows`` and the tags of each image: ``(phrase, region index)`` pairs when
-        the features say which region each tag names (``tag_regions``), else phrases (ground-truth tags name no
-        detected region). ``side`` = ``"left"`` / ``"right"`` reads NLVR columns (``left_index``,
+        """Region tensors (or pixels) for ``rows`` and the tag phrases of each image. ``side`` = ``"left"`` / ``"right"`` reads NLVR columns (``left_index``,
         ``left_region_features``, ``left_image`` …)."""
         prefix = f"{side}_" if side else ""
         index_key = f"{side}_index" if side else "image_index"
@@ -221,7 +204,7 @@ class FusionCollator(abc.ABC):
                 else torch.ones(f.shape[0], dtype=torch.bool) for r, f in zip(rows, feats)
             ]
             inputs = _stack_regions(feats, boxes, masks)
-            tags = [tag_pairs(r.get(f"{prefix}tags"), r.get(f"{prefix}tag_regions")) for r in rows]
+            tags = [list(r.get(f"{prefix}tags") or []) for r in rows]
             if self.tag_source == "gt":
                 tags = [_tags_of(r, "gt") for r in rows]
         elif index_key in first and self.regions is not None:

@@ -20,25 +20,20 @@ class PreTrainingCollator(FusionCollator):
     ``labels`` / ``tag_labels``. Pollution (OSCAR+'s 3-way contrastive task): with probability ``caption_pollution``
     (0.25) the caption is replaced by another image's caption (``contrastive_labels`` 2); with probability
     ``pollution - caption_pollution`` (0.25) the tags are replaced by another image's tags (label 1); otherwise the
-    pair stays matched (0). With ``num_contrastive_labels=2`` both kinds are label 1. Donors are other rows of the
-    batch whose image differs and whose replaced content differs; without one the pair stays matched.
+    pair stays matched (0). Donors are other rows of the batch whose image differs and whose replaced content differs; without one the pair stays matched.
     ``self.last_swaps`` lists ``(row, kind, donor_row)`` of the last batch. With ``mask_polluted=False`` the
     polluted rows carry no masked-token labels (all -100): their text or tags describe another image, and predicting
     masked words from a mismatched image teaches the model to ignore the image.
     """
 
     def __init__(self, tokenizer, *, mask_probability: float = 0.15, pollution: float = 0.5,
-                 caption_pollution: float = 0.25, num_contrastive_labels: int = 3, mask_polluted: bool = True,
-                 **kwargs):
+                 caption_pollution: float = 0.25, mask_polluted: bool = True, **kwargs):
         super().__init__(tokenizer, **kwargs)
         if not 0 <= caption_pollution <= pollution <= 1:
             raise ValueError(f"need 0 <= caption_pollution <= pollution <= 1, got {caption_pollution}, {pollution}")
-        if num_contrastive_labels not in (2, 3):
-            raise ValueError(f"num_contrastive_labels must be 2 or 3, got {num_contrastive_labels}")
         self.mask_probability = mask_probability
         self.pollution = pollution
         self.caption_pollution = caption_pollution
-        self.num_contrastive_labels = num_contrastive_labels
         self.mask_polluted = mask_polluted
         self.last_swaps: list[tuple[int, str, int]] = []
 
@@ -52,7 +47,6 @@ class PreTrainingCollator(FusionCollator):
             raise ValueError("pre-training needs tags: use precomputed features or tag_source='gt'")
         image_keys = [row.get("image_index", row.get("image_id", i)) for i, row in enumerate(rows)]
         texts, tag_lists = list(captions), [list(t) for t in tags]
-        phrases = [[t[0] if isinstance(t, tuple) else t for t in ts] for ts in tags]
         contrastive = torch.zeros(len(rows), dtype=torch.long)
         self.last_swaps = []
         draws = torch.rand(len(rows), generator=g)
@@ -63,7 +57,7 @@ class PreTrainingCollator(FusionCollator):
                 donors = [j for j in range(len(rows)) if image_keys[j] != image_keys[i] and captions[j] != captions[i]]
             elif u < self.pollution:
                 kind = "tags"
-                donors = [j for j in range(len(rows)) if image_keys[j] != image_keys[i] and phrases[j] != phrases[i]]
+                donors = [j for j in range(len(rows)) if image_keys[j] != image_keys[i] and tags[j] != tags[i]]
             else:
                 continue
             if not donors:
@@ -71,7 +65,7 @@ class PreTrainingCollator(FusionCollator):
             j = donors[int(torch.randint(len(donors), (1,), generator=g))]
             if kind == "caption":
                 texts[i] = captions[j]
-                contrastive[i] = 2 if self.num_contrastive_labels == 3 else 1
+                contrastive[i] = 2
             else:
                 tag_lists[i] = list(tags[j])
                 contrastive[i] = 1
@@ -106,21 +100,15 @@ class PreTrainingCollator(FusionCollator):
 class CaptioningCollator(FusionCollator):
     """OSCAR captioning batches: ``[CLS] caption [SEP]`` padded to the batch's longest caption; ``round(15%)`` (at least one,
     at most ``max_masked_tokens``) of the caption tokens ([SEP] included, so the model learns to stop) are selected
-    and replaced 80/10/10 → ``labels`` at those positions, -100 elsewhere; tags as ``tag_ids``. With
-    ``objective="next_token"`` (for ``config.caption_objective="next_token"``) nothing is masked: ``labels`` are the
-    ``input_ids`` with -100 at padding.
+    and replaced 80/10/10 → ``labels`` at those positions, -100 elsewhere; tags as ``tag_ids``.
 
     Rows: ``caption`` (or ``captions``, one drawn at random) + image inputs. With ``for_generation=True`` the batch
     has no caption at all (image inputs and tags); ``return_image_index=True`` adds the rows' ``image_index`` (for
     :class:`~minivlm_hf.training.trainers.CaptioningTrainer`, which pops it before the model sees the batch)."""
 
     def __init__(self, tokenizer, *, mask_probability: float = 0.15, max_masked_tokens: int | None = 3,
-                 objective: str = "masked_tokens", for_generation: bool = False, return_image_index: bool = False,
-                 **kwargs):
+                 for_generation: bool = False, return_image_index: bool = False, **kwargs):
         super().__init__(tokenizer, **kwargs)
-        if objective not in ("masked_tokens", "next_token"):
-            raise ValueError(f"objective must be 'masked_tokens' or 'next_token', got {objective!r}")
-        self.objective = objective
         self.mask_probability = mask_probability
         self.max_masked_tokens = max_masked_tokens
         self.for_generation = for_generation
@@ -140,10 +128,6 @@ class CaptioningCollator(FusionCollator):
             return batch
         captions = self.pick_captions(rows, g, "captioning")
         input_ids, attention_mask = self.encode_text(captions)
-        if self.objective == "next_token":
-            batch.update(input_ids=input_ids, attention_mask=attention_mask,
-                         labels=input_ids.masked_fill(attention_mask == 0, -100))
-            return batch
         selected = torch.zeros_like(input_ids, dtype=torch.bool)
         for i in range(len(rows)):
             length = int(attention_mask[i].sum())

@@ -10,7 +10,6 @@ from ...modeling.processing_minivlm import vqa_soft_scores
 from .base import REGION_KEYS, FusionCollator, _take_rows
 
 NLVR_SIDES = ("left", "right")
-_COUNT_WORDS = ("two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -47,48 +46,22 @@ class VQACollator(FusionCollator):
 # image-text retrieval
 # ---------------------------------------------------------------------------------------------------------------------
 class RetrievalCollator(FusionCollator):
-    """Image-text matching batches: each row (image, ``caption``) gives the matched pair (label 1) followed by
-    ``negatives_per_positive`` negatives (label 0). For each negative, with probability ``caption_swap`` (0.5), the
-    caption is another image's caption, otherwise the image (regions + tags) is another row's image. Donors come from
-    the batch (a different image and a different caption; distinct donors within a row's group while the batch has
-    enough). With probability ``hard_negatives`` the donor is a hard one: the row whose caption shares the most words
-    with this row's (Jaccard over word sets, ties at random), e.g. "a red circle above a blue square" against "a red
-    circle above a green square", so the model must read the details; otherwise any donor at random. With
-    probability ``perturbed_negatives`` the negative is instead the row's own caption with one word of
-    ``perturb_words`` replaced (a count: "three objects including a red star" → "six objects including …"; a
-    spatial word: "left" ↔ "right", "above" ↔ "below"), the same image: a caption that differs from the truth only in
-    the count or the relation, which the model must then check; captions without such a word get a donor instead.
-    With probability ``mined_negatives`` the negative is one of the row's ``similar_captions`` (another image's
-    caption with many words in common, mined over the whole training split by
-    :func:`~minivlm_hf.training.features.similar_captions`), the same image: real captions, so no word marks them as
-    negatives; rows without that column (or with an empty list) get a donor instead.
+    """Image-text matching batches: each row (image, ``caption``) gives the matched pair (label 1) followed by one
+    negative (label 0). With probability ``caption_swap`` (0.5) the negative's caption is another image's caption,
+    otherwise its image (regions + tags) is another row's image. Donors come from the batch (a different image and a
+    different caption). With probability ``hard_negatives`` the donor is a hard one: the row whose caption shares the
+    most words with this row's (Jaccard over word sets, ties at random), e.g. "a red circle above a blue square"
+    against "a red circle above a green square", so the model must read the details; otherwise any donor at random.
 
-    The output has ``(1 + negatives_per_positive) × batch`` rows in groups ``[positive, negatives…]`` (the layout
-    ``config.retrieval_loss="listwise"`` expects); ``self.last_swaps`` lists ``(row, kind, donor_row)`` per negative,
-    in output order."""
+    The output has ``2 × batch`` rows, ``[positive, negative]`` per input row; ``self.last_swaps`` lists
+    ``(row, kind, donor_row)`` per negative, in output order."""
 
-    #: Counts are swapped among themselves ("one" is left alone: it also means "a"), spatial words with their opposite.
-    PERTURB_WORDS: dict[str, tuple[str, ...]] = {
-        **{w: tuple(v for v in _COUNT_WORDS if v != w) for w in _COUNT_WORDS},
-        "left": ("right",), "right": ("left",), "above": ("below",), "below": ("above",),
-    }
-
-    def __init__(self, tokenizer, *, caption_swap: float = 0.5, hard_negatives: float = 0.0,
-                 perturbed_negatives: float = 0.0, perturb_words: dict[str, Sequence[str]] | None = None,
-                 negatives_per_positive: int = 1, mined_negatives: float = 0.0, **kwargs):
+    def __init__(self, tokenizer, *, caption_swap: float = 0.5, hard_negatives: float = 0.0, **kwargs):
         super().__init__(tokenizer, **kwargs)
-        for name, value in (("hard_negatives", hard_negatives), ("perturbed_negatives", perturbed_negatives),
-                            ("mined_negatives", mined_negatives)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
-        if int(negatives_per_positive) < 1:
-            raise ValueError(f"negatives_per_positive must be >= 1, got {negatives_per_positive}")
+        if not 0.0 <= hard_negatives <= 1.0:
+            raise ValueError(f"hard_negatives must be a probability in [0, 1], got {hard_negatives}")
         self.caption_swap = caption_swap
         self.hard_negatives = hard_negatives
-        self.perturbed_negatives = perturbed_negatives
-        self.mined_negatives = mined_negatives
-        self.perturb_words = {k: tuple(v) for k, v in (perturb_words or self.PERTURB_WORDS).items()}
-        self.negatives_per_positive = int(negatives_per_positive)
         self.last_swaps: list[tuple[int, str, int]] = []
 
     @staticmethod
@@ -97,17 +70,6 @@ class RetrievalCollator(FusionCollator):
         overlap = [len(words[i] & words[j]) / max(1, len(words[i] | words[j])) for j in donors]
         best = max(overlap)
         return [j for j, o in zip(donors, overlap) if o == best]
-
-    def perturb(self, caption: str, generator: torch.Generator) -> str | None:
-        """``caption`` with one of its ``perturb_words`` replaced by one of its alternatives (None if it has none)."""
-        words = caption.split()
-        spots = [k for k, w in enumerate(words) if self.perturb_words.get(w)]
-        if not spots:
-            return None
-        k = spots[int(torch.randint(len(spots), (1,), generator=generator))]
-        options = self.perturb_words[words[k]]
-        words[k] = options[int(torch.randint(len(options), (1,), generator=generator))]
-        return " ".join(words)
 
     def __call__(self, rows: Sequence[dict]) -> dict:
         if len(rows) < 2:
@@ -120,14 +82,9 @@ class RetrievalCollator(FusionCollator):
         image_keys = [row.get("image_index", row.get("image_id", i)) for i, row in enumerate(rows)]
         texts, image_rows, labels = [], [], []
         self.last_swaps = []
-        per_row = self.negatives_per_positive
-        draws = torch.rand(len(rows), per_row, generator=g)
-        hard = torch.rand(len(rows), per_row, generator=g) < self.hard_negatives
+        draws = torch.rand(len(rows), generator=g)
+        hard = torch.rand(len(rows), generator=g) < self.hard_negatives
         words = [set(c.split()) for c in captions] if self.hard_negatives else []
-        # drawn only when enabled, so that the other settings keep their random stream
-        perturbed = torch.rand(len(rows), per_row, generator=g) < self.perturbed_negatives if self.perturbed_negatives \
-            else None
-        mined = torch.rand(len(rows), per_row, generator=g) < self.mined_negatives if self.mined_negatives else None
         for i in range(len(rows)):
             texts.append(captions[i])
             image_rows.append(i)
@@ -135,36 +92,17 @@ class RetrievalCollator(FusionCollator):
             donors = [j for j in range(len(rows)) if image_keys[j] != image_keys[i] and captions[j] != captions[i]]
             if not donors:  # every row shows the same image: fall back to any other caption
                 donors = [j for j in range(len(rows)) if captions[j] != captions[i]] or [(i + 1) % len(rows)]
-            used: set[int] = set()
-            for n in range(per_row):
-                text = self.perturb(captions[i], g) if perturbed is not None and perturbed[i, n] else None
-                if text is not None:
-                    texts.append(text)
-                    image_rows.append(i)
-                    labels.append(0)
-                    self.last_swaps.append((i, "perturbed", i))
-                    continue
-                pool_texts = rows[i].get("similar_captions") if mined is not None and mined[i, n] else None
-                if pool_texts:
-                    texts.append(pool_texts[int(torch.randint(len(pool_texts), (1,), generator=g))])
-                    image_rows.append(i)
-                    labels.append(0)
-                    self.last_swaps.append((i, "mined", i))
-                    continue
-                pool = [j for j in donors if j not in used] or donors
-                if hard[i, n]:
-                    pool = self._hardest(i, pool, words)
-                j = pool[int(torch.randint(len(pool), (1,), generator=g))]
-                used.add(j)
-                if float(draws[i, n]) < self.caption_swap:
-                    texts.append(captions[j])
-                    image_rows.append(i)
-                    self.last_swaps.append((i, "caption", j))
-                else:
-                    texts.append(captions[i])
-                    image_rows.append(j)
-                    self.last_swaps.append((i, "image", j))
-                labels.append(0)
+            pool = self._hardest(i, donors, words) if hard[i] else donors
+            j = pool[int(torch.randint(len(pool), (1,), generator=g))]
+            if float(draws[i]) < self.caption_swap:
+                texts.append(captions[j])
+                image_rows.append(i)
+                self.last_swaps.append((i, "caption", j))
+            else:
+                texts.append(captions[i])
+                image_rows.append(j)
+                self.last_swaps.append((i, "image", j))
+            labels.append(0)
         index = torch.tensor(image_rows)
         input_ids, attention_mask = self.encode_text(texts)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, **_take_rows(image_inputs, index)}
