@@ -60,8 +60,8 @@ class MiniVLMConfig(PreTrainedConfig):
             `MiniVLMProcessor.prepare_config` / `minivlm_hf.init_fusion_from_bert`.
         vqa_loss (`str`, defaults to `"bce"`): VQA training loss on the soft answer scores. `"bce"` (OSCAR): binary
             cross-entropy per answer, scaled by the number of answers; answer scores are sigmoids. `"softmax"`:
-            cross-entropy against the soft scores normalised to sum to 1; answer scores are a softmax. On the
-            synthetic scenes softmax learned colour questions to 98% in 100 steps where BCE reached 53%.
+            cross-entropy against the soft scores normalised to sum to 1; answer scores are a softmax (it learns
+            single-answer questions in far fewer steps; see docs/results.md).
         caption_label_smoothing (`float`, defaults to 0.1): label smoothing of the captioning loss.
         classifier_dropout (`float`, *optional*): dropout before the classification heads.
         unpad_tokens (`bool`, defaults to `True`): when at least 10% of a batch's sequence is padding (text, tags and
