@@ -9,7 +9,6 @@ Self-contained remote code: imports only torch, torchvision, timm, transformers 
 
 import math
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -148,9 +147,9 @@ def batched_nms_top_k(
 
 class TEEDepthwiseConv2d(nn.Conv2d):
     """A depthwise convolution that trains in float32 under CPU autocast: oneDNN's bf16 backward of depthwise
-    convolutions is slower than its fp32 one (a TEE-B0 detector training step under bf16 autocast, side by side:
-    700 → 600 ms with these in fp32; the other convolutions keep bf16). Inference keeps the autocast dtype (its bf16 forward is
-    the faster one). Parameters and state-dict names are `nn.Conv2d`'s."""
+    convolutions is slower than its fp32 one (figures in docs/results.md; the other convolutions keep bf16).
+    Inference keeps the autocast dtype (its bf16 forward is the faster one). Parameters and state-dict names are
+    `nn.Conv2d`'s."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if (self.training and hidden_states.device.type == "cpu" and torch.is_grad_enabled()
@@ -179,6 +178,8 @@ class TEEBackbone(nn.Module):
         # `from_pretrained` builds the model on the meta device and then loads every weight from the checkpoint:
         # never ask timm to download ImageNet weights there.
         pretrained = bool(config.pretrained_backbone) and torch.get_default_device().type != "meta"
+        import timm  # here, not at the top: importing timm registers its ~1,400 models (0.3-0.6 s)
+
         self.body = timm.create_model(
             config.backbone,
             pretrained=pretrained,
