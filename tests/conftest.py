@@ -1,4 +1,4 @@
-"""Test-session settings.
+"""Settings for the whole test run (pytest session scope).
 
 huggingface_hub reads HF_ENDPOINT / HF_HOME / HF_HUB_DISABLE_XET when it is imported, so they are set
 here, before anything imports transformers: every Hub call of the suite goes to a loopback server

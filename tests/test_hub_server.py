@@ -1,6 +1,6 @@
 """End-to-end tests of tests/hub_server.py with the real huggingface_hub / transformers clients.
 
-Everything goes to loopback: conftest.py points HF_ENDPOINT at the session `hub_server` before anything imports
+Everything goes to loopback: conftest.py points HF_ENDPOINT at the session-scoped `hub_server` before anything imports
 huggingface_hub. The token-protected cases start a second server on a free port and pass `endpoint=` explicitly.
 """
 
@@ -30,7 +30,7 @@ from hub_server import git_blob_sha1, start_server
 
 
 def _repo(name: str) -> str:
-    """A unique repo id in the default namespace (tests share the session server)."""
+    """A unique repo id in the default namespace (tests share the session-scoped server)."""
     return f"user/{name}-{uuid.uuid4().hex[:8]}"
 
 
