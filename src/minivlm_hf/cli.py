@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "demo",
     "benchmark",
     "export",
+    "serve",
 ]
 
 

@@ -72,21 +72,32 @@ def load(task: str, model_id: str, revision: str | None = None, trust_remote_cod
 
 
 @torch.inference_mode()
-def detect(model, image_processor, images, threshold: float = 0.5) -> list[list[dict]]:
-    """Per image: `[{"label", "score", "box": [x1, y1, x2, y2]}]` in pixels of the original image."""
+def detect(model, image_processor, images, threshold: float = 0.5, attribute_threshold: float = 0.5) -> list[list[dict]]:
+    """Per image: `[{"label", "score", "box": [x1, y1, x2, y2], "attributes": [names]}]`, boxes in pixels of the
+    original image; `attributes` are the region's attribute names whose probability is `>= attribute_threshold`."""
     images = [open_image(i) for i in images]
     inputs = image_processor(images, return_tensors="pt")
     outputs = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs.get("pixel_mask"))
     sizes = [(im.height, im.width) for im in images]
     results = image_processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=sizes)
     id2label = model.config.id2label
-    return [
-        [
-            {"label": id2label[int(label)], "score": round(float(score), 4), "box": [round(float(v), 1) for v in box]}
-            for score, label, box in zip(r["scores"], r["labels"], r["boxes"])
-        ]
-        for r in results
-    ]
+    attribute_names = getattr(model.config, "attribute_id2label", None) or {}
+    # The regions post_process_object_detection keeps, in its order: score above threshold, inside region_mask.
+    scores = outputs.logits.float().softmax(-1)[..., :-1].amax(-1)
+    kept = scores > threshold
+    if getattr(outputs, "region_mask", None) is not None:
+        kept &= outputs.region_mask.bool()
+    attribute_probs = outputs.attribute_logits.float().sigmoid() if outputs.attribute_logits is not None else None
+    detections = []
+    for index, r in enumerate(results):
+        probs = attribute_probs[index][kept[index]] if attribute_probs is not None else [None] * len(r["scores"])
+        detections.append([
+            {"label": id2label[int(label)], "score": round(float(score), 4), "box": [round(float(v), 1) for v in box],
+             "attributes": [] if p is None else [attribute_names[a] for a in range(len(p))
+                                                 if float(p[a]) >= attribute_threshold and a in attribute_names]}
+            for score, label, box, p in zip(r["scores"], r["labels"], r["boxes"], probs)
+        ])
+    return detections
 
 
 @torch.inference_mode()
@@ -94,7 +105,8 @@ def caption(model, processor, images, prompt: str = "", **generate_kwargs) -> li
     """Captions for a list of images (greedy by default; pass num_beams=5 / do_sample=True …)."""
     images = [open_image(i) for i in images]
     inputs = processor(images=images, text=[prompt] * len(images))
-    generate_kwargs.setdefault("max_new_tokens", 20)
+    # At most what the model's text length leaves after [CLS] and the [MASK] query.
+    generate_kwargs.setdefault("max_new_tokens", min(20, model.config.max_text_length - 2))
     ids = model.generate(
         input_ids=inputs["input_ids"],
         attention_mask=inputs["attention_mask"],
