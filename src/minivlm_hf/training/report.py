@@ -112,6 +112,30 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines or [""]
 
 
+def label_color(label: str) -> tuple[int, int, int]:
+    """A fixed colour per label (the same in every image and run)."""
+    return PALETTE[zlib.crc32(label.encode()) % len(PALETTE)]
+
+
+def draw_boxes(image: Image.Image, boxes, labels, scores=None, *, scale: float = 1.0, width: int = 2,
+               font_size: int = 12, colors=None) -> Image.Image:
+    """A copy of ``image`` with each xyxy pixel box (times ``scale``) outlined and named ``"label score"``."""
+    image = image.convert("RGB").copy()
+    layer = ImageDraw.Draw(image)
+    font = _font(font_size)
+    scores = scores if scores is not None else [None] * len(boxes)
+    for n, (box, label, score) in enumerate(zip(boxes, labels, scores)):
+        color = colors[n] if colors is not None else label_color(label.split()[-1] if label else "")
+        x1, y1, x2, y2 = (v * scale for v in box)
+        layer.rectangle([x1, y1, x2, y2], outline=color, width=width)
+        text = label if score is None else f"{label} {score:.2f}"
+        anchor = (x1 + 2, max(0, y1 - font_size - 2))
+        left, top, right, bottom = layer.textbbox(anchor, text, font=font)
+        layer.rectangle([left - 1, top - 1, right + 1, bottom + 1], fill="white")
+        layer.text(anchor, text, fill=color, font=font)
+    return image
+
+
 def draw_gallery(path: Path, items: list[dict], *, tile: int = 256, columns: int = 3) -> None:
     """``items``: dicts with ``image`` (PIL), ``boxes`` (xyxy pixels), ``labels`` (names), ``scores``, ``tags``,
     ``caption``, ``question``, ``answer``, ``truth``."""
