@@ -113,12 +113,19 @@ class MiniVLMPreTrainedModel(MiniVLMRemoteCodeMixin, PreTrainedModel):  # mixin:
             weight[:, -geometry:] *= math.sqrt((module.in_features - geometry) / geometry)
             init.copy_(module.weight, weight)
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        # The TEE inside a fusion model is a frozen feature extractor: keep it producing inference regions.
+    def _freeze_vision_model(self):
+        """`config.freeze_vision_model`: the TEE inside is a fixed feature extractor, as OSCAR uses its detector. It
+        stays in eval mode (inference regions) and its parameters need no gradient, so optimizers, DDP and
+        `num_parameters(only_trainable=True)` do not see them. Loading replaces parameters, so `from_pretrained` (which
+        ends with `eval()`) and `train()` apply this again."""
         vision = getattr(self.base_model, "vision_model", None)
         if vision is not None and self.config.freeze_vision_model:
             vision.eval()
+            vision.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_vision_model()
         return self
 
 
@@ -138,6 +145,7 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
         self.pooler = MiniVLMPooler(config) if add_pooling_layer else None
         self.vision_model = TEEModel(config.vision_config) if config.vision_config is not None else None
         self.post_init()
+        self._freeze_vision_model()
 
     def get_input_embeddings(self):
         return self.embeddings.word_embeddings

@@ -23,11 +23,13 @@ import torch
 from torch import nn
 from transformers import GenerationMixin
 from transformers.cache_utils import Cache
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_minivlm import MiniVLMConfig
 from .modeling_minivlm import MiniVLMModel, MiniVLMPreTrainedModel
 from .modeling_minivlm_heads import MiniVLMOnlyMLMHead
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -59,7 +61,10 @@ class MiniVLMCaptioningOutput(ModelOutput):
 class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
     """MiniVLM with a tied masked-LM head for captioning. Loads with `AutoModelForImageTextToText`."""
 
-    _tied_weights_keys = {"cls.predictions.decoder.weight": "minivlm.embeddings.word_embeddings.weight"}
+    _tied_weights_keys = {
+        "cls.predictions.decoder.weight": "minivlm.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
     main_input_name = "input_ids"
 
     def __init__(self, config: MiniVLMConfig):
@@ -220,14 +225,17 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def generate(self, input_ids: torch.LongTensor | None = None, attention_mask=None, **kwargs):
         """
-        `GenerationMixin.generate`. A prompt that a tokenizer closed with [SEP] (e.g. `processor(images, text="")`)
-        is reopened: the caption continues after the prompt, not after [SEP]. Without `input_ids`, generation
-        starts from [CLS] (the `bos_token_id`).
+        `GenerationMixin.generate`. Without `input_ids`, generation starts from [CLS] (the `bos_token_id`).
+
+        Prompts are taken as the tokenizer gives them, padded on either side: each row's real tokens are re-padded on
+        the left and a closing [SEP] (e.g. `processor(images, text="a red")`) is dropped, so the caption continues
+        the prompt and a batch of prompts of different lengths decodes as each prompt alone would. The caption
+        length is bounded by `config.max_text_length` (the model's text positions): a longer request is clamped
+        with a warning.
         """
-        if input_ids is not None and input_ids.shape[1] > 1 and bool((input_ids[:, -1] == self.config.sep_token_id).all()):
-            input_ids = input_ids[:, :-1]
-            if attention_mask is not None:
-                attention_mask = attention_mask[:, :-1]
+        if input_ids is not None:
+            input_ids, attention_mask = self._left_padded_prompts(input_ids, attention_mask)
+        self._clamp_caption_length(1 if input_ids is None else input_ids.shape[1], kwargs)
         kwargs.pop("token_type_ids", None)
         pixel_values, pixel_mask = kwargs.pop("pixel_values", None), kwargs.pop("pixel_mask", None)
         if pixel_values is not None:
@@ -244,6 +252,44 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
                 kwargs[name] = regions[name]
         return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
+    def _left_padded_prompts(self, input_ids, attention_mask):
+        """Each row's real tokens (any padding side), without a closing [SEP], re-padded on the left."""
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        rows = [ids[keep.bool()] for ids, keep in zip(input_ids, mask)]
+        rows = [row[:-1] if len(row) > 1 and int(row[-1]) == self.config.sep_token_id else row for row in rows]
+        if any(len(row) == 0 for row in rows):
+            raise ValueError("a prompt has no tokens: give at least [CLS] (or no input_ids)")
+        length = max(len(row) for row in rows)
+        padded = input_ids.new_full((len(rows), length), self.config.pad_token_id or 0)
+        padded_mask = torch.zeros((len(rows), length), dtype=torch.long, device=input_ids.device)
+        for index, row in enumerate(rows):
+            padded[index, length - len(row):] = row
+            padded_mask[index, length - len(row):] = 1
+        return padded, padded_mask
+
+    def _clamp_caption_length(self, prompt_length: int, kwargs: dict) -> None:
+        """Keep `max_length` / `max_new_tokens` within the `config.max_text_length` text positions."""
+        limit = self.config.max_text_length
+        if prompt_length >= limit:
+            raise ValueError(
+                f"the prompt has {prompt_length} tokens; captions are limited to config.max_text_length={limit} "
+                "tokens ([CLS] included)"
+            )
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        new_tokens, max_length = kwargs.get("max_new_tokens"), kwargs.get("max_length")
+        if new_tokens is None and max_length is None:
+            new_tokens, max_length = generation_config.max_new_tokens, generation_config.max_length
+        if new_tokens is None and max_length is None:
+            new_tokens = 20  # what `generate` defaults to
+        total = prompt_length + new_tokens if new_tokens is not None else max_length
+        if total > limit:
+            logger.warning(
+                f"captions are limited to config.max_text_length={limit} tokens ([CLS] included): generating at most "
+                f"{limit - prompt_length} new tokens instead of {total - prompt_length}"
+            )
+            kwargs["max_new_tokens"] = limit - prompt_length
+            kwargs.pop("max_length", None)
+
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
@@ -256,16 +302,19 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         use_cache = kwargs.get("use_cache", True)
+        # Prompts are left-padded (see `generate`): positions count real tokens only.
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         inputs = {"attention_mask": attention_mask, "predict_next": True, "use_cache": use_cache}
         if cache is not None and cache.get_seq_length() > 0:
             # The image prefix and earlier caption tokens are cached: only the newest token is new.
             inputs.update(
                 input_ids=input_ids[:, -1:],
+                position_ids=position_ids[:, -1:],
                 cache=cache,
                 prefix_attention_mask=kwargs.get("prefix_attention_mask"),
             )
             return inputs
-        inputs.update(input_ids=input_ids, cache=cache if use_cache else None)
+        inputs.update(input_ids=input_ids, position_ids=position_ids, cache=cache if use_cache else None)
         for name in (
             "pixel_values", "pixel_mask", "region_features", "region_boxes", "region_mask", "tag_ids",
             "tag_attention_mask",

@@ -10,7 +10,6 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from .configuration_minivlm import MiniVLMConfig
-from .modeling_minivlm_layers import few_rows_linear
 
 
 class MiniVLMPredictionHeadTransform(nn.Module):
@@ -21,22 +20,22 @@ class MiniVLMPredictionHeadTransform(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.transform_act_fn(few_rows_linear(self.dense, hidden_states)))
+        return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
 
 
 class MiniVLMLMPredictionHead(nn.Module):
-    """BERT's masked-LM head; the decoder is tied to the word embeddings (OSCAR's `cls.predictions`)."""
+    """BERT's masked-LM head (OSCAR's `cls.predictions`). As in BERT, the decoder's weight is tied to the word
+    embeddings and its bias is the head's `bias` (one parameter under two names), so `resize_token_embeddings`
+    resizes both."""
 
     def __init__(self, config: MiniVLMConfig):
         super().__init__()
         self.transform = MiniVLMPredictionHeadTransform(config)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        # Up to 16 rows (a decoding step's queries, one per beam) the vocabulary projection is much faster as
-        # W @ x^T (see few_rows_linear).
-        return few_rows_linear(self.decoder, self.transform(hidden_states), max_rows=16) + self.bias
+        return self.decoder(self.transform(hidden_states))
 
 
 class MiniVLMOnlyMLMHead(nn.Module):

@@ -79,7 +79,10 @@ def _dropout(config: MiniVLMConfig) -> nn.Dropout:
 class MiniVLMForPreTraining(MiniVLMPreTrainedModel):
     """Masked-token prediction over text and tags + contrastive (polluted pair) loss on the pooled [CLS]."""
 
-    _tied_weights_keys = {"cls.predictions.decoder.weight": "minivlm.embeddings.word_embeddings.weight"}
+    _tied_weights_keys = {
+        "cls.predictions.decoder.weight": "minivlm.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
 
     def __init__(self, config: MiniVLMConfig):
         super().__init__(config)

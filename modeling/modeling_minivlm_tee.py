@@ -153,6 +153,12 @@ class TEEPreTrainedModel(MiniVLMRemoteCodeMixin, PreTrainedModel):  # mixin: see
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = False
+    # The TEE has no attention layers, so every attention implementation is trivially supported: a composite model
+    # (MiniVLM with `vision_config`) can be loaded with any `attn_implementation` its fusion encoder supports.
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
     # The losses are per-batch means: the Trainer must not rescale them with `num_items_in_batch`.
     accepts_loss_kwargs = False
 
@@ -231,6 +237,10 @@ class TEEModel(TEEPreTrainedModel):
                 f"`pixel_values` must have shape (batch_size, {self.config.num_channels}, height, width), got "
                 f"{tuple(pixel_values.shape)}."
             )
+        # NaN / inf pixels would give finite but meaningless detections: refuse them (not under tracing / export,
+        # where a data-dependent check cannot be captured).
+        if not (is_tracing(pixel_values) or torch.onnx.is_in_onnx_export()) and not torch.isfinite(pixel_values).all():
+            raise ValueError("`pixel_values` contain NaN or infinite values.")
         batch_size, _, height, width = pixel_values.shape
         if pixel_mask is None:
             image_sizes = torch.tensor([[height, width]], dtype=torch.float32, device=pixel_values.device)

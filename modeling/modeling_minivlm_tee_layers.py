@@ -424,7 +424,9 @@ class TEEMultiLevelRoIAlign(nn.Module):
             `torch.FloatTensor` of shape `(R, C, roi_output_size, roi_output_size)`.
         """
         reference = features[0]
-        rois = torch.cat((batch_index.to(reference.dtype)[:, None], boxes.to(reference.dtype)), dim=1)
+        # RoIAlign runs in float32: torchvision has no half-precision CPU kernel, and box coordinates rounded to bf16
+        # would move by whole pixels. The pooled maps come back in the feature maps' dtype.
+        rois = torch.cat((batch_index.to(torch.float32)[:, None], boxes.float()), dim=1)
         pooled = reference.new_zeros((rois.shape[0], reference.shape[1], self.output_size, self.output_size))
         if rois.shape[0] == 0:
             return pooled
@@ -434,13 +436,13 @@ class TEEMultiLevelRoIAlign(nn.Module):
             if index.numel() == 0:
                 continue
             pooled[index] = roi_align(
-                features[level - self.min_level],
+                features[level - self.min_level].float(),
                 rois[index],
                 output_size=self.output_size,
                 spatial_scale=1.0 / 2**level,
                 sampling_ratio=self.sampling_ratio,
                 aligned=True,
-            )
+            ).to(pooled.dtype)
         return pooled
 
 

@@ -3,14 +3,13 @@
 Remote-code file: imports only torch, transformers and sibling files.
 """
 
-from __future__ import annotations
-
 import warnings
 from collections.abc import Sequence
 
 import torch
 from transformers import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ImagesKwargs, ProcessingKwargs, TextKwargs, Unpack
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -33,6 +32,23 @@ def tag_token_ids(tokenizer, id2label: dict) -> dict[int, list[int]]:
         int(i): tokenizer(str(name).replace("_", " "), add_special_tokens=False)["input_ids"]
         for i, name in id2label.items()
     }
+
+
+class MiniVLMTextKwargs(TextKwargs, total=False):
+    """The tokenizer arguments a `MiniVLMProcessor` call accepts for `text`."""
+
+
+class MiniVLMImageKwargs(ImagesKwargs, total=False):
+    """The image-processor arguments a `MiniVLMProcessor` call accepts (plus the image processor's own)."""
+
+    pad_size_divisor: int | None
+    do_convert_annotations: bool | None
+
+
+class MiniVLMProcessorKwargs(ProcessingKwargs, total=False):
+    text_kwargs: MiniVLMTextKwargs
+    images_kwargs: MiniVLMImageKwargs
+    _defaults = {"text_kwargs": {"padding": True}}
 
 
 class MiniVLMProcessor(ProcessorMixin):
@@ -72,10 +88,8 @@ class MiniVLMProcessor(ProcessorMixin):
         answers: list[str] | list[list[str]] | None = None,
         answer2id: dict[str, int] | None = None,
         annotations=None,
-        return_tensors: str | None = "pt",
-        padding: bool | str = True,
         max_text_length: int | None = None,
-        **kwargs,
+        **kwargs: Unpack[MiniVLMProcessorKwargs],
     ) -> BatchFeature:
         r"""
         Args:
@@ -86,14 +100,22 @@ class MiniVLMProcessor(ProcessorMixin):
             answer2id: answer vocabulary for `answers` (e.g. `model.config.label2id`).
             annotations: COCO detection annotations, forwarded to the image processor.
             max_text_length: overrides `self.max_text_length` for this call.
+            kwargs: tokenizer arguments for `text` (`padding`, `max_length`, `truncation`, `padding_side`,
+                `pad_to_multiple_of`, ...) and image-processor arguments for `images` (`size`, `do_normalize`,
+                `do_resize`, ...), flat or as `text_kwargs={...}` / `images_kwargs={...}`, plus `return_tensors`
+                (default `"pt"`). An argument neither accepts is refused. Text is `[CLS] text [SEP]`, padded to the
+                longest row and truncated to `max_text_length` tokens (with a warning) unless told otherwise; for
+                batched generation from prompts of different lengths, `generate` re-pads them itself.
         """
         if images is None and text is None and tags is None:
             raise ValueError("the processor needs images, text or tags")
-        kwargs.pop("padding_side", None)
+        return_tensors = kwargs.pop("return_tensors", "pt")
+        self._check_kwargs(kwargs)
+        output_kwargs = self._merge_kwargs(MiniVLMProcessorKwargs, tokenizer_init_kwargs={}, **kwargs)
         data: dict = {}
         batch = None
         if images is not None:
-            image_kwargs = {"return_tensors": return_tensors}
+            image_kwargs = dict(output_kwargs["images_kwargs"], return_tensors=return_tensors)
             if annotations is not None:
                 image_kwargs["annotations"] = annotations
             image_inputs = self.image_processor(images, **image_kwargs)
@@ -108,7 +130,7 @@ class MiniVLMProcessor(ProcessorMixin):
                 else:
                     raise ValueError(f"got {batch} images but {len(texts)} texts: pass one text per image")
             batch = len(texts)
-            data.update(self._encode_text(texts, max_text_length or self.max_text_length))
+            data.update(self._encode_text(texts, max_text_length or self.max_text_length, output_kwargs["text_kwargs"]))
 
         if tags is not None:
             tag_lists = [tags] if tags and isinstance(tags[0], str) else list(tags)
@@ -125,20 +147,52 @@ class MiniVLMProcessor(ProcessorMixin):
             data["labels"] = vqa_soft_scores(answer_lists, answer2id)
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def _encode_text(self, texts: list[str], max_length: int) -> dict:
-        tok = self.tokenizer
-        encoded = tok(texts, add_special_tokens=False, truncation=False)["input_ids"]
-        rows = []
-        for index, ids in enumerate(encoded):
-            if len(ids) > max_length - 2:
-                msg = (
-                    f"text {index} has {len(ids) + 2} tokens; truncated to max_text_length={max_length} "
-                    "([CLS] and [SEP] included)"
+    def _check_kwargs(self, kwargs: dict) -> None:
+        """Refuse an argument that neither the tokenizer nor the image processor takes (instead of ignoring it)."""
+        text_keys = set(MiniVLMTextKwargs.__annotations__)
+        image_keys = set(MiniVLMImageKwargs.__annotations__) | set(
+            getattr(getattr(self.image_processor, "valid_kwargs", None), "__annotations__", {})
+        )
+        groups = {"text_kwargs": text_keys, "images_kwargs": image_keys, "common_kwargs": {"return_tensors"}}
+        for key, value in kwargs.items():
+            if key in groups:
+                unknown = sorted(set(value) - groups[key]) if isinstance(value, dict) else [key]
+            else:
+                unknown = [] if (key in text_keys or key in image_keys or key == "return_tensors") else [key]
+            if unknown:
+                raise ValueError(
+                    f"MiniVLMProcessor got unexpected argument(s) {unknown}: it takes the tokenizer's arguments for "
+                    "text (padding, max_length, truncation, padding_side, ...) and the image processor's for images "
+                    f"(size, do_resize, do_normalize, ...); accepted: {sorted((text_keys | image_keys) - {'text_pair', 'text_target', 'text_pair_target'})}"
                 )
-                warnings.warn(msg, stacklevel=3)
-                ids = ids[: max_length - 2]
-            rows.append([tok.cls_token_id] + ids + [tok.sep_token_id])
-        return _pad(rows, tok.pad_token_id, "input_ids", "attention_mask")
+
+    def _encode_text(self, texts: list[str], max_length: int, text_kwargs: dict | None = None) -> dict:
+        """`[CLS] text [SEP]` rows through the tokenizer with the caller's arguments. The model has positions for
+        `max_length` text tokens, so longer rows are truncated (with a warning) and a larger `max_length` is refused."""
+        text_kwargs = dict(text_kwargs or {})
+        text_kwargs.pop("return_tensors", None)
+        limit = text_kwargs.pop("max_length", None) or max_length
+        if limit > max_length:
+            raise ValueError(
+                f"max_length={limit} exceeds max_text_length={max_length}: the model has no positions for more text "
+                "tokens ([CLS] and [SEP] included)"
+            )
+        truncation = text_kwargs.pop("truncation", True)
+        if truncation in (False, "do_not_truncate"):
+            truncation = True  # longer rows cannot be encoded: truncate, but say so below
+        text_kwargs.setdefault("padding", True)
+        text_kwargs.setdefault("return_token_type_ids", False)
+        lengths = [len(ids) + 2 for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        for index, length in enumerate(lengths):
+            if length > limit:
+                warnings.warn(
+                    f"text {index} has {length} tokens; truncated to max_text_length={limit} ([CLS] and [SEP] "
+                    "included)", stacklevel=3,
+                )
+        encoded = self.tokenizer(
+            texts, truncation=truncation, max_length=limit, return_tensors="pt", **text_kwargs
+        )
+        return dict(encoded)
 
     def _encode_tags(self, tag_lists: list[list[str]]) -> dict:
         encoded = [encode_tag_phrases(self.tokenizer, tags, self.max_tag_length) for tags in tag_lists]

@@ -131,10 +131,14 @@ def test_captioning_without_an_image_is_a_clear_error():
         model(input_ids=torch.tensor([[1, 5, 2]]))
 
 
-def test_caption_longer_than_max_text_length_is_refused():
+def test_caption_longer_than_max_text_length_is_clamped_with_a_warning(caplog):
     model = MiniVLMForImageCaptioning(tiny_fusion_config()).eval()
-    with pytest.raises(ValueError, match="max_text_length=12"):
-        model.generate(**region_inputs(), max_new_tokens=20, min_new_tokens=20)
+    with caplog.at_level("WARNING"):
+        out = model.generate(**region_inputs(), max_new_tokens=20, min_new_tokens=20)
+    assert out.shape[1] == 12  # [CLS] + 11 tokens: every text position of max_text_length=12
+    assert "at most 11 new tokens instead of 20" in caplog.text
+    with pytest.raises(ValueError, match="prompt has 12 tokens; captions are limited to config.max_text_length=12"):
+        model.generate(input_ids=torch.ones((1, 12), dtype=torch.long), **region_inputs(batch=1))
 
 
 def _overfit(model, inputs, steps):
