@@ -116,6 +116,7 @@ class MiniVLMConfig(PreTrainedConfig):
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
+        self._check_vision_config()
         super().__post_init__(**kwargs)
         if self.tag_token_ids is not None:
             # JSON turns int keys into strings.
@@ -126,9 +127,35 @@ class MiniVLMConfig(PreTrainedConfig):
             }
         self._check()
 
+    def _check_vision_config(self):
+        # Before the sub-config is built: a dict of another model_type would become a TEEConfig of that type.
+        vision = self.vision_config
+        if vision is None:
+            return
+        model_type = vision.get("model_type", TEEConfig.model_type) if isinstance(vision, dict) else getattr(
+            vision, "model_type", None)
+        if not isinstance(vision, (dict, PreTrainedConfig)) or model_type != TEEConfig.model_type:
+            raise ValueError(
+                f"MiniVLMConfig.vision_config: must be a TEEConfig (model_type {TEEConfig.model_type!r}), its dict or "
+                f"None, got {type(vision).__name__}" + (f" with model_type {model_type!r}" if model_type else "")
+            )
+
+    def _check_types(self):
+        expected = {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}
+        for field, kind in _FIELD_TYPES.items():
+            if not hasattr(self, field):
+                continue
+            value = getattr(self, field)
+            ok = isinstance(value, bool) if kind is bool else (
+                isinstance(value, (int, float) if kind is float else kind) and not isinstance(value, bool))
+            if not ok and not (value is None and field in _OPTIONAL_FIELDS):
+                raise ValueError(f"MiniVLMConfig.{field}: must be {expected[kind]}, got {value!r} ({type(value).__name__})")
+
     def _check(self):
         def fail(field, why):
             raise ValueError(f"MiniVLMConfig.{field}: {why}")
+
+        self._check_types()
 
         for field in (
             "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -163,5 +190,17 @@ class MiniVLMConfig(PreTrainedConfig):
                 f"vision_config.box_head_dim={self.vision_config.box_head_dim}",
             )
 
+
+_FIELD_TYPES = {
+    **dict.fromkeys(("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size", "region_feature_size", "box_feature_size",
+                     "max_regions", "max_text_length", "max_tag_length", "max_tag_attributes"), int),
+    **dict.fromkeys(("hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range", "layer_norm_eps",
+                     "tag_score_threshold", "tag_attribute_threshold", "caption_label_smoothing",
+                     "classifier_dropout"), float),
+    **dict.fromkeys(("use_image_layer_norm", "freeze_vision_model", "tag_attributes", "unpad_tokens"), bool),
+    **dict.fromkeys(("hidden_act", "tag_order", "vqa_loss"), str),
+}
+_OPTIONAL_FIELDS = {"classifier_dropout"}
 
 __all__ = ["MiniVLMConfig"]

@@ -46,6 +46,9 @@ class MiniVLMVQAPipeline(Pipeline):
     def preprocess(self, inputs, timeout=None, question=None):
         if "image" not in inputs or "question" not in inputs:
             raise ValueError("each input needs an 'image' and a 'question'")
+        question = inputs["question"]
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"the question must be a non-empty string, got {question!r}")
         image = load_image(inputs["image"], timeout=timeout)
         return self.processor(images=image, text=inputs["question"], return_tensors="pt")
 

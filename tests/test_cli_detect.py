@@ -58,8 +58,10 @@ def test_detect_bad_input_is_one_line(detector_dir, tmp_path, capsys):
     assert "image not found" in capsys.readouterr().err
     assert cli_main(["detect", str(EXAMPLE_IMAGE), "--model", str(tmp_path / "no-model")]) == 2
     assert "model folder not found" in capsys.readouterr().err
-    assert cli_main(["detect", str(EXAMPLE_IMAGE), "--model", str(detector_dir), "--threshold", "2"]) == 2
-    assert "--threshold" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a bad number fails at parse time (argparse type)
+        cli_main(["detect", str(EXAMPLE_IMAGE), "--model", str(detector_dir), "--threshold", "2"])
+    assert exit_info.value.code == 2
+    assert "--threshold: expected a number in [0, 1], got '2'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["detect", "caption", "answer", "data", "init", "push"])

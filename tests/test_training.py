@@ -120,7 +120,7 @@ def test_cli_help_and_config_errors(tmp_path, capsys):
     unknown = tmp_path / "unknown.json"
     unknown.write_text(json.dumps({"trainer": {}}))
     assert main(["train", "vqa", "--config", str(unknown), "--output-dir", str(tmp_path / "o")]) == 2
-    assert "unknown top-level keys" in capsys.readouterr().err
+    assert "unknown top-level key 'trainer'; did you mean 'training'?" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
 

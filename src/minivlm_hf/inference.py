@@ -7,25 +7,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-TASK_AUTO_CLASSES = {
-    "detect": "AutoModelForObjectDetection",
-    "caption": "AutoModelForImageTextToText",
-    "answer": "AutoModelForVisualQuestionAnswering",
-    "retrieval": "AutoModel",
-    "nlvr": "AutoModel",
-}
-
-
-_HEADS_WITHOUT_AUTO_CLASS = {"retrieval": "MiniVLMForImageTextRetrieval", "nlvr": "MiniVLMForVisualReasoning"}
-
-
 def open_image(source) -> Image.Image:
-    """A path or PIL image → RGB PIL image, with errors that name the file."""
+    """A path, PIL image or ``(H, W[, C])`` uint8 / float array → PIL image, with errors that name the file."""
     if isinstance(source, Image.Image):
         return source
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        return _image_from_array(source)
+    if not isinstance(source, (str, Path)):
+        raise TypeError(f"expected an image path, a PIL image or an array, got {type(source).__name__}")
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
@@ -35,8 +28,26 @@ def open_image(source) -> Image.Image:
             return image.copy()
     except Image.DecompressionBombError as err:
         raise ValueError(f"{path}: refused, too many pixels (possible decompression bomb): {err}") from err
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:  # truncated files raise OSError
         raise ValueError(f"{path}: not a readable image ({err})") from err
+
+
+def _image_from_array(array) -> Image.Image:
+    """An ``(H, W)``, ``(H, W, 1|3|4)`` array (uint8, or floats in [0, 1]) as a PIL image."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # channels first
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or 0 in array.shape:
+        raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image array, got shape {tuple(array.shape)}")
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
+            raise ValueError(f"image array must hold finite numbers, got dtype {array.dtype} with NaN / inf or none")
+        scale = 255.0 if float(array.max(initial=0)) <= 1.0 else 1.0
+        array = np.clip(np.rint(array * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(array))
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -44,38 +55,51 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and "\\" not in name
 
 
+def _images(images) -> list[Image.Image]:
+    """One image (path, PIL image, array) or a list of them → a non-empty list of PIL images."""
+    if isinstance(images, (str, Path, Image.Image, np.ndarray, torch.Tensor)):
+        images = [images]
+    images = list(images)
+    if not images:
+        raise ValueError("no images given")
+    return [open_image(i) for i in images]
+
+
+def _text(name: str, value) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{name} is empty")
+    return value
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
 def load(task: str, model_id: str, revision: str | None = None, trust_remote_code: bool = False):
-    """Load (model, processor) for a task from a folder or Hub id through the transformers Auto classes."""
-    import transformers
+    """Load (model, processor) for a task from a folder or Hub id through the transformers Auto classes.
 
-    import minivlm_hf  # noqa: F401  (registers the Auto classes)
+    Refuses, in one line naming what the folder holds, a checkpoint of another kind, one whose task weights are
+    missing (no randomly initialised head is returned), truncated or pickled-only weights, and remote code unless
+    ``trust_remote_code``."""
+    from .io.loading import load_for_task
 
-    if task not in TASK_AUTO_CLASSES:
-        raise ValueError(f"unknown task {task!r}; choose from {sorted(TASK_AUTO_CLASSES)}")
+    if not isinstance(model_id, (str, Path)):
+        raise TypeError(f"model_id must be a folder or Hub id, got {type(model_id).__name__}")
+    model_id = str(model_id)
     if not Path(model_id).exists() and not _looks_like_hub_id(model_id):
         raise FileNotFoundError(f"model folder not found (and not a Hub id 'namespace/name'): {model_id}")
-    auto = getattr(transformers, TASK_AUTO_CLASSES[task])
-    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
-    if task in _HEADS_WITHOUT_AUTO_CLASS and not trust_remote_code:
-        # transformers has no Auto class for these heads (AutoModel gives the bare encoder): use the saved architecture.
-        config = transformers.AutoConfig.from_pretrained(model_id, revision=revision)
-        architecture = (config.architectures or [""])[0]
-        if architecture != _HEADS_WITHOUT_AUTO_CLASS[task]:
-            raise ValueError(f"{model_id} holds a {architecture or 'model without architectures'}, not a {task} model")
-        auto = getattr(minivlm_hf, architecture)
-    model = auto.from_pretrained(model_id, **kwargs).eval()
-    if task == "detect":
-        processor = transformers.AutoImageProcessor.from_pretrained(model_id, **kwargs)
-    else:
-        processor = transformers.AutoProcessor.from_pretrained(model_id, **kwargs)
-    return model, processor
+    return load_for_task(task, model_id, revision, trust_remote_code)
 
 
 @torch.inference_mode()
 def detect(model, image_processor, images, threshold: float = 0.5, attribute_threshold: float = 0.5) -> list[list[dict]]:
     """Per image: `[{"label", "score", "box": [x1, y1, x2, y2], "attributes": [names]}]`, boxes in pixels of the
     original image; `attributes` are the region's attribute names whose probability is `>= attribute_threshold`."""
-    images = [open_image(i) for i in images]
+    images = _images(images)
     inputs = image_processor(images, return_tensors="pt")
     outputs = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs.get("pixel_mask"))
     sizes = [(im.height, im.width) for im in images]
@@ -103,7 +127,10 @@ def detect(model, image_processor, images, threshold: float = 0.5, attribute_thr
 @torch.inference_mode()
 def caption(model, processor, images, prompt: str = "", **generate_kwargs) -> list[str]:
     """Captions for a list of images (greedy by default; pass num_beams=5 / do_sample=True …)."""
-    images = [open_image(i) for i in images]
+    images = _images(images)
+    for name in ("max_new_tokens", "num_beams", "num_return_sequences", "top_k"):
+        if generate_kwargs.get(name) is not None:
+            _positive_int(name, generate_kwargs[name])
     inputs = processor(images=images, text=[prompt] * len(images))
     # At most what the model's text length leaves after [CLS] and the [MASK] query.
     generate_kwargs.setdefault("max_new_tokens", min(20, model.config.max_text_length - 2))
@@ -120,6 +147,8 @@ def caption(model, processor, images, prompt: str = "", **generate_kwargs) -> li
 @torch.inference_mode()
 def answer(model, processor, image, question: str, top_k: int = 1) -> list[dict]:
     """`[{"answer", "score"}]` for one image and one question, best first."""
+    question = _text("question", question)
+    top_k = _positive_int("top_k", top_k)
     inputs = processor(images=[open_image(image)], text=[question])
     logits = model(**inputs).logits
     scores = "softmax" if getattr(model.config, "vqa_loss", "bce") == "softmax" else "sigmoid"
@@ -129,6 +158,12 @@ def answer(model, processor, image, question: str, top_k: int = 1) -> list[dict]
 @torch.inference_mode()
 def rank_captions(model, processor, image, captions: list[str], batch_size: int = 32) -> list[dict]:
     """Score one image against N captions; returns `[{"caption", "score"}]` best first."""
+    if isinstance(captions, str) or not isinstance(captions, (list, tuple)):
+        raise TypeError(f"captions must be a list of strings (one per caption), got {type(captions).__name__}")
+    if not captions:
+        raise ValueError("captions is empty: give at least one caption to rank")
+    captions = [_text(f"captions[{i}]", c) for i, c in enumerate(captions)]
+    batch_size = _positive_int("batch_size", batch_size)
     image_inputs = processor(images=[open_image(image)])
     text_inputs = processor(text=list(captions))
     ranking = model.rank_texts(
@@ -142,6 +177,7 @@ def rank_captions(model, processor, image, captions: list[str], batch_size: int 
 @torch.inference_mode()
 def judge(model, processor, statement: str, left_image, right_image) -> dict:
     """NLVR2-style: is `statement` true of the image pair? `{"label": bool, "score": P(true)}`."""
+    statement = _text("statement", statement)
     inputs = processor(images=[open_image(left_image), open_image(right_image)], text=[statement])
     pixel_values = inputs["pixel_values"].unsqueeze(0)  # (1, 2, 3, H, W)
     pixel_mask = inputs["pixel_mask"].unsqueeze(0) if "pixel_mask" in inputs else None

@@ -82,7 +82,8 @@ def _verdict(variant: str, deltas: dict[str, float]) -> bool:
 
 
 def run_parity(model_dir, *, limit: int | None = None, num_test: int | None = None, cache_dir=None,
-               tasks=("detector", *FUSION_TASKS), log: Callable[[str], None] = print) -> dict[str, Any]:
+               tasks=("detector", *FUSION_TASKS), log: Callable[[str], None] = print,
+               trust_remote_code: bool = False) -> dict[str, Any]:
     """Evaluate fp32 and every fast path on the test split of the demo output ``model_dir`` (see module doc).
     ``limit`` caps the test examples per task (None: the demo's own evaluation settings).
     ``num_test``: a larger test split of the same generator instead of the demo's (its first scenes are the demo's
@@ -123,7 +124,7 @@ def run_parity(model_dir, *, limit: int | None = None, num_test: int | None = No
 
     start = time.perf_counter()
     data = RecipeData(cfg("data"), progress=False)
-    detector, _ = load_with_auto_class("detector", model_dir / "detector")
+    detector, _ = load_with_auto_class("detector", model_dir / "detector", trust_remote_code=trust_remote_code)
     data.image_processor = load_processor("detector", model_dir / "detector")
     data._detector = detector  # noqa: SLF001 - the demo's protocol: this TEE extracts the fusion stages' regions
     metrics: dict[str, dict[str, dict[str, float]]] = {}
@@ -144,7 +145,7 @@ def run_parity(model_dir, *, limit: int | None = None, num_test: int | None = No
     for task in FUSION_TASKS:
         if task not in tasks or not (model_dir / task / "config.json").is_file():
             continue
-        model, _ = load_with_auto_class(task, model_dir / task)
+        model, _ = load_with_auto_class(task, model_dir / task, trust_remote_code=trust_remote_code)
         for variant, options in FUSION_VARIANTS.items():
             if options and (options.get("int8_outlier_ffn_channels") or options.get("int8_outlier_other_channels")):
                 options = {**options, "int8_calibration": _calibration_batches(task, cfg(task), data, model)}

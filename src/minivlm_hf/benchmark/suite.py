@@ -88,6 +88,7 @@ class BenchmarkSettings:
     model_dir: str | None = None
     parity_limit: int | None = None
     parity_num_test: int | None = None
+    trust_remote_code: bool = False  # parity: run the model code shipped in model_dir (explicit opt-in only)
     json_path: str | None = None
     seed: int = 0
 
@@ -283,7 +284,8 @@ class _Runner(FastPathParts):
 
         self.log(f"  parity on the scenes test split of {self.s.model_dir} ...")
         self.result["parity"] = run_parity(self.s.model_dir, limit=self.s.parity_limit,
-                                           num_test=self.s.parity_num_test, log=self.log)
+                                           num_test=self.s.parity_num_test, log=self.log,
+                                           trust_remote_code=self.s.trust_remote_code)
 
     # static facts -----------------------------------------------------------------------------------------------
     def params(self):

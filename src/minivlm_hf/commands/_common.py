@@ -4,8 +4,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
+
+
+def _bounded(kind, name: str, low=None, high=None, low_open: bool = False):
+    """An argparse ``type`` that parses ``kind`` and checks the range, so bad numbers fail at parse time."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}")
+        if (low is not None and (value < low or (low_open and value == low))) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}")
+        return value
+
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _bounded(int, "a positive integer", low=1)
+non_negative_int = _bounded(int, "an integer >= 0", low=0)
+positive_float = _bounded(float, "a number > 0", low=0.0, low_open=True)
+unit_interval = _bounded(float, "a number in [0, 1]", low=0.0, high=1.0)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,8 +50,9 @@ def emit_json(data, output: Path | None) -> None:
     if output is None:
         print(text)
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_suffix(output.suffix + ".tmp")
-    tmp.write_text(text + "\n")
-    tmp.replace(output)  # never leave a half-written file behind
+    from ..io.atomic import atomic_write_text
+
+    if output.is_dir():
+        raise ValueError(f"--output {output} is a folder; give a file name")
+    atomic_write_text(output, text + "\n")  # never leave a half-written file behind
     print(f"wrote {output}", file=sys.stderr)

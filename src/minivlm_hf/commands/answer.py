@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_model_arguments, add_output_argument, emit_json
+from ._common import add_model_arguments, add_output_argument, emit_json, positive_int
 
 
 def register(subparsers) -> None:
@@ -15,7 +15,7 @@ def register(subparsers) -> None:
     parser.add_argument("image", type=Path, help="image file")
     parser.add_argument("--question", required=True, help="the question")
     add_model_arguments(parser)
-    parser.add_argument("--top-k", type=int, default=3, help="answers to return")
+    parser.add_argument("--top-k", type=positive_int, default=3, help="answers to return")
     add_output_argument(parser)
     parser.set_defaults(func=run)
 

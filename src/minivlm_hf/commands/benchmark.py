@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._common import non_negative_int, positive_float, positive_int
+
 PARTS_HELP = (
     "extractor (region extraction), vqa (image → answer), caption (greedy + beam), retrieval (1 image × 100 "
     "captions), decoder (KV cache vs none), fast (fast paths), batch (images/s at batch 1/8/32), onnx (ONNX "
@@ -26,26 +28,28 @@ def register(subparsers) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--part", action="append", default=None, metavar="PART", help=PARTS_HELP)
-    parser.add_argument("--runs", type=int, default=10, help="timed interleaved rounds per row (>= 10; default 10)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds before timing (default 1)")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--runs", type=positive_int, default=10, help="timed interleaved rounds per row (>= 10; default 10)")
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed warm-up rounds before timing (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--device", default="cpu", choices=["cpu"], help="only cpu is supported")
     parser.add_argument("--json", type=Path, default=None, help="write every number as JSON here")
     parser.add_argument("--model-dir", "--model", dest="model_dir", type=Path, default=None,
                         help="output folder of `minivlm-hf demo` (trained models) for --part parity")
-    parser.add_argument("--parity-limit", type=int, default=None, help="cap the test examples per task in parity")
-    parser.add_argument("--parity-num-test", type=int, default=None,
+    parser.add_argument("--parity-limit", type=positive_int, default=None, help="cap the test examples per task in parity")
+    parser.add_argument("--parity-num-test", type=positive_int, default=None,
                         help="parity on a larger test split of the same generator (e.g. 500: retrieval averaged over "
                              "5 groups of 100 candidates, NLVR pairs scaled alike) instead of the demo's")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="--part parity: load the model code shipped in --model-dir (default: the installed package's)")
     parser.add_argument("--tiny", action="store_true", help="tiny random configs, --runs may be < 10 (smoke test)")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile variants (compile time reported separately; minutes on 2 cores)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--no-flops", action="store_true", help="skip FLOP counting (and the lower bounds)")
-    parser.add_argument("--batch-runs", type=int, default=3, help="timed rounds per batched-throughput row (default 3)")
+    parser.add_argument("--batch-runs", type=positive_int, default=3, help="timed rounds per batched-throughput row (default 3)")
     parser.add_argument("--batch-sizes", type=str, default=None, help="comma-separated batch sizes (default 1,8,32)")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset for --part onnx (default 17)")
-    parser.add_argument("--gflops-seconds", type=float, default=1.0, help="seconds per matmul-throughput probe")
+    parser.add_argument("--opset", type=positive_int, default=17, help="ONNX opset for --part onnx (default 17)")
+    parser.add_argument("--gflops-seconds", type=positive_float, default=1.0, help="seconds per matmul-throughput probe")
     parser.set_defaults(func=run)
 
 
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads, device=args.device, tiny=args.tiny, compile=args.compile, memory=not args.no_memory,
         flops=not args.no_flops, batch_runs=args.batch_runs, batch_sizes=batch_sizes, gflops_seconds=args.gflops_seconds,
         opset=args.opset, model_dir=str(args.model_dir) if args.model_dir else None, parity_limit=args.parity_limit,
-        parity_num_test=args.parity_num_test,
+        parity_num_test=args.parity_num_test, trust_remote_code=args.trust_remote_code,
         json_path=str(args.json) if args.json else None,
     )
     run_benchmark(settings)

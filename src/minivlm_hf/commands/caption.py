@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_model_arguments, add_output_argument, emit_json
+from ._common import add_model_arguments, add_output_argument, emit_json, positive_int
 
 
 def register(subparsers) -> None:
@@ -14,8 +14,8 @@ def register(subparsers) -> None:
     )
     parser.add_argument("images", nargs="+", type=Path, help="image files")
     add_model_arguments(parser)
-    parser.add_argument("--max-new-tokens", type=int, default=20)
-    parser.add_argument("--num-beams", type=int, default=1, help="beam search width (OSCAR uses 5)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=20)
+    parser.add_argument("--num-beams", type=positive_int, default=1, help="beam search width (OSCAR uses 5)")
     parser.add_argument("--prompt", default="", help="text the caption must start with")
     add_output_argument(parser)
     parser.set_defaults(func=run)

@@ -13,17 +13,19 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from ._common import non_negative_int, positive_int
+
 
 def _add_common(parser: argparse.ArgumentParser, defaults: tuple[int, int, int], unit: str) -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder to save the DatasetDict into")
-    parser.add_argument("--num-train", type=int, default=defaults[0], help=f"{unit} in train (default {defaults[0]})")
+    parser.add_argument("--num-train", type=positive_int, default=defaults[0], help=f"{unit} in train (default {defaults[0]})")
     parser.add_argument(
-        "--num-validation", type=int, default=defaults[1], help=f"{unit} in validation (default {defaults[1]})"
+        "--num-validation", type=non_negative_int, default=defaults[1], help=f"{unit} in validation (default {defaults[1]})"
     )
-    parser.add_argument("--num-test", type=int, default=defaults[2], help=f"{unit} in test (default {defaults[2]})")
-    parser.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
-    parser.add_argument("--min-size", type=int, default=160, help="smallest image side in pixels (default 160)")
-    parser.add_argument("--max-size", type=int, default=320, help="largest image side in pixels (default 320)")
+    parser.add_argument("--num-test", type=non_negative_int, default=defaults[2], help=f"{unit} in test (default {defaults[2]})")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="generation seed (default 0)")
+    parser.add_argument("--min-size", type=positive_int, default=160, help="smallest image side in pixels (default 160)")
+    parser.add_argument("--max-size", type=positive_int, default=320, help="largest image side in pixels (default 320)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
 
 
@@ -49,23 +51,37 @@ def register(subparsers) -> None:
     nlvr.set_defaults(func=_run_nlvr)
 
 
+# Written into every folder this command saves: --overwrite replaces only a folder that holds it.
+MANIFEST = "minivlm_dataset.json"
+
+
 def _prepare_out(args) -> None:
     out: Path = args.out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
         if not args.overwrite:
             raise ValueError(f"output folder {out} exists and is not empty (use --overwrite to replace it)")
+        if not (out / MANIFEST).is_file():
+            names = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+            raise ValueError(
+                f"refusing to overwrite {out}: it is not a dataset saved by `minivlm-hf data` (no {MANIFEST}); it "
+                f"holds {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+            )
 
 
-def _save(dataset, out: Path) -> None:
-    import shutil
+def _save(dataset, args) -> None:
+    """Save into a staging folder next to --out, then swap it in: an interruption leaves the old dataset or the
+    new one, whole."""
+    import json
 
     from minivlm_hf.data.cache import save_quietly
+    from minivlm_hf.io.atomic import atomic_directory
 
-    if out.is_dir():
-        shutil.rmtree(out)
-    elif out.exists():
-        out.unlink()
-    save_quietly(dataset, out)
+    settings = {k: v for k, v in vars(args).items() if k.startswith(("num_", "seed", "min_", "max_"))}
+    with atomic_directory(args.out) as staging:
+        save_quietly(dataset, staging)
+        (staging / MANIFEST).write_text(json.dumps({"dataset": args.data_command, **settings}, indent=1) + "\n")
 
 
 def _run_scenes(args) -> int:
@@ -78,7 +94,7 @@ def _run_scenes(args) -> int:
         min_size=args.min_size, max_size=args.max_size, use_cache=False,
     )
     elapsed = time.perf_counter() - start
-    _save(dataset, args.out)
+    _save(dataset, args)
     total = sum(split.num_rows for split in dataset.values())
     print(f"saved synthetic scenes to {args.out} ({total} images in {elapsed:.1f}s, {total / max(elapsed, 1e-9):.0f} images/s)")
     for name, split in dataset.items():
@@ -102,7 +118,7 @@ def _run_nlvr(args) -> int:
         min_size=args.min_size, max_size=args.max_size, use_cache=False,
     )
     elapsed = time.perf_counter() - start
-    _save(dataset, args.out)
+    _save(dataset, args)
     print(f"saved NLVR pairs to {args.out} (built in {elapsed:.1f}s)")
     for name, split in dataset.items():
         labels = Counter(split["label"])

@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     parser.add_argument("--config", type=Path,
                         help='JSON overrides of the preset: {"common": {recipe keys}, "stages": {stage: {...}}}')
     parser.add_argument("--no-gallery", action="store_true", help="skip the PNG gallery")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="reload retrieval / NLVR through the model code saved in their folders (auto_map)")
     parser.set_defaults(func=run)
 
 
@@ -47,5 +49,5 @@ def run(args) -> int:
         if not isinstance(overrides, dict) or set(overrides) - {"common", "stages"}:
             raise ValueError(f"demo config {args.config} must be an object with keys 'common' and/or 'stages'")
     run_demo(args.output_dir, quick=args.quick, cache_dir=args.cache_dir, overrides=overrides,
-             gallery=not args.no_gallery)
+             gallery=not args.no_gallery, trust_remote_code=args.trust_remote_code)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_model_arguments, add_output_argument, emit_json
+from ._common import add_model_arguments, add_output_argument, emit_json, unit_interval
 
 
 def register(subparsers) -> None:
@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("images", nargs="+", type=Path, help="image files")
     add_model_arguments(parser)
-    parser.add_argument("--threshold", type=float, default=0.5, help="minimum score (default 0.5)")
+    parser.add_argument("--threshold", type=unit_interval, default=0.5, help="minimum score (default 0.5)")
     add_output_argument(parser)
     parser.add_argument(
         "--draw", type=Path, default=None, help="PNG with the boxes drawn (with several images: NAME_<i>.png)"

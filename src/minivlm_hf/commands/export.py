@@ -8,6 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ._common import positive_float, positive_int
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("export", help="export models (ONNX)", description=__doc__)
@@ -21,9 +23,9 @@ def register(subparsers) -> None:
     )
     onnx.add_argument("--model", required=True, help="saved model folder (detector or MiniVLM model)")
     onnx.add_argument("--output", type=Path, required=True, help="output folder")
-    onnx.add_argument("--opset", type=int, default=17, help="ONNX opset (14-20, default 17)")
+    onnx.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (14-20, default 17)")
     onnx.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
-    onnx.add_argument("--atol", type=float, default=1e-4, help="verification tolerance (default 1e-4)")
+    onnx.add_argument("--atol", type=positive_float, default=1e-4, help="verification tolerance (default 1e-4)")
     onnx.add_argument("--trust-remote-code", action="store_true", help="load the model code shipped with the model")
     parser.set_defaults(func=run)
 

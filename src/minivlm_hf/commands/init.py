@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..hub.variants import TASKS, VARIANTS
+from ._common import non_negative_int
 
 
 def register(subparsers) -> None:
@@ -47,7 +48,7 @@ def register(subparsers) -> None:
             "answer of the synthetic scenes (minivlm_hf.data.vocab.SYNTHETIC_ANSWERS)"
         ),
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random initialisation")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --output folder")
     parser.set_defaults(func=run)
 

@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from ._common import non_negative_int, positive_float, positive_int
+
 STAGE_HELP = {
     "detector": "the TEE region detector (EfficientNet + BiFPN, two-stage)",
     "pretrain": "fusion pre-training: masked text/tag tokens + 3-way contrastive loss",
@@ -59,6 +61,17 @@ def _set_path(config: dict, dotted: str, value) -> None:
     node[keys[-1]] = value
 
 
+def _resume_hint(output_dir: Path) -> str:
+    """Where the last whole checkpoint is and how to go on from it."""
+    from ..io.checkpoints import latest_complete_checkpoint
+
+    last = latest_complete_checkpoint(output_dir)
+    if last is None:
+        return f"no complete checkpoint in {output_dir} yet (they are saved every training.save_steps steps)"
+    return (f"the last complete checkpoint is {last}; run the same command with --resume-from-checkpoint auto "
+            "to continue from it")
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
@@ -70,10 +83,10 @@ def register(subparsers) -> None:
     parser.add_argument("stage", choices=list(STAGE_HELP), help="; ".join(f"{k}: {v}" for k, v in STAGE_HELP.items()))
     parser.add_argument("--config", type=Path, help="recipe config JSON (defaults are used for missing keys)")
     parser.add_argument("--output-dir", type=Path, required=True, help="checkpoints, final model and metrics.json")
-    parser.add_argument("--max-steps", type=int, help="override training.max_steps")
-    parser.add_argument("--learning-rate", type=float, help="override training.learning_rate")
-    parser.add_argument("--batch-size", type=int, help="override training.per_device_train_batch_size")
-    parser.add_argument("--seed", type=int, help="override seed")
+    parser.add_argument("--max-steps", type=positive_int, help="override training.max_steps")
+    parser.add_argument("--learning-rate", type=positive_float, help="override training.learning_rate")
+    parser.add_argument("--batch-size", type=positive_int, help="override training.per_device_train_batch_size")
+    parser.add_argument("--seed", type=non_negative_int, help="override seed")
     parser.add_argument("--detector", type=Path, help="override data.detector (trained TEE folder)")
     parser.add_argument("--init-from", type=Path, help="override fusion.init_from (e.g. the pretrain output)")
     parser.add_argument("--features-dir", type=Path, help="override data.features_dir (reuse extracted features)")
@@ -107,9 +120,17 @@ def run(args) -> int:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         _set_path(overrides, key.strip(), _parse_value(value))
+    if overrides:
+        from ..training.config_schema import validate_recipe_config
+
+        validate_recipe_config(overrides, "command-line overrides (--set and flags)")
     config = load_recipe_config(args.config, overrides)
-    result = run_stage(args.stage, config, args.output_dir, resume_from_checkpoint=args.resume_from_checkpoint,
-                       evaluate=not args.no_eval)
+    try:
+        result = run_stage(args.stage, config, args.output_dir, resume_from_checkpoint=args.resume_from_checkpoint,
+                           evaluate=not args.no_eval)
+    except KeyboardInterrupt:
+        print(f"minivlm-hf train: interrupted; {_resume_hint(args.output_dir)}", file=sys.stderr)
+        return 130
     if result.trainer is None or result.trainer.is_world_process_zero():
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.metrics.items()
                  if k.startswith("test_") or k in ("train_loss", "global_step", "train_seconds")}

@@ -331,6 +331,12 @@ def iter_feature_tsv(path: str | Path, feature_dim: int = FEATURE_DIM) -> Iterat
                     f"{num_boxes} boxes x {row_dim} float32 = {expected}"
                 )
             block = np.frombuffer(raw, dtype="<f4").reshape(num_boxes, row_dim).astype(np.float32)
+            if not np.isfinite(block).all():
+                bad_box, bad_col = (int(i) for i in np.argwhere(~np.isfinite(block))[0])
+                raise ValueError(
+                    f"{path}: line {lineno} (image {image_id}): non-finite value {block[bad_box, bad_col]} in box "
+                    f"{bad_box}, column {bad_col} ({'feature' if bad_col < feature_dim else 'box'})"
+                )
             yield {
                 "image_id": image_id,
                 "region_features": block[:, :feature_dim].copy(),

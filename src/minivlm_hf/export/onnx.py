@@ -19,8 +19,7 @@ data-dependent (the number of boxes surviving NMS decides every later shape); tr
 frozen to the example's counts. They are cheap (a few ms of the TEE's time, see the benchmark).
 ``fusion_vqa.onnx``      ``input_ids``, ``attention_mask`` ``(B, T)``, ``tag_ids``, ``tag_attention_mask`` ``(B, G)``,
                          ``region_features (B, K, F)``, ``region_boxes (B, K, 4)`` (normalised xyxy),
-                         ``region_mask (B, K)`` (bool), and for a model with ``tag_geometry`` ``tag_region_index``
-                         ``(B, G)`` → ``logits (B, num_answers)``; dynamic B, T, G, K.
+                         ``region_mask (B, K)`` (bool) → ``logits (B, num_answers)``; dynamic B, T, G, K.
                          Embeddings, encoder (eager attention), pooler and VQA classifier. Turning detections into
                          tag tokens (``MiniVLMModel.tags_from_regions``) stays in Python.
 
@@ -66,11 +65,6 @@ VQA_INPUTS = (
 )
 
 
-def vqa_input_names(config) -> tuple[str, ...]:
-    """The VQA graph's inputs: :data:`VQA_INPUTS`, plus ``tag_region_index`` for a model with ``tag_geometry``."""
-    return VQA_INPUTS + (("tag_region_index",) if getattr(config, "tag_geometry", False) else ())
-
-
 # ------------------------------------------------------------------------------------------------------------ graphs
 
 
@@ -106,7 +100,7 @@ class FusionVQAGraph(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.input_names = vqa_input_names(model.config)
+        self.input_names = VQA_INPUTS
 
     def forward(self, *inputs):
         return self.model(**dict(zip(self.input_names, inputs)), return_dict=True).logits
@@ -290,7 +284,6 @@ def vqa_example_inputs(model: nn.Module, batch: int = 2, text: int = 8, tags: in
     attention_mask = torch.ones_like(input_ids)
     tag_ids = torch.randint(low, c.vocab_size, (batch, tags), generator=gen)
     tag_mask = torch.ones_like(tag_ids)
-    tag_region_index = torch.randint(-1, regions, (batch, tags), generator=gen)
     xy = torch.rand(batch, regions, 2, generator=gen) * 0.5
     wh = torch.rand(batch, regions, 2, generator=gen) * 0.4 + 0.05
     region_mask = torch.ones(batch, regions, dtype=torch.bool)
@@ -302,7 +295,6 @@ def vqa_example_inputs(model: nn.Module, batch: int = 2, text: int = 8, tags: in
         "input_ids": input_ids, "attention_mask": attention_mask, "tag_ids": tag_ids, "tag_attention_mask": tag_mask,
         "region_features": torch.rand(batch, regions, c.region_feature_size, generator=gen),
         "region_boxes": torch.cat([xy, xy + wh], dim=-1), "region_mask": region_mask,
-        "tag_region_index": tag_region_index,
     }
 
 
@@ -318,17 +310,15 @@ def export_vqa(model: nn.Module, output_dir: str | Path, opset: int = DEFAULT_OP
     model.config._attn_implementation = "eager"
     base.config._attn_implementation = "eager"
     example = example if example is not None else vqa_example_inputs(model)
-    names = vqa_input_names(model.config)
-    args = tuple(example[name] for name in names)
+    args = tuple(example[name] for name in VQA_INPUTS)
     axes = {
         "input_ids": {0: "batch", 1: "text"}, "attention_mask": {0: "batch", 1: "text"},
         "tag_ids": {0: "batch", 1: "tags"}, "tag_attention_mask": {0: "batch", 1: "tags"},
         "region_features": {0: "batch", 1: "regions"}, "region_boxes": {0: "batch", 1: "regions"},
-        "region_mask": {0: "batch", 1: "regions"}, "tag_region_index": {0: "batch", 1: "tags"},
-        "logits": {0: "batch"},
+        "region_mask": {0: "batch", 1: "regions"}, "logits": {0: "batch"},
     }
     with torch.no_grad():
-        _export(FusionVQAGraph(model), args, output_dir / FUSION_VQA, list(names), ["logits"], axes, opset)
+        _export(FusionVQAGraph(model), args, output_dir / FUSION_VQA, list(VQA_INPUTS), ["logits"], axes, opset)
     return str(output_dir / FUSION_VQA)
 
 
@@ -426,10 +416,32 @@ def export_onnx(model: nn.Module, output_dir, opset: int = DEFAULT_OPSET, verify
     model) and, for a ``MiniVLMForQuestionAnswering``, the fusion encoder + VQA head. Writes the graphs, the
     TEE config (``tee_config/``, for :meth:`OnnxTEE.from_dir`) and ``onnx_manifest.json`` into ``output_dir``;
     with ``verify``, compares ONNX Runtime with PyTorch (``result.passed``: every max |Δ| ≤ ``atol``, relative to
-    the output's magnitude where that exceeds 1)."""
-    start = time.perf_counter()
+    the output's magnitude where that exceeds 1).
+
+    The folder is written atomically (staged next to it, then swapped in): a crash leaves the previous export or
+    this one, whole. An existing folder is replaced only if it is empty or an earlier export (``onnx_manifest.json``).
+    """
+    from ..io.atomic import atomic_directory
+
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"{output_dir} exists and is not a folder")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / MANIFEST).is_file():
+        names = sorted(p.name for p in output_dir.iterdir())
+        raise ValueError(
+            f"refusing to replace {output_dir}: it is not an ONNX export of this package (no {MANIFEST}) and holds "
+            f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}; choose an empty or new folder"
+        )
+    with atomic_directory(output_dir) as staging:
+        result = _export_into(model, staging, opset, verify, atol, threads)
+    result.output_dir = str(output_dir)
+    result.files = {name: str(output_dir / Path(path).name) for name, path in result.files.items()}
+    return result
+
+
+def _export_into(model: nn.Module, output_dir: Path, opset: int, verify: bool, atol: float,
+                 threads: int | None) -> ExportResult:
+    start = time.perf_counter()
     model = model.eval()
     result = ExportResult(output_dir=str(output_dir), opset=opset, atol=atol)
     tee = _tee_of(model)
@@ -458,7 +470,7 @@ def export_onnx(model: nn.Module, output_dir, opset: int = DEFAULT_OPSET, verify
         "inputs": {
             "tee_dense": ["pixel_values (B, 3, H, W), H and W multiples of 2**max_level, normalised, zero padded"],
             "tee_box_head": ["pooled (R, bifpn_channels, roi_output_size, roi_output_size)"],
-            "fusion_vqa": list(vqa_input_names(model.config)) if is_vqa else [],
+            "fusion_vqa": list(VQA_INPUTS) if is_vqa else [],
         },
         "python_side": [
             "TEE: padding + image sizes, anchors, proposal selection (top-k, decode, clip, NMS), multi-level "
@@ -479,9 +491,12 @@ def load_for_export(model_dir: str, trust_remote_code: bool = False) -> nn.Modul
 
     import minivlm_hf  # noqa: F401  (registers the Auto classes)
 
+    from ..io.loading import check_model_folder, from_pretrained_checked
+
     path = Path(model_dir)
     if not path.exists():
         raise FileNotFoundError(f"model folder not found: {path}")
+    check_model_folder(str(model_dir))  # a MiniVLM model with whole safetensors weights, or one clear line
     config = transformers.AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     architecture = (getattr(config, "architectures", None) or [""])[0]
     if config.model_type == "minivlm_tee":
@@ -494,5 +509,5 @@ def load_for_export(model_dir: str, trust_remote_code: bool = False) -> nn.Modul
         auto = transformers.AutoModelForPreTraining
     else:
         auto = transformers.AutoModel
-    return auto.from_pretrained(model_dir, trust_remote_code=trust_remote_code).eval()
+    return from_pretrained_checked(auto, str(model_dir), trust_remote_code=trust_remote_code)
 

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..io.atomic import atomic_directory
+from ..io.checkpoints import foreign_entries
 from .variants import TASK_MODELS, TASKS, get_variant, variant_dir
 
 INIT_RECORD = "minivlm_init.json"
@@ -93,7 +95,6 @@ def init_checkpoint(
     import torch
 
     from ..registration import register_auto_classes
-    from .model_card import card_template
 
     register_auto_classes()  # so that save_pretrained ships the model code and the complete auto_map
     variant = get_variant(variant_name)
@@ -105,8 +106,17 @@ def init_checkpoint(
     if answers is not None and task != "vqa":
         raise ValueError("--answers is only used with --task vqa")
     output = Path(output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
-        raise ValueError(f"{output} exists and is not empty (pass --overwrite to write into it)")
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"{output} exists and is not a folder")
+    if output.is_dir() and any(output.iterdir()):
+        if not overwrite:
+            raise ValueError(f"{output} exists and is not empty (pass --overwrite to replace the model in it)")
+        foreign = foreign_entries(output)
+        if foreign:  # --overwrite replaces a model folder, never a folder of other files
+            raise ValueError(
+                f"refusing to overwrite {output}: it holds files that are not part of a saved model "
+                f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); choose an empty or new folder"
+            )
 
     from . import variants as V
 
@@ -153,18 +163,26 @@ def init_checkpoint(
             raise ValueError(f"no text weights could be loaded from {text_init}")
     result.num_parameters = sum(p.numel() for p in model.parameters())
 
-    output.mkdir(parents=True, exist_ok=True)
+    # Staged next to the output and swapped in whole: a crash leaves the old folder or this one, and the new folder
+    # holds this model's files only (nothing of a model it replaces).
+    with atomic_directory(output) as staging:
+        _write_checkpoint(staging, model, processor or image_processor, variant, task, seed, text_init, answers,
+                          result)
+    result.files = sorted(p.name for p in output.iterdir())
+    return result
+
+
+def _write_checkpoint(output: Path, model, processor, variant, task, seed, text_init, answers, result) -> None:
+    from .model_card import card_template
+
     model.save_pretrained(output)  # safetensors
-    if processor is not None:
-        processor.save_pretrained(output)
-    else:
-        image_processor.save_pretrained(output)
+    processor.save_pretrained(output)
     template = variant_dir(variant.name) / "README.md"
     (output / "README.md").write_text(template.read_text() if template.is_file() else card_template(variant))
     record = {
         "variant": variant.name,
         "task": task,
-        "architecture": architecture,
+        "architecture": result.architecture,
         "seed": seed,
         "text_init": text_init,
         "text_layer_map": variant.text_layer_map if text_init != NO_TEXT_INIT else None,
@@ -173,8 +191,6 @@ def init_checkpoint(
         "answers": (str(answers) if answers is not None else "synthetic-scenes default") if task == "vqa" else None,
     }
     (output / INIT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-    result.files = sorted(p.name for p in output.iterdir())
-    return result
 
 
 __all__ = ["InitResult", "init_checkpoint", "load_answers"]

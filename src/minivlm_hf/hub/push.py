@@ -10,6 +10,7 @@ files, metrics and training records, and a generated model card.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,18 +104,43 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
+def local_file(folder: Path, name: str) -> Path | None:
+    """``folder / name`` if it exists as a regular file that resolves inside ``folder`` (None if absent). A path
+    outside the folder (absolute, ``..``, a symlink out of it) or something that is not a regular file is refused:
+    only the folder's own files are ever uploaded."""
+    from ..io.checkpoints import inside
+
+    path = inside(folder, name) if isinstance(name, str) else None
+    if path is None:
+        raise PushError(f"refusing to push {folder}: {name!r} is not a file inside the folder")
+    if not os.path.lexists(path):
+        return None
+    try:
+        path.resolve(strict=True).relative_to(folder.resolve())
+    except (ValueError, OSError):
+        raise PushError(f"refusing to push {folder}: {name} is a link to {os.path.realpath(path)}, outside the "
+                        "folder") from None
+    if not path.is_file():
+        raise PushError(f"refusing to push {folder}: {name} is not a regular file")
+    return path
+
+
 def weight_files(folder: Path) -> list[str]:
     """The safetensors files of a checkpoint folder (single file or sharded with an index)."""
-    if (folder / WEIGHTS_NAME).is_file():
+    if local_file(folder, WEIGHTS_NAME):
         return [WEIGHTS_NAME]
-    index = folder / WEIGHTS_INDEX_NAME
-    if index.is_file():
+    index = local_file(folder, WEIGHTS_INDEX_NAME)
+    if index:
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as err:
+            shards = sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise PushError(f"refusing to push {folder}: {WEIGHTS_INDEX_NAME} is not a valid index ({err})") from err
-        shards = sorted(set(weight_map.values()))
-        missing = [s for s in shards if not (folder / s).is_file()]
+        for shard in shards:
+            if not isinstance(shard, str) or not shard.endswith(".safetensors"):
+                raise PushError(f"refusing to push {folder}: {WEIGHTS_INDEX_NAME} lists {shard!r}, not a "
+                                ".safetensors shard")
+        missing = [s for s in shards if not local_file(folder, s)]
         if missing:
             raise PushError(f"refusing to push {folder}: shards listed in {WEIGHTS_INDEX_NAME} are missing: {missing}")
         return [WEIGHTS_INDEX_NAME] + shards
@@ -169,8 +195,10 @@ def check_checkpoint(folder: str | Path) -> CheckpointCheck:
     if not folder.is_dir():
         raise PushError(f"refusing to push {folder}: not a folder")
     files = weight_files(folder)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
+    for name in CONFIG_FILES + TOKENIZER_FILES + RECORD_FILES + ("README.md",):
+        local_file(folder, name)  # refuses links out of the folder and non-regular files before anything is read
+    config_path = local_file(folder, "config.json")
+    if config_path is None:
         raise PushError(f"refusing to push {folder}: no config.json")
     try:
         config_dict = json.loads(config_path.read_text())
@@ -264,8 +292,8 @@ def remote_code_files(check: CheckpointCheck) -> dict[str, Path]:
     needed = [module_file] + [Path(p) for p in get_relative_import_files(module_file)]
     files = {}
     for path in needed:
-        local = check.folder / path.name
-        files[path.name] = local if local.is_file() else path
+        local = local_file(check.folder, path.name)
+        files[path.name] = local if local is not None else path
     return files
 
 
@@ -283,7 +311,7 @@ def build_operations(check: CheckpointCheck, repo_id: str, card: bytes | None = 
         ops[path_in_repo] = content
 
     for name in check.weight_files:
-        add(name, folder / name)
+        add(name, local_file(folder, name))
 
     config_dict = json.loads((folder / "config.json").read_text())
     auto_map = complete_auto_map(check.model)  # the meta model's config: the folder's config.json is not touched
@@ -310,7 +338,7 @@ def build_operations(check: CheckpointCheck, repo_id: str, card: bytes | None = 
             data["image_processor"] = _fixed_image_processor_dict(data["image_processor"], model_type)
         add("processor_config.json", _dump(data))
     for name in TOKENIZER_FILES + RECORD_FILES:
-        if (folder / name).is_file():
+        if local_file(folder, name):
             add(name, folder / name)
     for name, path in remote_code_files(check).items():
         add(name, path)

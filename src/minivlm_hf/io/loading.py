@@ -102,6 +102,15 @@ def check_model_folder(model_id: str, task: str | None = None, revision: str | N
     return config
 
 
+def _kind_of_keys(keys: list[str]) -> str | None:
+    """What stored tensor names say about the model they came from."""
+    if any(k.startswith(("minivlm.", "cls.", "vqa_head.", "classifier.")) for k in keys):
+        return "the weights of a MiniVLM fusion model"
+    if any(k.startswith("tee.") for k in keys):
+        return "the weights of a TEE detector"
+    return None
+
+
 def from_pretrained_checked(model_class, model_id: str, **kwargs):
     """``model_class.from_pretrained`` that refuses missing or mismatched weights (no random head is handed out)."""
     try:
@@ -120,9 +129,10 @@ def from_pretrained_checked(model_class, model_id: str, **kwargs):
             parts.append(f"{len(mismatched)} of another shape (e.g. {', '.join(mismatched[:_MAX_LISTED])})")
         if unexpected:
             parts.append(f"{len(unexpected)} tensor(s) of another model (e.g. {', '.join(unexpected[:_MAX_LISTED])})")
+        held = _kind_of_keys(unexpected)
         raise ValueError(
-            f"{model_id}: the weights are not those of {describe(name)}: {'; '.join(parts)}. The folder holds another "
-            "kind of model or an incomplete save; refusing to use randomly initialised weights"
+            f"{model_id}: the weights are not those of {describe(name)}: {'; '.join(parts)}. The folder holds "
+            f"{held or 'another kind of model or an incomplete save'}; refusing to use randomly initialised weights"
         )
     return model.eval()
 

@@ -182,19 +182,23 @@ def init_stage(settings: dict, task: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # reloading through the Auto classes
 # ---------------------------------------------------------------------------------------------------------------------
-def load_with_auto_class(stage: str, path: Path):
+def load_with_auto_class(stage: str, path: Path, trust_remote_code: bool = False):
     """Reload a saved model with the transformers Auto class of its task. Returns ``(model, how)``.
 
     ``AutoModel`` maps ``MiniVLMConfig`` to the base ``MiniVLMModel`` (local registration wins over ``auto_map``), so
-    for retrieval / NLVR the head class named by the checkpoint's ``auto_map`` (remote code) is used when
-    ``AutoModel`` does not return the saved architecture."""
+    for retrieval / NLVR the class named by ``config.architectures`` is used when ``AutoModel`` does not return the
+    saved architecture: the installed one, or with ``trust_remote_code`` (an explicit opt-in: it runs the code in
+    the folder) the one the checkpoint's ``auto_map`` names. The load refuses missing or mismatched weights."""
     import transformers
 
     import minivlm_hf  # noqa: F401 - registers the MiniVLM classes with the Auto classes
 
+    from ..io.loading import check_model_folder, from_pretrained_checked
+
     auto_name = AUTO_CLASSES[stage]
     auto_class = getattr(transformers, auto_name)
-    config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=True)
+    check_model_folder(str(path))
+    config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     expected = (config.architectures or [None])[0]
     try:
         from transformers.models.auto.auto_factory import _get_model_class
@@ -203,14 +207,20 @@ def load_with_auto_class(stage: str, path: Path):
     except (KeyError, ImportError):
         local = None
     how = auto_name
-    if local is not None and expected and local.__name__ != expected and auto_name in (config.auto_map or {}):
-        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+    if local is not None and expected and local.__name__ != expected:
+        if trust_remote_code and auto_name in (config.auto_map or {}):
+            from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-        class_ref = config.auto_map[auto_name]
-        model = get_class_from_dynamic_module(class_ref, str(path)).from_pretrained(str(path))
-        how = f"{auto_name} → auto_map remote code ({class_ref})"
+            class_ref = config.auto_map[auto_name]
+            model = from_pretrained_checked(get_class_from_dynamic_module(class_ref, str(path)), str(path))
+            how = f"{auto_name} → auto_map remote code ({class_ref})"
+        elif hasattr(minivlm_hf, expected):
+            model = from_pretrained_checked(getattr(minivlm_hf, expected), str(path))
+            how = f"{expected} (config.architectures; {auto_name} gives {local.__name__})"
+        else:
+            raise ValueError(f"{path}: config.json names {expected}, which is not a MiniVLM class")
     else:
-        model = auto_class.from_pretrained(str(path), trust_remote_code=True)
+        model = from_pretrained_checked(auto_class, str(path), trust_remote_code=trust_remote_code)
     model.eval()
     return model, how
 
@@ -314,7 +324,7 @@ def _machine_speed() -> dict[str, float]:
 
 
 def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict | None = None,
-             progress: bool = True, gallery: bool = True, log=None) -> DemoResult:
+             progress: bool = True, gallery: bool = True, log=None, trust_remote_code: bool = False) -> DemoResult:
     from .data_setup import RecipeData
     from .report import target_rows, write_report
 
@@ -350,7 +360,7 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
         trained = run_stage("detector", det_config, output_dir / "detector", data=data, evaluate=False,
                             progress=progress)
     with clock("detector: save + reload (AutoModelForObjectDetection)"):
-        detector, how = load_with_auto_class("detector", output_dir / "detector")
+        detector, how = load_with_auto_class("detector", output_dir / "detector", trust_remote_code)
         data.image_processor = load_processor("detector", output_dir / "detector")
         check = compare_outputs("detector", trained.model, detector, data, det_config)
     result.reload_checks["detector"] = {"auto_class": how, **check}
@@ -375,7 +385,7 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
         trained = run_stage("pretrain", pre_config, output_dir / "pretrain", data=data, evaluate=False,
                             progress=progress)
     with clock("pretrain: reload (AutoModelForPreTraining)"):
-        reloaded, how = load_with_auto_class("pretrain", output_dir / "pretrain")
+        reloaded, how = load_with_auto_class("pretrain", output_dir / "pretrain", trust_remote_code)
         check = compare_outputs("pretrain", trained.model, reloaded, data, pre_config)
     result.reload_checks["pretrain"] = {"auto_class": how, **check}
     metrics["pretrain"] = {"train_loss": trained.metrics.get("train_loss")}
@@ -395,7 +405,7 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
         with clock(f"{task}: train"):
             trained = run_stage(task, config, output_dir / task, data=data, evaluate=False, progress=progress)
         with clock(f"{task}: reload ({AUTO_CLASSES[task]})"):
-            reloaded, how = load_with_auto_class(task, output_dir / task)
+            reloaded, how = load_with_auto_class(task, output_dir / task, trust_remote_code)
             check = compare_outputs(task, trained.model, reloaded, data, config)
         result.reload_checks[task] = {"auto_class": how, **check}
         del trained

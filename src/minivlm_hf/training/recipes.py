@@ -62,6 +62,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,8 @@ from typing import Any
 import torch
 from transformers import TrainingArguments, set_seed
 
+from ..io.atomic import atomic_directory, atomic_write_text
+from ..io.checkpoints import checkpoint_problem, is_model_file, latest_complete_checkpoint
 from ..modeling.processing_minivlm import tag_token_ids
 from . import collators as C
 from . import evaluation as E
@@ -77,6 +80,8 @@ from . import trainers as T
 from .data_setup import RecipeData
 
 STAGES = ("detector", "pretrain", "caption", "vqa", "retrieval", "nlvr")
+_log = logging.getLogger(__name__)
+
 FUSION_STAGES = STAGES[1:]
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -154,9 +159,9 @@ def load_recipe_config(path: str | Path | None = None, overrides: dict | None = 
             raise ValueError(f"recipe config {path} is not valid JSON: {err}") from None
         if not isinstance(user, dict):
             raise ValueError(f"recipe config {path} must hold a JSON object, got {type(user).__name__}")
-        unknown = sorted(set(user) - set(DEFAULT_CONFIG))
-        if unknown:
-            raise ValueError(f"recipe config {path}: unknown top-level keys {unknown}; expected {sorted(DEFAULT_CONFIG)}")
+        from .config_schema import validate_recipe_config
+
+        validate_recipe_config(user, f"recipe config {path}")
         config = _merge(config, user)
     if overrides:
         config = _merge(config, overrides)
@@ -466,10 +471,14 @@ def run_stage(
     if train_attention and train_attention != model.config._attn_implementation:
         inference_attention = model.config._attn_implementation
         model.set_attn_implementation({"": train_attention})  # {"": ...}: the fusion model only, not the TEE inside
-    if resume_from_checkpoint == "auto":
-        from transformers.trainer_utils import get_last_checkpoint
-
-        resume_from_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if resume_from_checkpoint == "auto":  # the newest whole checkpoint: a killed save leaves a partial one
+        resume_from_checkpoint = latest_complete_checkpoint(output_dir, log=_log.warning)
+        if resume_from_checkpoint:
+            _log.warning("resuming from %s", resume_from_checkpoint)
+    elif resume_from_checkpoint not in (None, False, True):
+        problem = checkpoint_problem(resume_from_checkpoint, trainer_state=True)
+        if problem:
+            raise ValueError(f"cannot resume from {resume_from_checkpoint}: {problem}")
     train_output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     # keep_fp32_wrapper=False: after bf16 training accelerate leaves an autocast wrapper on forward, and the returned
     # model must compute like the saved (and reloaded) fp32 one.
@@ -483,8 +492,11 @@ def run_stage(
     if stage == "caption":  # the saved model decodes as it was evaluated (generation_config.json)
         model.generation_config.update(**caption_generation_kwargs(config, model))
     if trainer.is_world_process_zero():
-        trainer.save_model(str(output_dir))
-        data.save_processor(output_dir, stage, result.model)
+        # Staged and swapped in: a crash leaves the previous model or this one; the run's checkpoint-N folders and
+        # records are carried over, stale model files (another tokenizer, single-file weights next to shards) are not.
+        with atomic_directory(output_dir, carry=lambda name: not is_model_file(name)) as staging:
+            trainer.save_model(str(staging))
+            data.save_processor(staging, stage, result.model)
     if evaluate and trainer.is_world_process_zero():
         start = time.perf_counter()
         test_metrics, details = evaluate_stage(stage, result.model, config, data, progress=progress)
@@ -495,7 +507,7 @@ def run_stage(
     metrics["eval_seconds"] = round(result.eval_seconds, 2)
     result.metrics = metrics
     if trainer.is_world_process_zero():
-        (output_dir / "metrics.json").write_text(json.dumps({"stage": stage, **metrics}, indent=1, default=float))
+        atomic_write_text(output_dir / "metrics.json", json.dumps({"stage": stage, **metrics}, indent=1, default=float))
     return result
 
 
