@@ -100,19 +100,3 @@ def test_export_cli(vqa_model, tmp_path, capsys):
     assert (out / "tee_dense.onnx").is_file() and (out / "fusion_vqa.onnx").is_file()
     assert main(["export", "onnx", "--model", str(tmp_path / "missing"), "--output", str(out)]) == 2
     assert main(["export", "onnx", "--model", str(model_dir), "--output", str(out), "--opset", "8"]) == 2
-
-
-def test_tag_geometry_model_exports_with_its_region_index(tmp_path):
-    torch.manual_seed(0)
-    model = MiniVLMForQuestionAnswering(tiny_fusion_config(tag_geometry=True)).eval()
-    with torch.no_grad():  # a fresh model's tag geometry is gated off: open the gate
-        model.minivlm.tag_geometry.gate.fill_(10.0)
-    path = export_vqa(model, tmp_path)
-    runner = OnnxVQA(path)
-    assert runner.input_names[-1] == "tag_region_index"
-    inputs = vqa_example_inputs(model, seed=5, batch=3, text=6, tags=4, regions=5)
-    with torch.inference_mode():
-        ref = model(**inputs).logits
-        no_geometry = model(**{**inputs, "tag_region_index": torch.full_like(inputs["tag_region_index"], -1)}).logits
-    assert (runner(**inputs) - ref).abs().max() <= ATOL
-    assert (ref - no_geometry).abs().max() > 10 * ATOL  # the index reaches the graph, it is not a constant

@@ -227,12 +227,11 @@ class FastPathParts:
                 r = ort_tee(m.pixel_values, m.pixel_mask)
                 limit = m.config.max_regions
                 r = {k: v[:, :limit] for k, v in r.items()}
-                tag_ids, tag_mask, tag_regions = m.vqa.minivlm.tags_from_regions(
+                tag_ids, tag_mask = m.vqa.minivlm.tags_from_regions(
                     r["region_labels"], r["region_scores"], r["region_mask"],
-                    r["attribute_logits"].float().sigmoid(), return_region_index=True,
-                    region_boxes=r["region_boxes"],
+                    r["attribute_logits"].float().sigmoid(), region_boxes=r["region_boxes"],
                 )
-                return ort_vqa(**m.question, tag_ids=tag_ids, tag_attention_mask=tag_mask, tag_region_index=tag_regions,
+                return ort_vqa(**m.question, tag_ids=tag_ids, tag_attention_mask=tag_mask,
                                region_features=r["region_features"], region_boxes=r["region_boxes"],
                                region_mask=r["region_mask"].bool())
 

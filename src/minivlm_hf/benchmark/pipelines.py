@@ -222,13 +222,12 @@ class MiniVLMSide(_Common):
         """TEE → region inputs + tags of ``fusion_model`` (a task head), as the fusion model would build them."""
         base = fusion_model.minivlm
         r = base.extract_regions(pixel_values, pixel_mask)
-        tag_ids, tag_mask, tag_regions = base.tags_from_regions(
+        tag_ids, tag_mask = base.tags_from_regions(
             r["region_labels"], r["region_scores"], r["region_mask"], r.get("region_attribute_scores"),
-            return_region_index=True, region_boxes=r["region_boxes"],
+            region_boxes=r["region_boxes"],
         )
         return {"region_features": r["region_features"], "region_boxes": r["region_boxes"],
-                "region_mask": r["region_mask"], "tag_ids": tag_ids, "tag_attention_mask": tag_mask,
-                "tag_region_index": tag_regions}
+                "region_mask": r["region_mask"], "tag_ids": tag_ids, "tag_attention_mask": tag_mask}
 
     # callables ----------------------------------------------------------------------------------------------
     def extraction(self, tee: nn.Module | None = None, batch: int = 1) -> Callable[[], Any]:
@@ -302,12 +301,12 @@ class BaselineSide(_Common):
         height, width = self.image.shape[-2:]
         boxes = (boxes / boxes.new_tensor([width, height, width, height])).clamp(0, 1)
         mask = torch.ones(features.shape[:2], dtype=torch.bool)
-        tag_ids, tag_mask, tag_regions = fusion_model.minivlm.tags_from_regions(
+        tag_ids, tag_mask = fusion_model.minivlm.tags_from_regions(
             self.extractor.last_labels, self.extractor.last_scores, mask,
-            getattr(self.extractor, "last_attribute_scores", None), return_region_index=True, region_boxes=boxes,
+            getattr(self.extractor, "last_attribute_scores", None), region_boxes=boxes,
         )
         return {"region_features": features, "region_boxes": boxes, "region_mask": mask, "tag_ids": tag_ids,
-                "tag_attention_mask": tag_mask, "tag_region_index": tag_regions}
+                "tag_attention_mask": tag_mask}
 
     def extraction(self) -> Callable[[], Any]:
         return lambda: self.extractor(self.image).region_features

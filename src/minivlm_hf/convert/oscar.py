@@ -46,10 +46,6 @@ def load_oscar_checkpoint(model, checkpoint: str | Path | dict) -> dict[str, lis
     Returns `{"missing": [...], "unexpected": [...]}`. Shapes must match: raises a `ValueError` naming the first
     tensor that does not (e.g. a 2054-d OSCAR image embedding into a model with `region_feature_size=1024`).
     """
-    box_embedding = getattr(getattr(model, "config", None), "region_box_embedding", "concat")
-    if box_embedding != "concat":
-        raise ValueError(f"OSCAR embeds boxes with one Linear over feature ⊕ geometry: load it into a model with "
-                         f"region_box_embedding='concat', not {box_embedding!r}")
     if not isinstance(checkpoint, dict):
         path = Path(checkpoint)
         if path.is_dir():
