@@ -31,7 +31,7 @@ class MiniVLMForPreTrainingOutput(ModelOutput):
     prediction_logits (`torch.FloatTensor` of shape `(batch_size, text_length + tag_length, vocab_size)`):
         masked-token logits over the text tokens then the tag tokens. `None` in training mode when `labels` or
         `tag_labels` are given: the decoder then runs on the masked positions only.
-    contrastive_logits (`torch.FloatTensor` of shape `(batch_size, num_contrastive_labels)`): matched / tags
+    contrastive_logits (`torch.FloatTensor` of shape `(batch_size, 3)`): matched / tags
         polluted / caption polluted (or matched / polluted).
     """
 

@@ -30,18 +30,17 @@ CHOICES = {
 }
 PROBABILITIES = {
     "collator.mask_probability", "collator.pollution", "collator.caption_pollution", "collator.caption_swap",
-    "collator.hflip_probability", "collator.hard_negatives", "collator.perturbed_negatives",
-    "collator.mined_negatives", "data.tag_threshold", "data.tag_attribute_threshold",
+    "collator.hflip_probability", "collator.hard_negatives", "data.tag_threshold", "data.tag_attribute_threshold",
 }
 POSITIVE = {
     "evaluation.batch_size", "evaluation.num_beams", "evaluation.max_new_tokens", "evaluation.num_candidates",
     "evaluation.retrieval_groups", "evaluation.limit", "training.per_device_train_batch_size",
     "training.per_device_eval_batch_size", "training.gradient_accumulation_steps",
     "data.num_train", "data.image_size", "data.extract_batch_size", "detector.image_size",
-    "collator.negatives_per_positive", "collator.mined_pool", "fusion.num_hidden_layers",
+    "fusion.num_hidden_layers",
 }
 EXTRA_FUSION_KEYS = {"init_text": str | None, "init_from": str | None, "with_vision": bool,
-                     "train_attn_implementation": str | None, "head_lr_multiplier": float}
+                     "train_attn_implementation": str | None}
 
 
 def _class_hints(cls) -> dict[str, Any]:

@@ -469,9 +469,6 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
         "A run is deterministic on one machine; CPUs whose kernels differ (e.g. with or without AMX) round "
         "differently, so the same preset trains different models there (docs/results.md: demo runs).",
     ]
-    if base["data"].get("extract_fast"):
-        notes.append("The features were extracted by an inference copy of the TEE with its batch norms folded into "
-                     "the convolutions and NHWC weights (minivlm_hf.fast): the same detections, faster.")
     bf16_eval = [s for s in ("detector", "pretrain", *FUSION_TASKS) if stage_config(settings, s)["evaluation"]["bf16"]]
     if bf16_eval:
         notes.append(f"Evaluated under bf16 autocast (where the CPU supports it): {', '.join(bf16_eval)}; "

@@ -3,8 +3,7 @@
 Region inputs of the fusion stages come from one of three places, tried in this order for each batch:
 
 1. the rows themselves (``region_features`` ``[K, F]``, ``region_boxes`` ``[K, 4]`` normalised xyxy, ``region_mask``
-   ``[K]``, ``tags`` (detected class names) and ``tag_regions`` (the region each tag names)), e.g. rows of a
-   precomputed-feature dataset
+   ``[K]`` and ``tags`` (the detected tag phrases)), e.g. rows of a precomputed-feature dataset
    (:func:`minivlm_hf.training.features.extract_features`);
 2. a :class:`~minivlm_hf.training.features.RegionStore` passed as ``regions=``, indexed by the row's ``image_index``
    (task rows then stay small: an image's features are stored once, not once per caption / question);
