@@ -325,6 +325,7 @@ def _machine_speed() -> dict[str, float]:
 
 def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict | None = None,
              progress: bool = True, gallery: bool = True, log=None, trust_remote_code: bool = False) -> DemoResult:
+    from ..io.atomic import atomic_write_text
     from .data_setup import RecipeData
     from .report import target_rows, write_report
 
@@ -333,7 +334,7 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     settings = demo_config(quick, cache_dir, overrides)
-    (output_dir / "demo_config.json").write_text(json.dumps(settings, indent=1))
+    atomic_write_text(output_dir / "demo_config.json", json.dumps(settings, indent=1))
     clock = _Clock(log)
     result = DemoResult(output_dir=output_dir)
     metrics: dict[str, dict] = {}
@@ -418,7 +419,7 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
             task_models[task] = reloaded
         else:
             del reloaded
-        (output_dir / task / "metrics.json").write_text(json.dumps({"stage": task, **metrics[task]}, indent=1))
+        atomic_write_text(output_dir / task / "metrics.json", json.dumps({"stage": task, **metrics[task]}, indent=1))
 
     # -- gallery + report -------------------------------------------------------------------------------------------
     header("report", "gallery and report")
@@ -482,7 +483,7 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
     summary = {"metrics": metrics, "timings": result.timings, "machine_gflops": speed, "reload_checks": {
         k: {kk: vv for kk, vv in v.items() if kk != "tokens"} for k, v in result.reload_checks.items()},
         "targets": target_rows(metrics)}
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=1, default=float))
     _print_summary(log, result, target_rows(metrics))
     return result
 
