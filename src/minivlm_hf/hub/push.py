@@ -110,7 +110,7 @@ def local_file(folder: Path, name: str) -> Path | None:
     only the folder's own files are ever uploaded."""
     from ..io.checkpoints import inside
 
-    path = inside(folder, name) if isinstance(name, str) else None
+    path = inside(folder, name, resolve=False) if isinstance(name, str) else None
     if path is None:
         raise PushError(f"refusing to push {folder}: {name!r} is not a file inside the folder")
     if not os.path.lexists(path):

@@ -49,12 +49,14 @@ def foreign_entries(folder: Path) -> list[str]:
     )
 
 
-def inside(folder: Path, name: str) -> Path | None:
-    """``folder / name`` if ``name`` is a plain relative path that resolves inside ``folder`` (no ``..``, no absolute
-    path, no symlink out of it), else None."""
+def inside(folder: Path, name: str, resolve: bool = True) -> Path | None:
+    """``folder / name`` if ``name`` is a plain relative path (no ``..``, not absolute) that, with ``resolve``, also
+    resolves inside ``folder`` (no symlink out of it), else None."""
     if not name or Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name:
         return None
     path = folder / name
+    if not resolve:
+        return path
     try:
         path.resolve(strict=False).relative_to(folder.resolve())
     except ValueError:
