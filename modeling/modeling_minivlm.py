@@ -55,11 +55,11 @@ class MiniVLMModelOutput(ModelOutput):
         tanh(dense([CLS])) in bidirectional mode.
     attention_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
         Which positions of `last_hidden_state` are real tokens / regions.
-    text_slice (`slice`): where the `input_ids` tokens sit in `last_hidden_state`.
-    tag_slice (`slice`): where the tag tokens sit.
-    region_slice (`slice`): where the region tokens sit.
-    query_slice (`slice`): caption mode: where the appended [MASK] queries sit (`append_mask_token` /
-        `next_token_queries`).
+    text_span, tag_span, region_span (`tuple[int, int]`): `(start, stop)` of the `input_ids` tokens, the tag tokens
+        and the region tokens in `last_hidden_state`; `text_slice`, `tag_slice`, `region_slice` give them as slices.
+        Plain integers (not slices) so that the output stays a pytree `torch.export` can return.
+    query_span (`tuple[int, int]`): caption mode: where the appended [MASK] queries sit (`append_mask_token` /
+        `next_token_queries`); `query_slice`.
     prefix_attention_mask (`torch.LongTensor` of shape `(batch_size, num_tags + num_regions)`):
         Validity of the cached image prefix in caption mode (used by generation).
     cache (`Cache`): key/value cache (caption mode with `use_cache=True`).
@@ -71,10 +71,10 @@ class MiniVLMModelOutput(ModelOutput):
     last_hidden_state: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
     attention_mask: torch.LongTensor | None = None
-    text_slice: slice | None = None
-    tag_slice: slice | None = None
-    region_slice: slice | None = None
-    query_slice: slice | None = None
+    text_span: tuple[int, int] | None = None
+    tag_span: tuple[int, int] | None = None
+    region_span: tuple[int, int] | None = None
+    query_span: tuple[int, int] | None = None
     prefix_attention_mask: torch.LongTensor | None = None
     cache: Cache | None = None
     region_boxes: torch.FloatTensor | None = None
@@ -84,6 +84,22 @@ class MiniVLMModelOutput(ModelOutput):
     tag_ids: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+
+    @property
+    def text_slice(self) -> slice | None:
+        return None if self.text_span is None else slice(*self.text_span)
+
+    @property
+    def tag_slice(self) -> slice | None:
+        return None if self.tag_span is None else slice(*self.tag_span)
+
+    @property
+    def region_slice(self) -> slice | None:
+        return None if self.region_span is None else slice(*self.region_span)
+
+    @property
+    def query_slice(self) -> slice | None:
+        return None if self.query_span is None else slice(*self.query_span)
 
 
 class MiniVLMPreTrainedModel(MiniVLMRemoteCodeMixin, PreTrainedModel):  # mixin: see remote_code_minivlm.py
@@ -225,7 +241,8 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
         if position_ids is None:
             position_ids = torch.arange(ids.shape[1], device=ids.device) + position_start
             position_ids = position_ids.unsqueeze(0).expand(ids.shape[0], -1)
-        if position_ids.numel() and int(position_ids.max()) >= self.config.max_position_embeddings:
+        if (not is_tracing(position_ids) and position_ids.numel()
+                and int(position_ids.max()) >= self.config.max_position_embeddings):
             raise ValueError(
                 f"sequence too long: position {int(position_ids.max())} >= "
                 f"max_position_embeddings={self.config.max_position_embeddings}"
@@ -308,7 +325,7 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
                 tokens `0 … k` and itself (not the other queries), so it computes what `append_mask_token` computes
                 after `k + 1` tokens (see `MiniVLMForImageCaptioning.caption_log_likelihood`).
         """
-        output_attentions = bool(output_attentions)
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -451,10 +468,10 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             last_hidden_state=sequence_output,
             pooler_output=pooled,
             attention_mask=valid.long(),
-            text_slice=text_slice,
-            tag_slice=tag_slice,
-            region_slice=region_slice,
-            query_slice=query_slice,
+            text_span=(text_slice.start, text_slice.stop),
+            tag_span=(tag_slice.start, tag_slice.stop),
+            region_span=(region_slice.start, region_slice.stop),
+            query_span=None if query_slice is None else (query_slice.start, query_slice.stop),
             prefix_attention_mask=prefix_valid,
             cache=cache if (use_cache or cached) else None,
             region_boxes=vision.get("region_boxes"),

@@ -8,6 +8,7 @@ Remote-code file: imports only torch.
 from __future__ import annotations
 
 import torch
+from transformers.utils import is_tracing
 
 BOX_TOLERANCE = 1e-3
 
@@ -72,6 +73,9 @@ def region_geometry_check(region_features, region_boxes, region_mask, config):
     elif region_mask.shape != region_features.shape[:2]:
         raise ValueError(f"region_mask must have shape {tuple(region_features.shape[:2])}, got {tuple(region_mask.shape)}")
     region_mask = region_mask.bool()
+    if is_tracing(region_boxes):  # value checks are data-dependent: not under torch.compile / export / ONNX
+        limit = config.max_regions
+        return region_features[:, :limit], region_boxes[:, :limit].clamp(0, 1), region_mask[:, :limit]
     real = region_boxes[region_mask]
     if real.numel():
         if not torch.isfinite(real).all():
