@@ -1,6 +1,6 @@
 """The fast-path parts of the benchmark (``fast``, ``batch``, ``onnx``), mixed into its runner: MiniVLM's
-``minivlm_hf.fast`` paths against fp32 (TEE BN folding / channels_last / bf16 / compile, int8 / bf16 / compiled
-fusion, image → answer and image → caption), batched throughput, and ONNX Runtime against PyTorch."""
+``minivlm_hf.fast`` paths against fp32 (TEE BN folding + channels_last / bf16 / compile, int8 / calibrated int8 /
+bf16 fusion, image → answer and image → caption), batched throughput, and ONNX Runtime against PyTorch."""
 
 from __future__ import annotations
 
@@ -21,17 +21,9 @@ from .accounting import (
     _tee_flop_split,
     _total_flops,
 )
-from .parity import (
-    OUTLIER_FFN_CHANNELS,
-    OUTLIER_OTHER_CHANNELS,
-    INT8_FLOAT_CHANNELS,
-    INT8_FLOAT_CHANNELS_ALL,
-    INT8_FLOAT_FFN,
-    INT8_SCALED_CHANNELS,
-)
+from .parity import INT8_SCALED_CHANNELS
 from .summary import _fmt_stats
 
-INT8_ONE_ENGINE = "int8, one engine (torch's default)"
 FAST_INT8 = "fast int8 (TEE fused BN + channels_last, fusion int8)"
 FAST_MIXED = "fast mixed (TEE fused BN + channels_last + bf16, fusion int8)"
 FAST_BF16 = "fast bf16 (TEE fused BN + channels_last + bf16, fusion bf16)"
@@ -82,7 +74,6 @@ class FastPathParts:
         tee = m.tee
         variants = {
             "fp32": tee,
-            "fused BN": optimize_for_inference(tee, channels_last=False),
             "fused BN + channels_last": optimize_for_inference(tee),
             "fused BN + channels_last + bf16": optimize_for_inference(tee, bf16_vision=True),
         }
@@ -105,23 +96,9 @@ class FastPathParts:
             "fp32": m.vqa,
             "fp32 + fused QKV": optimize_for_inference(m.vqa),
             "int8": optimize_for_inference(m.vqa, int8=True),
-            INT8_ONE_ENGINE: optimize_for_inference(m.vqa, int8=True, int8_engine="default"),
-            INT8_FLOAT_FFN: optimize_for_inference(m.vqa, int8=True, int8_float_ffn_output=True),
-            INT8_FLOAT_CHANNELS: optimize_for_inference(
-                m.vqa, int8=True, int8_outlier_ffn_channels=OUTLIER_FFN_CHANNELS, int8_calibration=calibration),
-            INT8_FLOAT_CHANNELS_ALL: optimize_for_inference(
-                m.vqa, int8=True, int8_outlier_ffn_channels=OUTLIER_FFN_CHANNELS,
-                int8_outlier_other_channels=OUTLIER_OTHER_CHANNELS, int8_calibration=calibration),
-            INT8_SCALED_CHANNELS: optimize_for_inference(
-                m.vqa, int8=True, int8_outlier_ffn_channels=OUTLIER_FFN_CHANNELS,
-                int8_outlier_other_channels=OUTLIER_OTHER_CHANNELS, int8_outlier_mode="scale",
-                int8_calibration=calibration),
+            INT8_SCALED_CHANNELS: optimize_for_inference(m.vqa, int8=True, int8_calibration=calibration),
             "bf16": optimize_for_inference(m.vqa, bf16=True),
         }
-        if self.s.compile:
-            compiled = optimize_for_inference(m.vqa, compile=True, compile_vision=False, compile_fusion=True)
-            compile_times["compile"] = self._compiled_first_call(m.vqa_from_regions(regions, compiled))
-            fusion_variants["compile"] = compiled
         calls = {k: m.vqa_from_regions(regions, v) for k, v in fusion_variants.items()}
         with torch.inference_mode():
             outputs = {k: fn() for k, fn in calls.items()}

@@ -6,8 +6,8 @@ project's own evaluation loops and metric functions (``minivlm_hf.training.evalu
 
 - detector (TEE): COCO mAP / mAP@0.5 / mAP@0.75 for fp32, fused BN + channels_last, and + bf16 dense part;
 - VQA, captioning, retrieval, NLVR (fusion models on the demo's precomputed-feature protocol: the fp32 TEE
-  extracts the regions once): every metric for fp32, bf16, int8, int8 with the FFN down-projections in float, and
-  int8 with calibrated outlier input channels (calibration on the validation split) in float or scaled into range;
+  extracts the regions once): every metric for fp32, bf16, int8, and int8 with calibrated outlier input channels
+  scaled into range (calibration on the validation split);
 - VQA again with the regions extracted by the fast TEE (fused BN + channels_last), i.e. the whole fast path.
 
 Deltas are in points: every metric is a fraction (accuracy, recall, mAP, BLEU) or CIDEr-D on its raw scale, so one
@@ -25,32 +25,21 @@ from typing import Any, Callable
 
 import torch
 
+from ..fast.int8 import OUTLIER_FFN_CHANNELS, OUTLIER_OTHER_CHANNELS
+
 __all__ = ["run_parity", "TEE_VARIANTS", "FUSION_VARIANTS", "parity_markdown"]
 
 TEE_VARIANTS = {
     "fp32": None,
-    "fused BN + channels_last": dict(fuse_bn=True, channels_last=True),
-    "fused BN + channels_last + bf16": dict(fuse_bn=True, channels_last=True, bf16_vision=True),
+    "fused BN + channels_last": {},
+    "fused BN + channels_last + bf16": dict(bf16_vision=True),
 }
-INT8_FLOAT_FFN = "int8, FFN output in float"
-OUTLIER_FFN_CHANNELS = 16
-OUTLIER_OTHER_CHANNELS = 8
-INT8_FLOAT_CHANNELS = f"int8, {OUTLIER_FFN_CHANNELS} FFN input channels in float"
-INT8_FLOAT_CHANNELS_ALL = f"int8, {OUTLIER_FFN_CHANNELS} FFN / {OUTLIER_OTHER_CHANNELS} other input channels in float"
 INT8_SCALED_CHANNELS = f"int8, {OUTLIER_FFN_CHANNELS} FFN / {OUTLIER_OTHER_CHANNELS} other input channels scaled into range"
 FUSION_VARIANTS = {
     "fp32": None,
-    "bf16": dict(bf16=True, fuse_bn=False, channels_last=False),
-    "int8": dict(int8=True, fuse_bn=False, channels_last=False),
-    INT8_FLOAT_FFN: dict(int8=True, int8_float_ffn_output=True, fuse_bn=False, channels_last=False),
-    # calibrated on the validation split (see _calibration_batches)
-    INT8_FLOAT_CHANNELS: dict(int8=True, int8_outlier_ffn_channels=OUTLIER_FFN_CHANNELS, fuse_bn=False,
-                              channels_last=False),
-    INT8_FLOAT_CHANNELS_ALL: dict(int8=True, int8_outlier_ffn_channels=OUTLIER_FFN_CHANNELS,
-                                  int8_outlier_other_channels=OUTLIER_OTHER_CHANNELS, fuse_bn=False, channels_last=False),
-    INT8_SCALED_CHANNELS: dict(int8=True, int8_outlier_ffn_channels=OUTLIER_FFN_CHANNELS,
-                               int8_outlier_other_channels=OUTLIER_OTHER_CHANNELS, int8_outlier_mode="scale",
-                               fuse_bn=False, channels_last=False),
+    "bf16": dict(bf16=True),
+    "int8": dict(int8=True),
+    INT8_SCALED_CHANNELS: dict(int8=True),  # + int8_calibration: validation batches (see _calibration_batches)
 }
 FUSION_TASKS = ("vqa", "caption", "retrieval", "nlvr")
 POINT = 0.01
@@ -89,7 +78,7 @@ def run_parity(model_dir, *, limit: int | None = None, num_test: int | None = No
     ``num_test``: a larger test split of the same generator instead of the demo's (its first scenes are the demo's
     test scenes; NLVR pairs grow in the same proportion; retrieval is averaged over ``num_test // num_candidates``
     groups of the demo's candidate count), so that a delta of one point is not one or two test items."""
-    from ..fast import full_range_activations_are_safe, int8_engines, optimize_for_inference
+    from ..fast import full_range_activations_are_safe, optimize_for_inference
     from ..training.data_setup import RecipeData
     from ..training.demo import load_processor, load_with_auto_class, stage_config
     from ..training.recipes import evaluate_stage
@@ -147,7 +136,7 @@ def run_parity(model_dir, *, limit: int | None = None, num_test: int | None = No
             continue
         model, _ = load_with_auto_class(task, model_dir / task, trust_remote_code=trust_remote_code)
         for variant, options in FUSION_VARIANTS.items():
-            if options and (options.get("int8_outlier_ffn_channels") or options.get("int8_outlier_other_channels")):
+            if variant == INT8_SCALED_CHANNELS:
                 options = {**options, "int8_calibration": _calibration_batches(task, cfg(task), data, model)}
             evaluate(task, task, model if options is None else optimize_for_inference(model, **options), variant)
         if task == "vqa":
@@ -172,8 +161,8 @@ def run_parity(model_dir, *, limit: int | None = None, num_test: int | None = No
         "seconds": seconds,
         "total_s": time.perf_counter() - start,
         "criterion": "|Δ| ≤ 0.01 (1 point) on every metric; int8: loss ≤ 1 point",
-        # int8 rounding depends on the CPU: which engines' kernels ran and how many bits the activations had
-        "int8": {"engines": list(int8_engines("auto")),
+        # int8 rounding depends on the CPU: which engine's kernels ran and how many bits the activations had
+        "int8": {"engines": [torch.backends.quantized.engine],
                  "activation_bits": 8 if full_range_activations_are_safe() else 7},
     }
     result["markdown"] = parity_markdown(result)
@@ -184,7 +173,7 @@ def run_parity(model_dir, *, limit: int | None = None, num_test: int | None = No
 
 def _calibration_batches(task: str, config: dict, data, model, rows: int = 32, batches: int = 2) -> list[dict]:
     """Up to ``batches`` collated batches of the task's validation rows (never the test split): the calibration
-    inputs of the int8 variants that treat the calibrated outlier input channels apart."""
+    inputs of the calibrated int8 variant."""
     from ..training.recipes import build_collators, stage_datasets
 
     collator = build_collators(task, config, data, model, "validation")

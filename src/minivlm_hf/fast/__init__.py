@@ -4,24 +4,23 @@ Entry point::
 
     from minivlm_hf.fast import optimize_for_inference
 
-    fast = optimize_for_inference(model)                 # TEE: conv+BN folded, channels_last (default)
-    fast = optimize_for_inference(model, int8=True)      # + int8 dynamic quantisation of the fusion Linear layers
+    fast = optimize_for_inference(model)                 # TEE: conv+BN folded, channels_last; fusion: fused QKV
     fast = optimize_for_inference(model, bf16=True)      # + fusion transformer in bfloat16
+    fast = optimize_for_inference(model, int8=True)      # + int8 dynamic quantisation of the fusion Linear layers
+    fast = optimize_for_inference(model, int8=True, int8_calibration=batches)  # + calibrated outlier channels
     fast = optimize_for_inference(model, compile=True)   # + torch.compile of the TEE's EfficientNet + BiFPN
 
 ``model`` may be a ``TEEModel``, a ``MiniVLMModel`` or any MiniVLM task head; the input model is not modified
 (``inplace=False``). The building blocks are in :mod:`.tee` (conv+BN folding, channels_last, bf16 / compiled dense
-part), :mod:`.fusion` (QKV fusion, bf16, compiled encoder) and :mod:`.int8` (dynamic int8: per-call engine choice,
-calibrated outlier channels). Parity of each path is covered by ``tests/test_fast_paths.py``; speed by
-``minivlm-hf benchmark --part fast`` and quality on the scenes test split by ``minivlm-hf benchmark --part parity
---model-dir DEMO_OUT [--parity-num-test 300]``.
+part), :mod:`.fusion` (QKV fusion, bf16) and :mod:`.int8` (dynamic int8, calibrated outlier channels). Parity of
+each path is covered by ``tests/test_fast_paths.py``; speed by ``minivlm-hf benchmark --part fast`` and quality on
+the scenes test split by ``minivlm-hf benchmark --part parity --model-dir DEMO_OUT [--parity-num-test 300]``.
 
 Quality: fused BN + channels_last gives identical detections and bf16 stays within a point of fp32 on every metric;
 plain int8 loses more than a point on some metrics because a few input channels of the FFN down-projections are far
-larger than the rest and coarsen the per-tensor activation scale. Scaling those calibrated channels into range
-(``int8_outlier_ffn_channels``, ``int8_outlier_other_channels``, ``int8_outlier_mode="scale"``) keeps every metric
-within a point. Without calibration data prefer bf16 (or fp32) where quality matters. Every parity table and speed-up:
-docs/results.md.
+larger than the rest and coarsen the per-tensor activation scale. Calibrated int8 (``int8_calibration``: those
+channels scaled into range, 8-bit activations on VNNI / AMX CPUs) keeps every metric within a point. Without
+calibration data prefer bf16 (or fp32) where quality matters. Every parity table and speed-up: docs/results.md.
 
 Notes:
 - int8 needs ``torch.ao.quantization.quantize_dynamic`` (deprecated upstream in favour of torchao, still working
@@ -31,7 +30,6 @@ Notes:
 """
 
 from .fusion import (
-    compile_fusion_encoder,
     find_fusion_models,
     fuse_qkv_projections,
     fusion_linear_names,
@@ -39,14 +37,11 @@ from .fusion import (
     is_fusion_model,
 )
 from .int8 import (
-    INT8_ENGINES,
+    OUTLIER_FFN_CHANNELS,
+    OUTLIER_OTHER_CHANNELS,
     FullRangeInt8Linear,
     OutlierScaledInt8Linear,
-    OutlierSplitInt8Linear,
-    RowDispatchInt8Linear,
-    ffn_input_ranges,
     full_range_activations_are_safe,
-    int8_engines,
     linear_input_ranges,
     outlier_input_scale,
     quantize_fusion_int8,
@@ -67,7 +62,6 @@ __all__ = [
     "optimize_for_inference",
     "bf16_dense_part",
     "compile_dense_part",
-    "compile_fusion_encoder",
     "find_conv_bn_pairs",
     "find_fusion_models",
     "find_tees",
@@ -75,16 +69,13 @@ __all__ = [
     "fuse_qkv_projections",
     "fusion_linear_names",
     "fusion_to_bf16",
-    "INT8_ENGINES",
-    "RowDispatchInt8Linear",
+    "OUTLIER_FFN_CHANNELS",
+    "OUTLIER_OTHER_CHANNELS",
     "FullRangeInt8Linear",
-    "full_range_activations_are_safe",
-    "OutlierSplitInt8Linear",
     "OutlierScaledInt8Linear",
-    "outlier_input_scale",
-    "ffn_input_ranges",
+    "full_range_activations_are_safe",
     "linear_input_ranges",
-    "int8_engines",
+    "outlier_input_scale",
     "is_fusion_model",
     "is_tee",
     "quantize_fusion_int8",

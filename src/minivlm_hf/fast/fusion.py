@@ -5,12 +5,9 @@
   float rounding; one larger GEMM, and for int8 one activation quantisation instead of three).
 - :func:`fusion_to_bf16`: the fusion transformer and heads in bfloat16 (weights converted once; the model already
   casts region features to its embedding dtype). The TEE inside is left in float32 unless asked otherwise.
-- :func:`compile_fusion_encoder`: ``torch.compile`` of the encoder stack.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from torch import nn
@@ -23,7 +20,6 @@ __all__ = [
     "fusion_linear_names",
     "fuse_qkv_projections",
     "fusion_to_bf16",
-    "compile_fusion_encoder",
 ]
 
 
@@ -50,29 +46,14 @@ def _is_ffn_output(name: str, module: nn.Module) -> bool:
         module.in_features > module.out_features
 
 
-def fusion_linear_names(model: nn.Module, include_lm_head: bool = True,
-                        include_region_embedding: bool = False, include_ffn_output: bool = True) -> list[str]:
-    """Qualified names of the ``nn.Linear`` layers of ``model`` that are not inside a TEE.
-
-    ``include_lm_head=False`` skips a masked-LM decoder (``cls.predictions.decoder``, tied to the word
-    embeddings): quantising it unties it (an int8 copy is made) and shifts every vocabulary logit a little.
-    The region embedding (``region_embeddings.*``) is skipped unless ``include_region_embedding``: its weight mixes
-    ~1024 feature columns with 6 geometry columns started ~13x larger (see ``MiniVLMPreTrainedModel._init_weights``),
-    so one int8 scale per tensor would round the feature weights coarsely; it is one small matmul per region.
-    ``include_ffn_output=False`` skips each layer's FFN down-projection (see ``quantize_fusion_int8``).
-    """
+def fusion_linear_names(model: nn.Module) -> list[str]:
+    """Qualified names of the ``nn.Linear`` layers of ``model`` that are not inside a TEE, except the region
+    embedding (``region_embeddings.*``): its weight mixes ~1024 feature columns with 6 geometry columns started
+    ~13x larger (see ``MiniVLMPreTrainedModel._init_weights``), so one int8 scale per tensor would round the feature
+    weights coarsely; it is one small matmul per region."""
     tees = _tee_prefixes(model)
-    names = []
-    for name, module in model.named_modules():
-        if type(module) is nn.Linear and _outside_tees(name, tees):
-            if not include_lm_head and name.endswith("predictions.decoder"):
-                continue
-            if not include_region_embedding and "region_embeddings." in name:
-                continue
-            if not include_ffn_output and _is_ffn_output(name, module):
-                continue
-            names.append(name)
-    return names
+    return [name for name, module in model.named_modules()
+            if type(module) is nn.Linear and _outside_tees(name, tees) and "region_embeddings." not in name]
 
 
 def fuse_qkv_projections(model: nn.Module) -> int:
@@ -114,13 +95,4 @@ def fusion_to_bf16(model: nn.Module, include_vision: bool = False) -> nn.Module:
             if buf is not None and buf.is_floating_point():
                 setattr(module, bname, buf.to(torch.bfloat16))
     model._minivlm_bf16 = True
-    return model
-
-
-def compile_fusion_encoder(model: nn.Module, **compile_kwargs: Any) -> nn.Module:
-    """``torch.compile`` (``nn.Module.compile``, names unchanged) of the encoder of every fusion model inside
-    ``model``. Sequence lengths change between tasks and decoding steps, so ``dynamic=True`` by default."""
-    compile_kwargs.setdefault("dynamic", True)
-    for _, fusion in find_fusion_models(model):
-        fusion.encoder.compile(**compile_kwargs)
     return model
