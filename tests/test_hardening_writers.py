@@ -54,11 +54,13 @@ def test_atomic_directory_replaces_whole_or_not_at_all(tmp_path):
     assert [p.name for p in target.iterdir()] == ["a.txt"] and (target / "a.txt").read_text() == "old"
     (target / "checkpoint-3").mkdir()
     (target / "checkpoint-3" / "x").write_text("kept")
+    (target / "checkpoint-3" / "x").chmod(0o600)
     (target / "tokenizer.json").write_text("stale")
     with atomic_directory(target, carry=lambda name: name.startswith("checkpoint-")) as staging:
         (staging / "b.txt").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["b.txt", "checkpoint-3"]
     assert (target / "checkpoint-3" / "x").read_text() == "kept"
+    assert (target / "checkpoint-3" / "x").stat().st_mode & 0o777 == 0o600  # carried files keep their modes
     _no_leftovers(target)
 
 
@@ -309,6 +311,28 @@ def test_resume_auto_skips_a_checkpoint_killed_mid_write(tmp_path, cache_dir, ca
     with pytest.raises(ValueError, match="cannot resume from .*checkpoint-5: no config.json"):
         run_stage("vqa", _config(cache_dir, max_steps=6), out, progress=False, evaluate=False,
                   resume_from_checkpoint=str(out / "checkpoint-5"))
+
+
+def test_train_refuses_a_folder_of_other_folders_and_keeps_unsaved_work(tmp_path, cache_dir, monkeypatch):
+    from minivlm_hf.io import atomic
+    from minivlm_hf.training.recipes import run_stage
+
+    home = tmp_path / "home"
+    (home / "Documents").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"refusing to train into .*home: it holds folders that are not a training "
+                                         r"run's \(Documents/\)"):
+        run_stage("vqa", _config(cache_dir, max_steps=1), home, progress=False, evaluate=False)
+    assert [p.name for p in home.iterdir()] == ["Documents"]
+
+    def cannot_swap(staging, target):  # e.g. the output folder is a mount point
+        raise OSError(16, "Device or resource busy")
+
+    monkeypatch.setattr(atomic, "_commit", cannot_swap)
+    out = tmp_path / "run"
+    with pytest.raises(OSError, match=r"could not replace .*run \(Device or resource busy\); the new files are in "):
+        run_stage("vqa", _config(cache_dir, max_steps=1, save_strategy="no"), out, progress=False, evaluate=False)
+    (kept,) = tmp_path.glob("run.unsaved-*")
+    assert checkpoint_problem(kept) is None  # the trained model is not lost
 
 
 def test_ctrl_c_during_train_says_where_the_last_checkpoint_is(tmp_path, monkeypatch, capsys):

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -177,17 +178,27 @@ def atomic_directory(target: str | Path, *, carry: Callable[[str], bool] | None 
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-{os.getpid()}-", dir=target.parent))
     try:
         yield staging
+        # Modes and fsync for what was written here only: carried entries are hard links to the user's files,
+        # whose modes must not change.
+        apply_umask_modes(staging)
+        _fsync_tree(staging)
         if carry is not None and target.is_dir():
             for entry in target.iterdir():
                 if carry(entry.name) and not os.path.lexists(staging / entry.name):
                     _link_tree(entry, staging / entry.name)
-        apply_umask_modes(staging)
-        _fsync_tree(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    try:
         _commit(staging, target)
-        _fsync_dir(target.parent)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as err:  # e.g. a mount point: keep what was written, under a visible name
+        kept = target.parent / f"{target.name}.unsaved-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.rename(staging, kept)
+        raise OSError(err.errno, f"could not replace {target} ({err.strerror}); the new files are in {kept}") from err
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _fsync_dir(target.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -21,6 +22,7 @@ PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.c
                    "flax_model.msgpack")
 TRAINER_STATE_NAME = "trainer_state.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+RUN_FOLDERS = ("runs", "logs", "features")  # what the Trainer's loggers and the recipes may put in a run's folder
 
 # Files a model's save_pretrained / processor save_pretrained / Trainer.save_model write. A folder the package writes
 # holds one model's files only, so these are replaced together.
@@ -137,6 +139,25 @@ def checkpoint_problem(folder: str | Path, trainer_state: bool = False) -> str |
     return None
 
 
+def training_output_problem(output_dir: str | Path) -> str | None:
+    """Why ``output_dir`` should not receive a training run (None if it may): the final save swaps in a new folder
+    that carries the existing entries over as hard links, which is right for a run's folder (its checkpoints, logs,
+    a config next to them) but not for a mount point or a folder of other folders (a home directory)."""
+    output_dir = Path(output_dir)
+    if not output_dir.exists():
+        return None
+    if not output_dir.is_dir():
+        return "it is a file"
+    if os.path.ismount(output_dir):
+        return "it is a mount point (use a folder inside it)"
+    others = sorted(p.name + "/" for p in output_dir.iterdir()
+                    if p.is_dir() and not (_CHECKPOINT_RE.match(p.name) or p.name in RUN_FOLDERS or p.name.startswith(".")))
+    if others:
+        return (f"it holds folders that are not a training run's ({', '.join(others[:5])}"
+                f"{', ...' if len(others) > 5 else ''})")
+    return None
+
+
 def latest_complete_checkpoint(output_dir: str | Path, log: Callable[[str], None] | None = None) -> str | None:
     """The newest whole ``checkpoint-N`` of a training run (None if there is none); every newer one skipped is
     reported through ``log`` with the reason."""
@@ -165,5 +186,6 @@ __all__ = [
     "is_model_file",
     "latest_complete_checkpoint",
     "safetensors_problem",
+    "training_output_problem",
     "weights_problem",
 ]

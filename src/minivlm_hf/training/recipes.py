@@ -72,7 +72,7 @@ import torch
 from transformers import TrainingArguments, set_seed
 
 from ..io.atomic import atomic_directory, atomic_write_text
-from ..io.checkpoints import checkpoint_problem, is_model_file, latest_complete_checkpoint
+from ..io.checkpoints import checkpoint_problem, is_model_file, latest_complete_checkpoint, training_output_problem
 from ..modeling.processing_minivlm import tag_token_ids
 from . import collators as C
 from . import evaluation as E
@@ -428,6 +428,9 @@ def run_stage(
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
     output_dir = Path(output_dir)
+    problem = training_output_problem(output_dir)
+    if problem:
+        raise ValueError(f"refusing to train into {output_dir}: {problem}; choose a new or empty folder")
     data = data or RecipeData(config)
     args = training_arguments(stage, config, output_dir)
     # Rank 0 first: it builds the scenes cache and extracts / saves the features, the other ranks then load them.
