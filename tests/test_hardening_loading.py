@@ -174,7 +174,7 @@ def test_arrays_and_single_images_are_accepted(folders, image_file):
     assert inference.detect(model, processor, array, threshold=0.0) == from_pil  # one image, not its rows
     assert inference.detect(model, processor, str(image_file), threshold=0.0) == from_pil  # not its characters
     assert inference.detect(model, processor, [array.astype(np.float32) / 255.0], threshold=0.0) == from_pil
-    with pytest.raises(ValueError, match="NaN / inf"):
+    with pytest.raises(ValueError, match="holds NaN / inf"):
         inference.detect(model, processor, [np.full((8, 8, 3), np.nan, dtype=np.float32)])
     with pytest.raises(ValueError, match=r"got shape \(2, 8, 8, 3\)"):
         inference.detect(model, processor, [np.zeros((2, 8, 8, 3), dtype=np.uint8)])
@@ -219,3 +219,36 @@ def test_nan_pixel_values_are_refused_by_the_model(folders):
     ids = torch.tensor([[101, 2054, 102]])
     with torch.no_grad(), pytest.raises(ValueError, match="NaN or infinite"):
         vqa(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels.fill_(float("inf")))
+
+
+def test_fresh_search_cases(folders, image_file, tmp_path, capsys):
+    """Found by a second hostile pass: a file given as --model, an output path that is a folder (refused before
+    the model loads), export over a model folder, a missing --text-init folder, a binary config file, out-of-range
+    thresholds and boolean arrays through the Python API."""
+    _one_line_error(capsys, ["detect", image_file, "--model", folders["detect"] / "config.json"],
+                    "config.json is a file: give the model folder")
+    _one_line_error(capsys, ["detect", image_file, "--model", folders["detect"], "--draw", tmp_path],
+                    f"--draw {tmp_path} is a folder")
+    _one_line_error(capsys, ["caption", image_file, "--model", folders["caption"], "--output", tmp_path],
+                    f"--output {tmp_path} is a folder")
+    before = sorted(p.name for p in folders["detect"].iterdir())
+    _one_line_error(capsys, ["export", "onnx", "--model", folders["detect"], "--output", folders["detect"]],
+                    "refusing to replace", "no onnx_manifest.json")
+    assert sorted(p.name for p in folders["detect"].iterdir()) == before
+    _one_line_error(capsys, ["init", "minivlm-tiny", "--output", tmp_path / "i", "--text-init", tmp_path / "nope"],
+                    "not a local BERT/MiniLM folder nor a Hub id")
+    binary = tmp_path / "cfg.json"
+    binary.write_bytes(b"\x89PNG\r\n")
+    _one_line_error(capsys, ["train", "vqa", "--config", binary, "--output-dir", tmp_path / "o"],
+                    f"recipe config {binary} is not valid JSON")
+    model, processor = inference.load("detect", str(folders["detect"]))
+    for bad in (2, -0.1, float("nan"), "0.5"):
+        with pytest.raises(ValueError, match="threshold must be a number in"):
+            inference.detect(model, processor, [image_file], threshold=bad)
+    mask = np.zeros((20, 30), dtype=bool)
+    mask[5:10, 5:10] = True
+    assert inference.detect(model, processor, mask, threshold=0.0) == inference.detect(
+        model, processor, Image.fromarray(mask.astype(np.uint8) * 255), threshold=0.0)
+    captioner, processor = inference.load("caption", str(folders["caption"]))
+    with pytest.raises(TypeError, match="prompt must be a string"):
+        inference.caption(captioner, processor, image_file, prompt=None)

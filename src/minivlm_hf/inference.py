@@ -40,11 +40,15 @@ def _image_from_array(array) -> Image.Image:
         array = np.moveaxis(array, 0, -1)  # channels first
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or 0 in array.shape:
         raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image array, got shape {tuple(array.shape)}")
     if array.dtype != np.uint8:
-        if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
-            raise ValueError(f"image array must hold finite numbers, got dtype {array.dtype} with NaN / inf or none")
+        if not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"image array must hold numbers, got dtype {array.dtype}")
+        if not np.isfinite(array).all():
+            raise ValueError("image array holds NaN / inf values")
         scale = 255.0 if float(array.max(initial=0)) <= 1.0 else 1.0
         array = np.clip(np.rint(array * scale), 0, 255).astype(np.uint8)
     return Image.fromarray(np.ascontiguousarray(array))
@@ -73,6 +77,12 @@ def _text(name: str, value) -> str:
     return value
 
 
+def _probability(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
 def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -99,6 +109,8 @@ def load(task: str, model_id: str, revision: str | None = None, trust_remote_cod
 def detect(model, image_processor, images, threshold: float = 0.5, attribute_threshold: float = 0.5) -> list[list[dict]]:
     """Per image: `[{"label", "score", "box": [x1, y1, x2, y2], "attributes": [names]}]`, boxes in pixels of the
     original image; `attributes` are the region's attribute names whose probability is `>= attribute_threshold`."""
+    threshold = _probability("threshold", threshold)
+    attribute_threshold = _probability("attribute_threshold", attribute_threshold)
     images = _images(images)
     inputs = image_processor(images, return_tensors="pt")
     outputs = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs.get("pixel_mask"))
@@ -127,6 +139,8 @@ def detect(model, image_processor, images, threshold: float = 0.5, attribute_thr
 @torch.inference_mode()
 def caption(model, processor, images, prompt: str = "", **generate_kwargs) -> list[str]:
     """Captions for a list of images (greedy by default; pass num_beams=5 / do_sample=True …)."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
     images = _images(images)
     for name in ("max_new_tokens", "num_beams", "num_return_sequences", "top_k"):
         if generate_kwargs.get(name) is not None:

@@ -45,6 +45,14 @@ def add_output_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, default=None, help="write the JSON here instead of stdout")
 
 
+def check_output_file(path: Path | None, flag: str = "--output") -> None:
+    """Refuse an output path that cannot be written as a file, before any model is loaded."""
+    if path is not None and path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a file name")
+    if path is not None and path.parent.exists() and not path.parent.is_dir():
+        raise ValueError(f"{flag} {path}: {path.parent} is not a folder")
+
+
 def emit_json(data, output: Path | None) -> None:
     text = json.dumps(data, indent=2)
     if output is None:
@@ -52,7 +60,6 @@ def emit_json(data, output: Path | None) -> None:
         return
     from ..io.atomic import atomic_write_text
 
-    if output.is_dir():
-        raise ValueError(f"--output {output} is a folder; give a file name")
+    check_output_file(output)
     atomic_write_text(output, text + "\n")  # never leave a half-written file behind
     print(f"wrote {output}", file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_model_arguments, add_output_argument, emit_json, positive_int
+from ._common import add_model_arguments, add_output_argument, check_output_file, emit_json, positive_int
 
 
 def register(subparsers) -> None:
@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.question.strip():
         raise ValueError("--question is empty")
+    check_output_file(args.output)
     image = open_image(args.image)
     model, processor = load("answer", args.model, args.revision, args.trust_remote_code)
     answers = answer(model, processor, image, args.question, top_k=args.top_k)

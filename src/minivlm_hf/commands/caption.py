@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_model_arguments, add_output_argument, emit_json, positive_int
+from ._common import add_model_arguments, add_output_argument, check_output_file, emit_json, positive_int
 
 
 def register(subparsers) -> None:
@@ -24,6 +24,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..inference import caption, load, open_image
 
+    check_output_file(args.output)
     images = [open_image(p) for p in args.images]
     model, processor = load("caption", args.model, args.revision, args.trust_remote_code)
     captions = caption(

@@ -44,7 +44,7 @@ def run(args) -> int:
             raise FileNotFoundError(f"demo config {args.config} does not exist")
         try:
             overrides = json.loads(args.config.read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"demo config {args.config} is not valid JSON: {err}") from None
         if not isinstance(overrides, dict) or set(overrides) - {"common", "stages"}:
             raise ValueError(f"demo config {args.config} must be an object with keys 'common' and/or 'stages'")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_model_arguments, add_output_argument, emit_json, unit_interval
+from ._common import add_model_arguments, add_output_argument, check_output_file, emit_json, unit_interval
 
 
 def register(subparsers) -> None:
@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.threshold <= 1.0:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
+    check_output_file(args.output)
+    check_output_file(args.draw, "--draw")
     images = [open_image(p) for p in args.images]
     model, processor = load("detect", args.model, args.revision, args.trust_remote_code)
     results = detect(model, processor, images, threshold=args.threshold)

@@ -31,10 +31,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export.onnx import SUPPORTED_OPSETS, export_onnx, load_for_export
+    from ..export.onnx import SUPPORTED_OPSETS, check_export_output, export_onnx, load_for_export
 
     if args.opset not in SUPPORTED_OPSETS:
         raise ValueError(f"--opset {args.opset} is not supported; choose {SUPPORTED_OPSETS[0]}-{SUPPORTED_OPSETS[-1]}")
+    check_export_output(args.output)  # before the model is loaded
     model = load_for_export(args.model, trust_remote_code=args.trust_remote_code)
     result = export_onnx(model, args.output, opset=args.opset, verify=not args.no_verify, atol=args.atol)
     worst = max((d["max_abs"] for d in result.verification.values()), default=None)

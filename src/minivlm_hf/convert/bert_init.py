@@ -53,6 +53,9 @@ def resolve_text_source(source: str | Path = OFFLINE_MINILM) -> Path:
     path = Path(source)
     if path.is_dir():
         return path
+    parts = str(source).split("/")
+    if path.exists() or path.is_absolute() or str(source).startswith((".", "~")) or len(parts) != 2 or not all(parts):
+        raise FileNotFoundError(f"text weights {source}: not a local BERT/MiniLM folder nor a Hub id 'namespace/name'")
     from huggingface_hub import snapshot_download
 
     return Path(

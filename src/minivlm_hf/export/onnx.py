@@ -424,6 +424,16 @@ def export_onnx(model: nn.Module, output_dir, opset: int = DEFAULT_OPSET, verify
     from ..io.atomic import atomic_directory
 
     output_dir = Path(output_dir)
+    check_export_output(output_dir)
+    with atomic_directory(output_dir) as staging:
+        result = _export_into(model, staging, opset, verify, atol, threads)
+    result.output_dir = str(output_dir)
+    result.files = {name: str(output_dir / Path(path).name) for name, path in result.files.items()}
+    return result
+
+
+def check_export_output(output_dir: Path) -> None:
+    """Refuse an output folder that is not empty and not an earlier export (it would be replaced)."""
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"{output_dir} exists and is not a folder")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / MANIFEST).is_file():
@@ -432,11 +442,6 @@ def export_onnx(model: nn.Module, output_dir, opset: int = DEFAULT_OPSET, verify
             f"refusing to replace {output_dir}: it is not an ONNX export of this package (no {MANIFEST}) and holds "
             f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}; choose an empty or new folder"
         )
-    with atomic_directory(output_dir) as staging:
-        result = _export_into(model, staging, opset, verify, atol, threads)
-    result.output_dir = str(output_dir)
-    result.files = {name: str(output_dir / Path(path).name) for name, path in result.files.items()}
-    return result
 
 
 def _export_into(model: nn.Module, output_dir: Path, opset: int, verify: bool, atol: float,

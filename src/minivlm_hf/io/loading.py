@@ -54,6 +54,8 @@ def _first_line(err: BaseException) -> str:
 def read_config_dict(model_id: str, revision: str | None = None) -> dict:
     """config.json of a local folder or Hub repo as a dict (errors name the folder)."""
     path = Path(model_id)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{model_id} is a file: give the model folder (the one holding config.json)")
     if path.is_dir():
         config_path = path / "config.json"
         if not config_path.is_file():

@@ -155,7 +155,7 @@ def load_recipe_config(path: str | Path | None = None, overrides: dict | None = 
             raise FileNotFoundError(f"recipe config {path} does not exist")
         try:
             user = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"recipe config {path} is not valid JSON: {err}") from None
         if not isinstance(user, dict):
             raise ValueError(f"recipe config {path} must hold a JSON object, got {type(user).__name__}")
