@@ -17,35 +17,8 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import is_tracing
 
 from .configuration_minivlm import MiniVLMConfig
-
-
-def few_rows_linear(linear: nn.Module, hidden_states: torch.Tensor, max_rows: int = 4) -> torch.Tensor:
-    """`linear(hidden_states)`; for at most `max_rows` float32 rows on CPU computed as `W @ x^T` instead.
-
-    `F.linear` runs `x @ W^T`, and for a handful of rows (a cached decoding step: the new token and the [MASK]
-    query) CPU BLAS (MKL) runs that product far below memory speed. The same dot products as `W @ x^T` on the
-    `[out, in]` weight, 2 rows, weights out of cache, AMD EPYC with 2 threads: 384 -> 1536 0.11 vs 0.44 ms,
-    1536 -> 384 0.10 vs 0.23 ms, 384 -> 384 0.04 vs 0.08 ms; 4 rows still faster, 6-8 rows mixed; the 30522 x 384
-    vocabulary projection 1.2 vs 4.9 ms for 1 row and 2.2 vs 7.7 ms for 5. One row goes in twice: BLAS's one-column
-    path is as slow as `F.linear`. Anything else (other dtypes or devices, autocast, more rows, hooks, a replaced
-    module such as an int8 Linear, tracing / compiling) calls the module itself."""
-    weight = getattr(linear, "weight", None)
-    rows = hidden_states.numel() // hidden_states.shape[-1] if hidden_states.dim() else 0
-    if (type(linear) is not nn.Linear or not 0 < rows <= max_rows or hidden_states.device.type != "cpu"
-            or hidden_states.dtype != torch.float32 or weight.dtype != torch.float32 or not weight.is_contiguous()
-            or linear._forward_hooks or linear._forward_pre_hooks or torch.is_autocast_enabled("cpu")
-            or is_tracing(hidden_states) or torch.onnx.is_in_onnx_export()):
-        return linear(hidden_states)
-    flat = hidden_states.reshape(rows, -1)
-    columns = (flat.repeat(2, 1) if rows == 1 else flat).t()
-    if linear.bias is None:
-        out = torch.mm(weight, columns)
-    else:
-        out = torch.addmm(linear.bias.unsqueeze(1), weight, columns)
-    return out.t()[:rows].contiguous().view(*hidden_states.shape[:-1], weight.shape[0])
 
 
 class PackedTokens(NamedTuple):
@@ -144,9 +117,6 @@ def eager_attention_forward(
 
 
 class MiniVLMSelfAttention(nn.Module):
-    #: `minivlm_hf.fast.fuse_qkv_projections` may replace `query` / `key` / `value` by one `qkv` Linear (inference).
-    supports_fused_qkv = True
-
     def __init__(self, config: MiniVLMConfig, layer_idx: int):
         super().__init__()
         self.config = config
@@ -160,6 +130,11 @@ class MiniVLMSelfAttention(nn.Module):
         self.is_causal = False  # masks are always explicit
         self.layer_idx = layer_idx
 
+    def project_qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query, key and value projections, each `(..., hidden_size)` (one place for inference rewrites such as
+        `minivlm_hf.fast.fuse_qkv_projections`)."""
+        return self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -169,17 +144,10 @@ class MiniVLMSelfAttention(nn.Module):
         output_attentions: bool = False,
         packed: PackedTokens | None = None,
     ):
-        qkv = getattr(self, "qkv", None)
         if packed is not None:
-            return self._packed_forward(hidden_states, attention_mask, packed, qkv)
+            return self._packed_forward(hidden_states, attention_mask, packed)
         shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
-        if qkv is not None:  # one GEMM instead of three (fast path)
-            fused = few_rows_linear(qkv, hidden_states)
-            query, key, value = (t.view(shape).transpose(1, 2) for t in fused.chunk(3, dim=-1))
-        else:
-            query = few_rows_linear(self.query, hidden_states).view(shape).transpose(1, 2)
-            key = few_rows_linear(self.key, hidden_states).view(shape).transpose(1, 2)
-            value = few_rows_linear(self.value, hidden_states).view(shape).transpose(1, 2)
+        query, key, value = (t.view(shape).transpose(1, 2) for t in self.project_qkv(hidden_states))
         if cache is not None:
             # Only the first `cache_commit_length` tokens are stored; the rest (the [MASK] query of captioning) is
             # transient and attends to the cache without being remembered.
@@ -205,15 +173,11 @@ class MiniVLMSelfAttention(nn.Module):
             is_causal=False,
         )
 
-    def _packed_forward(self, hidden_states, attention_mask, packed: PackedTokens, qkv):
+    def _packed_forward(self, hidden_states, attention_mask, packed: PackedTokens):
         """`hidden_states` (num_tokens, hidden) holds only the non-padding tokens: the projections run on them, and
         their queries / keys / values are scattered into the padded (batch, length) layout for the attention alone
         (padding rows stay zero; the mask hides them as keys and their outputs are dropped)."""
-        if qkv is not None:
-            fused = qkv(hidden_states)
-        else:
-            fused = torch.cat([self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)], dim=-1)
-        padded = packed.pad(fused)
+        padded = packed.pad(torch.cat(self.project_qkv(hidden_states), dim=-1))
         shape = (packed.batch, packed.length, -1, self.attention_head_size)
         query, key, value = (t.reshape(shape).transpose(1, 2) for t in padded.chunk(3, dim=-1))
         output, weights = self._attend(query, key, value, attention_mask)
@@ -228,7 +192,7 @@ class MiniVLMSelfOutput(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(few_rows_linear(self.dense, hidden_states)) + input_tensor)
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
 
 
 class MiniVLMAttention(nn.Module):
@@ -252,7 +216,7 @@ class MiniVLMIntermediate(nn.Module):
         self.intermediate_act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.intermediate_act_fn(few_rows_linear(self.dense, hidden_states))
+        return self.intermediate_act_fn(self.dense(hidden_states))
 
 
 class MiniVLMOutput(nn.Module):
@@ -263,7 +227,7 @@ class MiniVLMOutput(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(few_rows_linear(self.dense, hidden_states)) + input_tensor)
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
 
 
 class MiniVLMLayer(GradientCheckpointingLayer):

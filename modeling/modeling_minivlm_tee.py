@@ -258,10 +258,6 @@ class TEEModel(TEEPreTrainedModel):
         pad_w = (-width) % divisor
         if pad_h or pad_w:
             pixel_values = F.pad(pixel_values, (0, pad_w, 0, pad_h))
-        if pixel_values.device.type == "cpu" and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
-            # oneDNN's CPU convolutions are faster on NHWC activations, with the weights as they are (figures in
-            # docs/results.md, CPU speed changes).
-            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         return pixel_values, image_sizes
 
     def _first_stage(self, features: list) -> tuple:
@@ -366,16 +362,8 @@ class TEEModel(TEEPreTrainedModel):
         }
 
     def _dense_features(self, pixel_values: torch.Tensor) -> list:
-        """The BiFPN maps P3 … P`max_level` of the padded batch.
-
-        CPU inference runs EfficientNet + BiFPN one image at a time and stacks the maps: a batch's intermediate
-        activations do not fit the CPU caches, one image's mostly do, and per-image convolutions give the same maps.
-        Training, other devices, tracing and compiling see the whole batch."""
-        if (self.training or pixel_values.shape[0] == 1 or pixel_values.device.type != "cpu"
-                or is_tracing(pixel_values) or torch.onnx.is_in_onnx_export()):
-            return self.bifpn(self.backbone(pixel_values))
-        per_image = [self.bifpn(self.backbone(image)) for image in pixel_values.split(1)]
-        return [torch.cat(level) for level in zip(*per_image)]
+        """The BiFPN maps P3 … P`max_level` of the padded batch (EfficientNet, then BiFPN)."""
+        return self.bifpn(self.backbone(pixel_values))
 
     def _run(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> _TEEState:
         pixel_values, image_sizes = self._prepare_inputs(pixel_values, pixel_mask)

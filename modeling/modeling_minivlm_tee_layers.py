@@ -145,31 +145,6 @@ def batched_nms_top_k(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class TEEDepthwiseConv2d(nn.Conv2d):
-    """A depthwise convolution that trains in float32 under CPU autocast: oneDNN's bf16 backward of depthwise
-    convolutions is slower than its fp32 one (figures in docs/results.md; the other convolutions keep bf16).
-    Inference keeps the autocast dtype (its bf16 forward is the faster one). Parameters and state-dict names are
-    `nn.Conv2d`'s."""
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if (self.training and hidden_states.device.type == "cpu" and torch.is_grad_enabled()
-                and torch.is_autocast_enabled("cpu")):
-            with torch.autocast("cpu", enabled=False):
-                return super().forward(hidden_states.float())
-        return super().forward(hidden_states)
-
-
-def train_depthwise_in_fp32(module: nn.Module) -> int:
-    """Turn every plain depthwise `nn.Conv2d` inside `module` (e.g. timm's EfficientNet) into a
-    `TEEDepthwiseConv2d` (same parameters); returns how many."""
-    count = 0
-    for conv in module.modules():
-        if type(conv) is nn.Conv2d and conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels:
-            conv.__class__ = TEEDepthwiseConv2d
-            count += 1
-    return count
-
-
 class TEEBackbone(nn.Module):
     """EfficientNet from timm returning the stride 8, 16 and 32 maps (C3, C4, C5)."""
 
@@ -194,7 +169,6 @@ class TEEBackbone(nn.Module):
                 f"{reductions}; the TEE needs the stride 8, 16 and 32 maps."
             )
         self.channels = list(self.body.feature_info.channels())
-        train_depthwise_in_fp32(self.body)
         for module in self.body.modules():
             module._tee_backbone = True  # `_init_weights` gives these timm-style initialisation
         if pretrained:
@@ -212,7 +186,7 @@ class TEESeparableConv(nn.Module):
     def __init__(self, config: TEEConfig):
         super().__init__()
         channels = config.bifpn_channels
-        self.depthwise = TEEDepthwiseConv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
+        self.depthwise = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
         self.pointwise = nn.Conv2d(channels, channels, 1, bias=False)
         self.norm = nn.BatchNorm2d(channels, eps=config.batch_norm_eps, momentum=config.batch_norm_momentum)
         self.act = nn.SiLU()

@@ -11,7 +11,6 @@ import pytest
 import torch
 from tee_utils import (
     REPO_ROOT,
-    hub_config_dicts,
     model_labels,
     register_tee_auto_classes,
     synthetic_scene,
@@ -216,71 +215,6 @@ def test_base_model_outputs_and_tuple_output():
     assert len(as_tuple) == len(REGION_FIELDS)
     for value, name in zip(as_tuple, REGION_FIELDS):
         assert torch.equal(value, getattr(outputs, name))
-
-
-def test_cpu_backbone_runs_on_channels_last_activations():
-    """On CPU the padded pixels reach the backbone as NHWC (faster oneDNN convolutions) with the stored weights
-    untouched, and the feature maps equal those of NCHW input."""
-    model = _model(TEEModel)
-    pixel_values, pixel_mask = _batch()
-    seen = []
-    handle = model.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
-    with torch.no_grad():
-        model(pixel_values, pixel_mask)
-        handle.remove()
-        nchw = seen[0].contiguous()
-        assert seen[0].is_contiguous(memory_format=torch.channels_last) and not nchw.is_contiguous(
-            memory_format=torch.channels_last)
-        for a, b in zip(model.backbone(seen[0]), model.backbone(nchw)):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    assert all(p.is_contiguous() for p in model.parameters())
-
-
-def test_depthwise_convolutions_train_in_fp32_under_cpu_autocast():
-    """Every depthwise conv (timm's EfficientNet and the BiFPN) is a TEEDepthwiseConv2d: under bf16 autocast it
-    outputs fp32 in training (oneDNN's bf16 depthwise backward is the slow one) and bf16 in eval, while the other
-    convolutions stay bf16; parameter names and values are those of nn.Conv2d."""
-    from minivlm_hf.modeling.modeling_minivlm_tee_layers import TEEDepthwiseConv2d
-
-    model = _model(TEEForObjectDetection)
-    depthwise = {n: m for n, m in model.named_modules() if isinstance(m, TEEDepthwiseConv2d)}
-    plain = [m for m in model.modules() if type(m) is torch.nn.Conv2d]
-    assert any(n.startswith("tee.backbone.") for n in depthwise) and any(".bifpn." in n for n in depthwise)
-    assert all(m.groups == m.in_channels == m.out_channels > 1 for m in depthwise.values())
-    assert plain and all(m.groups == 1 for m in plain)
-    assert all(f"{n}.weight" in model.state_dict() for n in depthwise)
-    dtypes = {}
-    for name, module in [*depthwise.items()][:1] + [("plain", plain[0])]:
-        module.register_forward_hook(lambda m, i, o, name=name: dtypes.setdefault(name, []).append(o.dtype))
-    pixel_values, pixel_mask = _batch()
-    for training in (True, False):
-        model.train(training)
-        with torch.autocast("cpu", dtype=torch.bfloat16), torch.set_grad_enabled(training):
-            model.tee.bifpn(model.tee.backbone(pixel_values))
-    first = next(iter(depthwise))
-    assert dtypes[first][0] == torch.float32 and dtypes[first][-1] == torch.bfloat16
-    assert set(dtypes["plain"]) == {torch.bfloat16}
-
-
-def test_cpu_inference_runs_the_dense_part_one_image_at_a_time():
-    """In eval on CPU, EfficientNet + BiFPN see one image per call (cache-sized activations) and the stacked maps
-    equal those of the whole batch; training sees the whole batch in one call."""
-    model = _model(TEEModel)
-    pixel_values, pixel_mask = _batch()
-    batch_sizes = []
-    model.backbone.register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
-    with torch.no_grad():
-        outputs = model(pixel_values, pixel_mask, output_hidden_states=True)
-        assert batch_sizes == [1, 1]
-        batch_sizes.clear()
-        whole = model.bifpn(model.backbone(model._prepare_inputs(pixel_values, pixel_mask)[0]))
-    assert len(whole) == len(outputs.feature_maps)
-    for stacked, batched in zip(outputs.feature_maps, whole):
-        torch.testing.assert_close(stacked, batched, rtol=1e-4, atol=1e-5)
-    batch_sizes.clear()
-    model.train()
-    model(pixel_values, pixel_mask)
-    assert batch_sizes == [2]
 
 
 def test_batched_equals_single_image():
@@ -559,12 +493,14 @@ def test_auto_classes_local_registration(tmp_path):
 
 
 def test_hub_configs_are_generated_from_the_classes():
-    """hub_configs/minivlm-tee* are written by `python tests/tee_utils.py`; they must match the classes."""
-    for variant, files in hub_config_dicts().items():
-        for filename, expected in files.items():
-            path = REPO_ROOT / "hub_configs" / variant / filename
-            assert path.exists(), f"{path} missing: run `python tests/tee_utils.py`"
-            assert json.loads(path.read_text()) == json.loads(json.dumps(expected)), path
+    """hub_configs/minivlm-tee* are written by `python -m minivlm_hf.hub.hub_configs`; they must match the classes,
+    and the tiny one is the test suite's tiny TEE."""
+    from minivlm_hf.hub.hub_configs import write_variant
+
+    for variant in ("minivlm-tee", "minivlm-tee-tiny"):
+        assert write_variant(variant, check=True) == [], f"run: python -m minivlm_hf.hub.hub_configs {variant}"
+    tiny = TEEConfig.from_pretrained(REPO_ROOT / "hub_configs" / "minivlm-tee-tiny")
+    assert tiny.backbone == "test_efficientnet" and tiny.id2label == tiny_tee_config().id2label
     config = TEEConfig.from_pretrained(REPO_ROOT / "hub_configs" / "minivlm-tee")
     assert config.backbone == "efficientnet_b0" and config.num_labels == 1594 and config.num_regions == 50
     processor = MiniVLMImageProcessor.from_pretrained(REPO_ROOT / "hub_configs" / "minivlm-tee")

@@ -102,7 +102,11 @@ def load(task: str, model_id: str, revision: str | None = None, trust_remote_cod
     model_id = str(model_id)
     if not Path(model_id).exists() and not _looks_like_hub_id(model_id):
         raise FileNotFoundError(f"model folder not found (and not a Hub id 'namespace/name'): {model_id}")
-    return load_for_task(task, model_id, revision, trust_remote_code)
+    model, processor = load_for_task(task, model_id, revision, trust_remote_code)
+    from .fast.cpu import enable_cpu_fast_paths
+
+    enable_cpu_fast_paths(model)  # CPU kernel choices; outputs and weights unchanged
+    return model, processor
 
 
 @torch.inference_mode()

@@ -38,7 +38,11 @@ def default_tee_factory() -> nn.Module:
             "the TEE model (minivlm_hf.modeling.modeling_minivlm_tee.TEEModel) is not importable; "
             "pass tee_factory=... to run_extractor_benchmark"
         ) from err
-    return TEEModel(TEEConfig())
+    from ..fast.cpu import enable_cpu_fast_paths
+
+    tee = TEEModel(TEEConfig())
+    enable_cpu_fast_paths(tee)
+    return tee
 
 
 def _accepts(fn: Callable, name: str) -> bool:

@@ -152,6 +152,9 @@ def _build(cls, config, seed: int):
         model = cls(config)
     model.eval()
     model.requires_grad_(False)
+    from ..fast.cpu import enable_cpu_fast_paths
+
+    enable_cpu_fast_paths(model)  # both sides get the same CPU kernel choices
     return model
 
 

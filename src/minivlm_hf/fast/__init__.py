@@ -29,6 +29,7 @@ Notes:
   ``minivlm_hf.benchmark.machine.machine_info()["bf16_hardware"]`` says which.
 """
 
+from .cpu import FewRowsLinear, FP32TrainingDepthwiseConv2d, enable_cpu_fast_paths
 from .fusion import (
     find_fusion_models,
     fuse_qkv_projections,
@@ -58,6 +59,9 @@ from .tee import (
 )
 
 __all__ = [
+    "enable_cpu_fast_paths",
+    "FewRowsLinear",
+    "FP32TrainingDepthwiseConv2d",
     "OptimizationSummary",
     "optimize_for_inference",
     "bf16_dense_part",

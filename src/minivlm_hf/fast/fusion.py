@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import types
+
 import torch
 from torch import nn
 
@@ -53,19 +55,31 @@ def fusion_linear_names(model: nn.Module) -> list[str]:
     weights coarsely; it is one small matmul per region."""
     tees = _tee_prefixes(model)
     return [name for name, module in model.named_modules()
-            if type(module) is nn.Linear and _outside_tees(name, tees) and "region_embeddings." not in name]
+            if is_plain_linear(module) and _outside_tees(name, tees) and "region_embeddings." not in name]
+
+
+def is_plain_linear(module: nn.Module) -> bool:
+    """An `nn.Linear` whose math is `F.linear` (also with `enable_cpu_fast_paths`' few-row kernel), not a
+    quantised or otherwise replaced layer."""
+    from .cpu import FewRowsLinear
+
+    return type(module) in (nn.Linear, FewRowsLinear)
+
+
+def _fused_project_qkv(attention: nn.Module, hidden_states: torch.Tensor):
+    return attention.qkv(hidden_states).chunk(3, dim=-1)
 
 
 def fuse_qkv_projections(model: nn.Module) -> int:
-    """Replace the ``query`` / ``key`` / ``value`` Linears of every attention layer that supports it
-    (``supports_fused_qkv``; remote code saved before this existed does not) by one ``qkv`` Linear, in place.
-    Returns the number of layers fused. Inference only: the model's state dict changes (no longer BERT's names)."""
+    """Replace the ``query`` / ``key`` / ``value`` Linears of every attention layer (a module with a
+    ``project_qkv`` method) by one ``qkv`` Linear, in place. Returns the number of layers fused. Inference only: the
+    model's state dict changes (no longer BERT's names)."""
     fused = 0
     for module in model.modules():
-        if not getattr(type(module), "supports_fused_qkv", False):
+        if not callable(getattr(type(module), "project_qkv", None)):
             continue
         parts = [getattr(module, name, None) for name in ("query", "key", "value")]
-        if not all(type(p) is nn.Linear and p.bias is not None for p in parts):
+        if not all(is_plain_linear(p) and p.bias is not None for p in parts):
             continue
         weight = parts[0].weight
         qkv = nn.Linear(parts[0].in_features, sum(p.out_features for p in parts), device=weight.device,
@@ -76,6 +90,7 @@ def fuse_qkv_projections(model: nn.Module) -> int:
         qkv.requires_grad_(weight.requires_grad)
         del module.query, module.key, module.value
         module.qkv = qkv
+        module.project_qkv = types.MethodType(_fused_project_qkv, module)
         fused += 1
     return fused
 

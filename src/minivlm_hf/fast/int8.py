@@ -202,6 +202,7 @@ def quantize_fusion_int8(model: nn.Module, input_ranges: dict[str, torch.Tensor]
     full_range = full_range_activations_are_safe()
 
     def quantize(linear: nn.Module) -> nn.Module:
+        linear.__class__ = nn.Linear  # a `FewRowsLinear` is a plain Linear for torch's type-keyed quantisation
         pack = quantize_dynamic(nn.Sequential(linear), qconfig_spec={nn.Linear: per_channel_dynamic_qconfig},
                                 dtype=torch.qint8)[0]
         return FullRangeInt8Linear(pack) if full_range else pack

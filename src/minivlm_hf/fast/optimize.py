@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .fusion import find_fusion_models, fuse_qkv_projections, fusion_to_bf16
+from .cpu import enable_cpu_fast_paths
+from .fusion import find_fusion_models, fuse_qkv_projections, fusion_to_bf16, is_plain_linear
 from .int8 import linear_input_ranges, quantize_fusion_int8
 from .tee import bf16_dense_part, compile_dense_part, find_tees, fuse_conv_bn, tee_example_input, to_channels_last
 
@@ -92,14 +93,15 @@ def optimize_for_inference(
     if fusions:
         summary.fused_qkv_layers = fuse_qkv_projections(model)
         if int8:
-            before = sum(1 for m in model.modules() if type(m) is nn.Linear)
+            before = sum(1 for m in model.modules() if is_plain_linear(m))
             ranges = linear_input_ranges(model, int8_calibration) if int8_calibration is not None else None
             quantize_fusion_int8(model, ranges)
-            summary.int8_linear_layers = before - sum(1 for m in model.modules() if type(m) is nn.Linear)
+            summary.int8_linear_layers = before - sum(1 for m in model.modules() if is_plain_linear(m))
             summary.int8_calibrated = ranges is not None
         if bf16:
             fusion_to_bf16(model, include_vision=False)
             summary.bf16_fusion = True
+    enable_cpu_fast_paths(model)  # the few-row Linears, NHWC input and per-image dense part (CPU only)
     model.minivlm_optimizations = summary
     return model
 
