@@ -168,3 +168,32 @@ def test_feature_tsv_with_non_finite_values_names_file_and_line(tmp_path, bad):
     write_feature_tsv(path, rows, feature_dim=4)
     with pytest.raises(ValueError, match=rf"feats.tsv: line 3 \(image 2\): non-finite value .* in box 1, column 3 \(feature\)"):
         read_feature_tsv(path, feature_dim=4)
+
+
+def test_demo_and_parity_loader_run_folder_code_only_when_asked(tmp_path):
+    """load_with_auto_class (the demo's reload check and `benchmark --part parity`) uses the installed classes unless
+    trust_remote_code is given: code shipped in a model folder never runs by default."""
+    import minivlm_hf  # noqa: F401  (registration: save_pretrained ships the code and writes auto_map)
+    from minivlm_hf.modeling.configuration_minivlm import MiniVLMConfig
+    from minivlm_hf.modeling.modeling_minivlm_tasks import MiniVLMForImageTextRetrieval
+    from minivlm_hf.training.demo import load_with_auto_class
+
+    folder = tmp_path / "retrieval"
+    config = MiniVLMConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                           region_feature_size=16, max_regions=4)
+    MiniVLMForImageTextRetrieval(config).save_pretrained(folder)
+    assert "AutoModel" in json.loads((folder / "config.json").read_text())["auto_map"]
+    marker = tmp_path / "ran.txt"
+    (folder / "modeling_minivlm_tasks.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('remote code ran')\n"
+        "raise ImportError('remote code ran')\n")
+    model, how = load_with_auto_class("retrieval", folder)
+    assert type(model).__module__.startswith("minivlm_hf.") and "config.architectures" in how
+    assert not marker.exists()
+    with pytest.raises(Exception, match="remote code ran"):
+        load_with_auto_class("retrieval", folder, trust_remote_code=True)
+    assert marker.read_text() == "remote code ran"
+    from minivlm_hf.cli import build_parser
+
+    args = build_parser().parse_args(["benchmark", "--part", "parity", "--model-dir", str(tmp_path)])
+    assert args.trust_remote_code is False
