@@ -32,6 +32,30 @@ def test_part_selection():
         parse_parts(["speed"], False)
 
 
+def test_startup_part_is_selected_only_by_name(tmp_path, capsys):
+    assert parse_parts(["startup"], False) == ("startup",)
+    assert parse_parts(["vqa,startup"], False) == ("vqa", "startup")
+    assert "startup" not in parse_parts(["all"], True)
+    assert main(["benchmark", "--part", "startup", "--runs", "3"]) == 2  # medians need >= 10 runs, as elsewhere
+    assert "--runs must be >= 10" in capsys.readouterr().err
+
+
+def test_startup_markdown_splits_each_command():
+    from minivlm_hf.benchmark.startup import startup_markdown
+
+    rows = [("from transformers import AutoModel, PreTrainedModel", 5.0, 4.5), ("import minivlm_hf", 0.1, 0.1)]
+    rows += [(f"minivlm-hf {c} (one image)", 7.0, 6.0) for c in ("caption", "answer", "detect")]
+    parts = {"import": 5.3, "load": 0.4, "inference": 0.8, "rest": 0.3, "exit": 0.2}
+    result = {"command": "minivlm-hf benchmark --part startup", "date": "2026-12-06 03:00 UTC",
+              "lscpu": {"Model name": "Test CPU", "CPU(s)": "2"}, "load_average_end": [0.1, 0.1, 0.1], "runs": 10,
+              "rows": [{"label": l, "median_s": m, "min_s": m - 0.1, "cpu_median_s": c} for l, m, c in rows],
+              "split": {c: parts for c in ("caption", "answer", "detect")}}
+    text = startup_markdown(result)
+    assert "| `import minivlm_hf` | 0.10 s | 0.00 s | -4.90 s | 0.10 s | -4.40 s |" in text
+    assert "| `caption` | 5.30 | 0.40 | 0.80 | 0.30 | 0.20 | 7.00 |" in text
+    assert "Test CPU (2 CPUs)" in text
+
+
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert main(["benchmark", "--part", "extractor", "--runs", "3"]) == 2  # medians need >= 10 runs
     assert "--runs must be >= 10" in capsys.readouterr().err

@@ -5,6 +5,7 @@ fast paths, batched throughput and ONNX Runtime, in one process (see ``minivlm_h
     minivlm-hf benchmark --part extractor                     # TEE vs R101 Faster R-CNN feature extraction only
     minivlm-hf benchmark --part parity --model-dir demo_out   # fast paths vs fp32 on the scenes test split
     minivlm-hf benchmark --tiny --runs 2                      # tiny configs: a smoke run of the whole pipeline
+    minivlm-hf benchmark --part startup                       # command-line start-up: imports, --help, one image
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ PARTS_HELP = (
     "extractor (region extraction), vqa (image → answer), caption (greedy + beam), retrieval (1 image × 100 "
     "captions), decoder (KV cache vs none), fast (fast paths), batch (images/s at batch 1/8/32), onnx (ONNX "
     "Runtime), parity (fast paths vs fp32 on the test split; needs --model-dir), all (every part but parity, "
-    "plus parity when --model-dir is given). Comma-separated or repeated."
+    "plus parity when --model-dir is given), startup (command-line start-up in fresh processes: imports, every "
+    "--help, one-image caption / answer / detect split into import / load / inference / rest; not in all). "
+    "Comma-separated or repeated."
 )
+STARTUP_PART = "startup"  # runs in subprocesses, apart from the in-process suite
 
 
 def register(subparsers) -> None:
@@ -63,10 +67,10 @@ def parse_parts(values: list[str] | None, has_model_dir: bool) -> tuple[str, ...
     for name in requested:
         if name == "all":
             parts += list(DEFAULT_PARTS) + (["parity"] if has_model_dir else [])
-        elif name in PARTS:
+        elif name in PARTS or name == STARTUP_PART:
             parts.append(name)
         else:
-            raise ValueError(f"unknown --part {name!r}; choose from {', '.join(PARTS)}, all")
+            raise ValueError(f"unknown --part {name!r}; choose from {', '.join(PARTS)}, {STARTUP_PART}, all")
     return tuple(dict.fromkeys(parts))
 
 
@@ -84,11 +88,24 @@ def run(args: argparse.Namespace) -> int:
     if args.model_dir is not None and not args.model_dir.is_dir():
         raise FileNotFoundError(f"--model-dir {args.model_dir} does not exist")
     settings = BenchmarkSettings(
-        parts=parse_parts(args.part, args.model_dir is not None), runs=args.runs, warmup=args.warmup,
+        parts=parts, runs=args.runs, warmup=args.warmup,
         threads=args.threads, device=args.device, tiny=args.tiny, compile=args.compile, memory=not args.no_memory,
         flops=not args.no_flops, batch_runs=args.batch_runs, batch_sizes=batch_sizes, gflops_seconds=args.gflops_seconds,
         opset=args.opset, model_dir=str(args.model_dir) if args.model_dir else None, parity_limit=args.parity_limit,
         parity_num_test=args.parity_num_test, trust_remote_code=args.trust_remote_code,
+    parts = parse_parts(args.part, args.model_dir is not None)
+    if STARTUP_PART in parts:
+        from ..benchmark.startup import run_startup_benchmark
+        from ..benchmark.suite import MIN_RUNS
+
+        if args.runs < MIN_RUNS and not args.tiny:
+            raise ValueError(f"--runs must be >= {MIN_RUNS} (medians over fewer runs are not reported); --tiny allows less")
+        parts = tuple(p for p in parts if p != STARTUP_PART)
+        json_path = args.json if not parts or args.json is None else args.json.with_suffix(".startup.json")
+        run_startup_benchmark(runs=args.runs, warmup=args.warmup, threads=args.threads,
+                              json_path=str(json_path) if json_path else None)
+        if not parts:
+            return 0
         json_path=str(args.json) if args.json else None,
     )
     run_benchmark(settings)
