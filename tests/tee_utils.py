@@ -1,11 +1,6 @@
-"""Helpers for the TEE tests: a tiny config, synthetic scenes of coloured rectangles, local Auto registration.
+"""Helpers for the TEE tests: the tiny config (the `minivlm-tee-tiny` variant), synthetic scenes of coloured
+rectangles, local Auto registration."""
 
-Run as a script (`python tests/tee_utils.py`) to (re)write `hub_configs/minivlm-tee` (TEE-B0 paper settings)
-and `hub_configs/minivlm-tee-tiny` (the tiny test config) from the config / image-processor classes.
-"""
-
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,39 +10,32 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 COLOURS = {0: (220, 30, 30), 1: (30, 200, 40), 2: (40, 60, 230), 3: (240, 220, 30)}
-CLASS_NAMES = {0: "red box", 1: "green box", 2: "blue box", 3: "yellow box"}
-ATTRIBUTE_NAMES = {0: "small", 1: "large", 2: "wide"}
+
+
+def _tiny_variant():
+    import copy
+
+    from minivlm_hf.hub.variants import get_variant
+
+    return copy.deepcopy(get_variant("minivlm-tee-tiny"))
+
+
+CLASS_NAMES = dict(_tiny_variant().tee["id2label"])
+ATTRIBUTE_NAMES = dict(_tiny_variant().tee["attribute_id2label"])
 
 
 def tiny_tee_config(**overrides):
-    """Tiny TEE: timm `test_efficientnet` backbone, 16-channel single-cell BiFPN, 32-d regions, 4 classes,
-    3 attributes, small proposal counts. Builds in ~20 ms and runs a 64 px image in a few ms."""
+    """The tiny TEE of the `minivlm-tee-tiny` variant (``minivlm_hf.hub.variants.TINY_TEE``): timm
+    `test_efficientnet` backbone, 16-channel single-cell BiFPN, 32-d regions, 4 classes, 3 attributes."""
     from minivlm_hf.modeling.configuration_minivlm_tee import TEEConfig
 
-    kwargs = {
-        "backbone": "test_efficientnet",
-        "bifpn_channels": 16,
-        "bifpn_num_cells": 1,
-        "box_head_dim": 32,
-        "id2label": dict(CLASS_NAMES),
-        "attribute_id2label": dict(ATTRIBUTE_NAMES),
-        "anchor_sizes": [16, 32, 64, 128, 256],
-        "pre_nms_top_k": 50,
-        "post_nms_top_k": 20,
-        "num_regions": 10,
-        "roi_batch_size_per_image": 16,
-        "image_size": 128,
-    }
-    kwargs.update(overrides)
-    return TEEConfig(**kwargs)
+    return TEEConfig(**{**_tiny_variant().tee, **overrides})
 
 
 def tiny_image_processor(**overrides):
     from minivlm_hf.modeling.image_processing_minivlm import MiniVLMImageProcessor
 
-    kwargs = {"size": {"longest_edge": 64}}
-    kwargs.update(overrides)
-    return MiniVLMImageProcessor(**kwargs)
+    return MiniVLMImageProcessor(**{**_tiny_variant().image_processor, **overrides})
 
 
 def synthetic_scene(rects, height=64, width=64, background=(128, 128, 128), image_id=0):
@@ -100,56 +88,3 @@ def register_tee_auto_classes():
     AutoModel.register(TEEConfig, TEEModel, exist_ok=True)
     AutoModelForObjectDetection.register(TEEConfig, TEEForObjectDetection, exist_ok=True)
     AutoImageProcessor.register(TEEConfig, image_processor_classes=MiniVLMImageProcessor.backend_classes(), exist_ok=True)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# hub_configs
-# ----------------------------------------------------------------------------------------------------------------
-
-# What `save_pretrained` writes for a registered TEEForObjectDetection (see modeling/remote_code_minivlm.py).
-IMAGE_PROCESSOR_AUTO_MAP = {
-    "AutoImageProcessor": {
-        "torchvision": "image_processing_minivlm.MiniVLMImageProcessor",
-        "pil": "image_processing_pil_minivlm.MiniVLMImageProcessorPil",
-    }
-}
-HUB_AUTO_MAP = {
-    "AutoConfig": "configuration_minivlm_tee.TEEConfig",
-    "AutoModel": "modeling_minivlm_tee.TEEModel",
-    "AutoModelForObjectDetection": "modeling_minivlm_tee.TEEForObjectDetection",
-    **IMAGE_PROCESSOR_AUTO_MAP,
-}
-
-
-def hub_config_dicts():
-    """`{variant: {"config.json": dict, "preprocessor_config.json": dict}}` built from the classes."""
-    from minivlm_hf.modeling.configuration_minivlm_tee import TEEConfig
-    from minivlm_hf.modeling.image_processing_minivlm import MiniVLMImageProcessor
-
-    variants = {
-        "minivlm-tee": (TEEConfig(), MiniVLMImageProcessor()),
-        "minivlm-tee-tiny": (tiny_tee_config(), tiny_image_processor()),
-    }
-    result = {}
-    for name, (config, processor) in variants.items():
-        config.architectures = ["TEEForObjectDetection"]
-        config_dict = config.to_diff_dict()
-        config_dict["auto_map"] = json.loads(json.dumps(HUB_AUTO_MAP))
-        config_dict.pop("transformers_version", None)
-        processor_dict = processor.to_dict()
-        processor_dict["auto_map"] = json.loads(json.dumps(IMAGE_PROCESSOR_AUTO_MAP))
-        result[name] = {"config.json": config_dict, "preprocessor_config.json": processor_dict}
-    return result
-
-
-def write_hub_configs(root=REPO_ROOT / "hub_configs"):
-    for variant, files in hub_config_dicts().items():
-        folder = Path(root) / variant
-        folder.mkdir(parents=True, exist_ok=True)
-        for filename, content in files.items():
-            (folder / filename).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
-            print(f"wrote {folder / filename}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    write_hub_configs()

@@ -410,11 +410,12 @@ def test_init_reports_text_weights_and_answers(tmp_path, capsys):
 
 
 def test_hub_configs_are_generated_from_the_classes():
-    """hub_configs/<variant>/ equals what `python -m minivlm_hf.hub.variants` generates (no hand edits)."""
-    from minivlm_hf.hub.variants import VARIANTS, variant_dir, write_variant
+    """hub_configs/<variant>/ equals what `python -m minivlm_hf.hub.hub_configs` generates (no hand edits)."""
+    from minivlm_hf.hub.hub_configs import write_variant
+    from minivlm_hf.hub.variants import VARIANTS, variant_dir
 
     for name in VARIANTS:
-        assert write_variant(name, check=True) == [], f"run: python -m minivlm_hf.hub.variants {name}"
+        assert write_variant(name, check=True) == [], f"run: python -m minivlm_hf.hub.hub_configs {name}"
         assert (variant_dir(name) / "README.md").is_file()
     base = json.loads((variant_dir("minivlm-base") / "config.json").read_text())
     small = json.loads((variant_dir("minivlm-small") / "config.json").read_text())
