@@ -3,7 +3,7 @@
 Two steps:
 
 1. `card_template(variant)` builds the `README.md` template of a variant (written into `hub_configs/<variant>/` by
-   `minivlm_hf.hub.variants`, copied into a checkpoint folder by `minivlm-hf init`). The variant's own text is
+   `minivlm_hf.hub.hub_configs`, copied into a checkpoint folder by `minivlm-hf init`). The variant's own text is
    filled in; what depends on the checkpoint is left as `{{placeholders}}`.
 2. `render_card(folder, repo_id, ...)` fills the placeholders for one checkpoint folder at push time: YAML
    metadata (library_name, pipeline_tag, tags, license, datasets, metrics and a model-index with the values of the
