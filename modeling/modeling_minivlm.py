@@ -102,6 +102,37 @@ class MiniVLMModelOutput(ModelOutput):
         return None if self.query_span is None else slice(*self.query_span)
 
 
+@dataclass
+class MiniVLMImageFeatures(ModelOutput):
+    r"""
+    What the fusion model reads of an image: the TEE's regions (at most `config.max_regions`) and the tag tokens made
+    from their classes. Returned by [`MiniVLMModel.get_image_features`].
+
+    region_features (`torch.FloatTensor` of shape `(batch_size, num_regions, region_feature_size)`)
+    region_boxes (`torch.FloatTensor` of shape `(batch_size, num_regions, 4)`): normalised xyxy.
+    region_mask (`torch.BoolTensor` of shape `(batch_size, num_regions)`): real regions.
+    region_scores (`torch.FloatTensor` of shape `(batch_size, num_regions)`), region_labels (`torch.LongTensor`):
+        each region's best class probability and id.
+    region_attribute_scores (`torch.FloatTensor` of shape `(batch_size, num_regions, num_attributes)`)
+    tag_ids, tag_attention_mask (`torch.LongTensor` of shape `(batch_size, tag_length)`): `tag … [SEP]` word pieces
+        (see [`MiniVLMModel.tags_from_regions`]); `None` when not asked for.
+    """
+
+    region_features: torch.FloatTensor | None = None
+    region_boxes: torch.FloatTensor | None = None
+    region_mask: torch.BoolTensor | None = None
+    region_scores: torch.FloatTensor | None = None
+    region_labels: torch.LongTensor | None = None
+    region_attribute_scores: torch.FloatTensor | None = None
+    tag_ids: torch.LongTensor | None = None
+    tag_attention_mask: torch.LongTensor | None = None
+
+    def region_inputs(self) -> dict:
+        """The keyword arguments a MiniVLM model takes for these regions and tags."""
+        names = ("region_features", "region_boxes", "region_mask", "tag_ids", "tag_attention_mask")
+        return {name: self[name] for name in names if self.get(name) is not None}
+
+
 class MiniVLMPreTrainedModel(MiniVLMRemoteCodeMixin, PreTrainedModel):  # mixin: see remote_code_minivlm.py
     config: MiniVLMConfig
     config_class = MiniVLMConfig
@@ -172,9 +203,17 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
     # ----------------------------------------------------------------------------------------------------------
     # Inputs → embeddings
     # ----------------------------------------------------------------------------------------------------------
-    def extract_regions(self, pixel_values: torch.FloatTensor, pixel_mask: torch.LongTensor | None = None) -> dict:
-        """Run the TEE and return its regions (features, boxes, scores, labels, mask, attribute probabilities), at
-        most `max_regions`."""
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor, pixel_mask: torch.LongTensor | None = None, with_tags: bool = True,
+    ) -> MiniVLMImageFeatures:
+        """Pixels → regions → tags: the TEE's regions (at most `config.max_regions`) and, with `with_tags`, the tag
+        tokens made from their classes. The one path from an image to what the encoder reads, used by `forward`,
+        `generate` and the ranking helpers.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`), pixel_mask: from
+                [`MiniVLMImageProcessor`].
+        """
         if self.vision_model is None:
             raise ValueError(
                 "pixel_values were given but this model has no vision_config (it was built for precomputed "
@@ -184,14 +223,20 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
         with torch.set_grad_enabled(grad):
             out = self.vision_model(pixel_values=pixel_values, pixel_mask=pixel_mask)
         limit = self.config.max_regions
-        return {
-            "region_features": out.region_features[:, :limit],
-            "region_boxes": out.region_boxes[:, :limit],
-            "region_scores": out.region_scores[:, :limit],
-            "region_labels": out.region_labels[:, :limit],
-            "region_mask": out.region_mask[:, :limit].bool(),
-            "region_attribute_scores": out.attribute_logits[:, :limit].float().sigmoid(),
-        }
+        image = MiniVLMImageFeatures(
+            region_features=out.region_features[:, :limit],
+            region_boxes=out.region_boxes[:, :limit],
+            region_mask=out.region_mask[:, :limit].bool(),
+            region_scores=out.region_scores[:, :limit],
+            region_labels=out.region_labels[:, :limit],
+            region_attribute_scores=out.attribute_logits[:, :limit].float().sigmoid(),
+        )
+        if with_tags:
+            image.tag_ids, image.tag_attention_mask = self.tags_from_regions(
+                image.region_labels, image.region_scores, image.region_mask, image.region_attribute_scores,
+                region_boxes=image.region_boxes,
+            )
+        return image
 
     def tags_from_regions(
         self, region_labels, region_scores, region_mask, region_attribute_scores=None, region_boxes=None,
@@ -344,7 +389,7 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
         if cached and attention_mode != "caption":
             raise ValueError("a non-empty cache is only supported in attention_mode='caption'")
 
-        vision = {}
+        vision = MiniVLMImageFeatures()
         if not cached:
             for name, tensor in (("pixel_values", pixel_values), ("region_features", region_features)):
                 if tensor is not None and tensor.shape[0] != batch:
@@ -352,17 +397,13 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
             if pixel_values is not None and region_features is not None:
                 raise ValueError("pass either pixel_values or region_features, not both")
             if pixel_values is not None:
-                vision = self.extract_regions(pixel_values, pixel_mask)
-                region_features, region_boxes, region_mask = (
-                    vision["region_features"], vision["region_boxes"], vision["region_mask"]
-                )
                 folded_tags = token_type_ids is not None and bool((token_type_ids == 1).any())
-                if tag_ids is None and not folded_tags:
-                    tag_ids, tag_attention_mask = self.tags_from_regions(
-                        vision["region_labels"], vision["region_scores"], region_mask,
-                        vision["region_attribute_scores"], region_boxes=region_boxes,
-                    )
-                    vision["tag_ids"] = tag_ids
+                vision = self.get_image_features(pixel_values, pixel_mask, with_tags=tag_ids is None and not folded_tags)
+                region_features, region_boxes, region_mask = (
+                    vision.region_features, vision.region_boxes, vision.region_mask
+                )
+                if vision.tag_ids is not None:
+                    tag_ids, tag_attention_mask = vision.tag_ids, vision.tag_attention_mask
             elif region_features is not None:
                 region_features, region_boxes, region_mask = region_geometry_check(
                     region_features, region_boxes, region_mask, self.config
@@ -555,4 +596,5 @@ __all__ = [
     "MiniVLMPreTrainedModel",
     "MiniVLMModel",
     "MiniVLMModelOutput",
+    "MiniVLMImageFeatures",
 ]

@@ -241,15 +241,9 @@ class MiniVLMForImageCaptioning(MiniVLMPreTrainedModel, GenerationMixin):
         if pixel_values is not None:
             if kwargs.get("region_features") is not None:
                 raise ValueError("pass either pixel_values or region_features, not both")
-            with torch.no_grad():
-                regions = self.minivlm.extract_regions(pixel_values, pixel_mask)
-                if kwargs.get("tag_ids") is None:
-                    kwargs["tag_ids"], kwargs["tag_attention_mask"] = self.minivlm.tags_from_regions(
-                        regions["region_labels"], regions["region_scores"], regions["region_mask"],
-                        regions["region_attribute_scores"], region_boxes=regions["region_boxes"],
-                    )
-            for name in ("region_features", "region_boxes", "region_mask"):
-                kwargs[name] = regions[name]
+            # The TEE runs once, before beams are expanded; its regions and tags are then ordinary model kwargs.
+            image = self.minivlm.get_image_features(pixel_values, pixel_mask, with_tags=kwargs.get("tag_ids") is None)
+            kwargs.update(image.region_inputs())
         return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     def _left_padded_prompts(self, input_ids, attention_mask):

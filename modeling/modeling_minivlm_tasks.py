@@ -332,14 +332,10 @@ class MiniVLMForImageTextRetrieval(_PooledClassifierMixin, MiniVLMPreTrainedMode
         """Run the TEE once (if pixels were given) and return precomputed region inputs + tags."""
         inputs = {k: v for k, v in image_inputs.items() if k in _REGION_INPUTS and v is not None}
         if "pixel_values" in inputs:
-            regions = self.minivlm.extract_regions(inputs.pop("pixel_values"), inputs.pop("pixel_mask", None))
-            if "tag_ids" not in inputs:
-                inputs["tag_ids"], inputs["tag_attention_mask"] = self.minivlm.tags_from_regions(
-                    regions["region_labels"], regions["region_scores"], regions["region_mask"],
-                    regions["region_attribute_scores"], region_boxes=regions["region_boxes"],
-                )
-            for key in ("region_features", "region_boxes", "region_mask"):
-                inputs[key] = regions[key]
+            image = self.minivlm.get_image_features(
+                inputs.pop("pixel_values"), inputs.pop("pixel_mask", None), with_tags="tag_ids" not in inputs
+            )
+            inputs.update(image.region_inputs())
         return inputs
 
     @torch.no_grad()

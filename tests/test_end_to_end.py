@@ -116,7 +116,7 @@ def test_tee_regions_feed_the_encoder(config, processor, images):
     assert base.region_mask is not None and base.region_boxes.shape[-1] == 4
     assert base.tag_ids is not None and base.tag_ids.shape[0] == 2
     # the same regions passed as precomputed features give the same pooled output
-    regions = model.minivlm.extract_regions(inputs["pixel_values"], inputs["pixel_mask"])
+    regions = model.minivlm.get_image_features(inputs["pixel_values"], inputs["pixel_mask"], with_tags=False)
     tag_ids, tag_mask = model.minivlm.tags_from_regions(regions["region_labels"], regions["region_scores"], regions["region_mask"])
     again = model.minivlm(
         input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], tag_ids=tag_ids, tag_attention_mask=tag_mask,
@@ -280,7 +280,7 @@ def test_generate_from_pixels_runs_the_tee_once_for_all_beams(config, processor,
         hook.remove()
     assert len(calls) == 1  # not once per beam copy or per step
     with torch.no_grad():
-        regions = model.minivlm.extract_regions(pixels["pixel_values"], pixels["pixel_mask"])
+        regions = model.minivlm.get_image_features(pixels["pixel_values"], pixels["pixel_mask"], with_tags=False)
         tag_ids, tag_mask = model.minivlm.tags_from_regions(regions["region_labels"], regions["region_scores"],
                                                             regions["region_mask"], regions["region_attribute_scores"])
     again = model.generate(region_features=regions["region_features"], region_boxes=regions["region_boxes"],

@@ -65,7 +65,7 @@ def _regions_and_features(model, seed: int, **extract_kwargs):
     processor = tiny_image_processor()
     pixels = processor(images=images, return_tensors="pt")
     with torch.no_grad():
-        regions = model.extract_regions(pixels["pixel_values"], pixels["pixel_mask"])
+        regions = model.get_image_features(pixels["pixel_values"], pixels["pixel_mask"], with_tags=False)
     table = extract_features(model.vision_model, processor, datasets.Dataset.from_dict({"image": images}),
                              tag_threshold=0.0, tag_attributes=True, attribute_threshold=0.0, max_attributes=1,
                              **extract_kwargs)

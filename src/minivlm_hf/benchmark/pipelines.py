@@ -223,14 +223,7 @@ class MiniVLMSide(_Common):
     @staticmethod
     def regions(fusion_model: nn.Module, pixel_values: Tensor, pixel_mask: Tensor) -> dict[str, Tensor]:
         """TEE → region inputs + tags of ``fusion_model`` (a task head), as the fusion model would build them."""
-        base = fusion_model.minivlm
-        r = base.extract_regions(pixel_values, pixel_mask)
-        tag_ids, tag_mask = base.tags_from_regions(
-            r["region_labels"], r["region_scores"], r["region_mask"], r.get("region_attribute_scores"),
-            region_boxes=r["region_boxes"],
-        )
-        return {"region_features": r["region_features"], "region_boxes": r["region_boxes"],
-                "region_mask": r["region_mask"], "tag_ids": tag_ids, "tag_attention_mask": tag_mask}
+        return fusion_model.minivlm.get_image_features(pixel_values, pixel_mask).region_inputs()
 
     # callables ----------------------------------------------------------------------------------------------
     def extraction(self, tee: nn.Module | None = None, batch: int = 1) -> Callable[[], Any]:
