@@ -143,7 +143,8 @@ class MiniVLMPreTrainedModel(MiniVLMRemoteCodeMixin, PreTrainedModel):  # mixin:
     _supports_sdpa = True
     _supports_attention_backend = False
     _no_split_modules = ["MiniVLMLayer", "MiniVLMEmbeddings", "MiniVLMRegionEmbeddings"]
-    # Every head's loss is a per-batch mean: the Trainer must not rescale it (HF_NOTES §3).
+    # Every head's loss is a per-batch mean: the Trainer must not rescale it by `num_items_in_batch` (which it does
+    # when `forward` accepts loss kwargs).
     accepts_loss_kwargs = False
 
     def _init_weights(self, module):
@@ -303,7 +304,7 @@ class MiniVLMModel(MiniVLMPreTrainedModel):
         return mask.unsqueeze(1)
 
     #: Padding share at or above which the encoder runs on the non-padding tokens alone (`config.unpad_tokens`).
-    #: Not tuned: a margin for the gather / scatter around each attention (the demo's batches have ~35% padding).
+    #: Not tuned: a margin for the gather / scatter around each attention (training batches often carry far more).
     UNPAD_MIN_PADDING = 0.1
 
     def _unpadded_index(self, token_valid: torch.BoolTensor) -> torch.LongTensor | None:
