@@ -17,63 +17,36 @@ Command line: ``minivlm-hf benchmark --help`` (the full benchmark; ``--part extr
 ``python -m minivlm_hf.benchmark extractor --help`` (the stand-alone extraction benchmark).
 """
 
-from .baseline import (
-    BaselineOutput,
-    BaselineRegionExtractor,
-    build_baseline_extractor,
-    build_baseline_fusion_config,
-    calibrate_frozen_batchnorm,
-)
-from .extractor import call_region_extractor, default_tee_factory, region_features_of, run_extractor_benchmark
-from .flops import count_flops, count_parameters, format_count
-from .machine import (
-    MemoryStats,
-    current_rss_bytes,
-    machine_info,
-    measure_machine_gflops,
-    measure_matmul_gflops,
-    measure_peak_memory,
-    measure_peak_memory_isolated,
-    peak_rss_bytes,
-)
-from .parity import run_parity
-from .report import BenchmarkReport, ComparisonRow, format_comparison_table, format_parameter_table, to_json
-from .suite import BenchmarkSettings, run_benchmark
-from .timing import TimingStats, compare, ratio, set_threads, thread_info, time_callable
+from .._lazy import lazy_attributes
 
-__all__ = [
-    "BaselineOutput",
-    "BaselineRegionExtractor",
-    "BenchmarkReport",
-    "BenchmarkSettings",
-    "ComparisonRow",
-    "MemoryStats",
-    "TimingStats",
-    "build_baseline_extractor",
-    "build_baseline_fusion_config",
-    "calibrate_frozen_batchnorm",
-    "call_region_extractor",
-    "compare",
-    "count_flops",
-    "count_parameters",
-    "current_rss_bytes",
-    "default_tee_factory",
-    "format_comparison_table",
-    "format_count",
-    "format_parameter_table",
-    "machine_info",
-    "measure_machine_gflops",
-    "measure_matmul_gflops",
-    "measure_peak_memory",
-    "measure_peak_memory_isolated",
-    "peak_rss_bytes",
-    "ratio",
-    "region_features_of",
-    "run_benchmark",
-    "run_parity",
-    "run_extractor_benchmark",
-    "set_threads",
-    "thread_info",
-    "time_callable",
-    "to_json",
-]
+# public name -> submodule that defines it; imported on first use (PEP 562)
+_LAZY = {
+    **dict.fromkeys((
+        "BaselineOutput", "BaselineRegionExtractor", "build_baseline_extractor", "build_baseline_fusion_config",
+        "calibrate_frozen_batchnorm",
+    ), "baseline"),
+    **dict.fromkeys((
+        "BenchmarkReport", "ComparisonRow", "format_comparison_table", "format_parameter_table", "to_json",
+    ), "report"),
+    **dict.fromkeys((
+        "BenchmarkSettings", "run_benchmark",
+    ), "suite"),
+    **dict.fromkeys((
+        "MemoryStats", "current_rss_bytes", "machine_info", "measure_machine_gflops", "measure_matmul_gflops",
+        "measure_peak_memory", "measure_peak_memory_isolated", "peak_rss_bytes",
+    ), "machine"),
+    **dict.fromkeys((
+        "TimingStats", "compare", "ratio", "set_threads", "thread_info", "time_callable",
+    ), "timing"),
+    **dict.fromkeys((
+        "call_region_extractor", "default_tee_factory", "region_features_of", "run_extractor_benchmark",
+    ), "extractor"),
+    **dict.fromkeys((
+        "count_flops", "count_parameters", "format_count",
+    ), "flops"),
+    **dict.fromkeys((
+        "run_parity",
+    ), "parity"),
+}
+__all__ = list(_LAZY)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -1,9 +1,16 @@
 """Checkpoint converters: BERT/MiniLM text weights into the fusion model, OSCAR checkpoints."""
 
-from .oscar import convert_oscar_state_dict, load_oscar_checkpoint
-from .bert_init import OFFLINE_MINILM, TextInitReport, init_fusion_from_bert, load_offline_tokenizer, resolve_text_source
+from .._lazy import lazy_attributes
 
-__all__ = [
-    "convert_oscar_state_dict",
-    "load_oscar_checkpoint",
-   "OFFLINE_MINILM", "TextInitReport", "init_fusion_from_bert", "load_offline_tokenizer", "resolve_text_source"]
+# public name -> submodule that defines it; imported on first use (PEP 562)
+_LAZY = {
+    **dict.fromkeys((
+        "convert_oscar_state_dict", "load_oscar_checkpoint",
+    ), "oscar"),
+    **dict.fromkeys((
+        "OFFLINE_MINILM", "TextInitReport", "init_fusion_from_bert", "load_offline_tokenizer",
+        "resolve_text_source",
+    ), "bert_init"),
+}
+__all__ = list(_LAZY)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -1,26 +1,14 @@
 """Model export: ONNX graphs of the TEE and of the fusion encoder + VQA head (see :mod:`.onnx` for what is in
 the graphs and what stays in Python). Command line: ``minivlm-hf export onnx --model DIR --output OUT_DIR``."""
 
-from .onnx import (
-    DEFAULT_OPSET,
-    SUPPORTED_OPSETS,
-    ExportResult,
-    OnnxTEE,
-    OnnxVQA,
-    export_onnx,
-    export_tee,
-    export_vqa,
-    load_for_export,
-)
+from .._lazy import lazy_attributes
 
-__all__ = [
-    "DEFAULT_OPSET",
-    "SUPPORTED_OPSETS",
-    "ExportResult",
-    "OnnxTEE",
-    "OnnxVQA",
-    "export_onnx",
-    "export_tee",
-    "export_vqa",
-    "load_for_export",
-]
+# public name -> submodule that defines it; imported on first use (PEP 562)
+_LAZY = {
+    **dict.fromkeys((
+        "DEFAULT_OPSET", "SUPPORTED_OPSETS", "ExportResult", "OnnxTEE", "OnnxVQA", "export_onnx", "export_tee",
+        "export_vqa", "load_for_export",
+    ), "onnx"),
+}
+__all__ = list(_LAZY)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -29,59 +29,27 @@ Notes:
   ``minivlm_hf.benchmark.machine.machine_info()["bf16_hardware"]`` says which.
 """
 
-from .cpu import FewRowsLinear, FP32TrainingDepthwiseConv2d, enable_cpu_fast_paths
-from .fusion import (
-    find_fusion_models,
-    fuse_qkv_projections,
-    fusion_linear_names,
-    fusion_to_bf16,
-    is_fusion_model,
-)
-from .int8 import (
-    OUTLIER_FFN_CHANNELS,
-    OUTLIER_OTHER_CHANNELS,
-    FullRangeInt8Linear,
-    OutlierScaledInt8Linear,
-    full_range_activations_are_safe,
-    linear_input_ranges,
-    outlier_input_scale,
-    quantize_fusion_int8,
-)
-from .optimize import OptimizationSummary, optimize_for_inference
-from .tee import (
-    bf16_dense_part,
-    compile_dense_part,
-    find_conv_bn_pairs,
-    find_tees,
-    fuse_conv_bn,
-    is_tee,
-    to_channels_last,
-)
+from .._lazy import lazy_attributes
 
-__all__ = [
-    "enable_cpu_fast_paths",
-    "FewRowsLinear",
-    "FP32TrainingDepthwiseConv2d",
-    "OptimizationSummary",
-    "optimize_for_inference",
-    "bf16_dense_part",
-    "compile_dense_part",
-    "find_conv_bn_pairs",
-    "find_fusion_models",
-    "find_tees",
-    "fuse_conv_bn",
-    "fuse_qkv_projections",
-    "fusion_linear_names",
-    "fusion_to_bf16",
-    "OUTLIER_FFN_CHANNELS",
-    "OUTLIER_OTHER_CHANNELS",
-    "FullRangeInt8Linear",
-    "OutlierScaledInt8Linear",
-    "full_range_activations_are_safe",
-    "linear_input_ranges",
-    "outlier_input_scale",
-    "is_fusion_model",
-    "is_tee",
-    "quantize_fusion_int8",
-    "to_channels_last",
-]
+# public name -> submodule that defines it; imported on first use (PEP 562)
+_LAZY = {
+    **dict.fromkeys((
+        "enable_cpu_fast_paths", "FewRowsLinear", "FP32TrainingDepthwiseConv2d",
+    ), "cpu"),
+    **dict.fromkeys((
+        "OptimizationSummary", "optimize_for_inference",
+    ), "optimize"),
+    **dict.fromkeys((
+        "bf16_dense_part", "compile_dense_part", "find_conv_bn_pairs", "find_tees", "fuse_conv_bn", "is_tee",
+        "to_channels_last",
+    ), "tee"),
+    **dict.fromkeys((
+        "find_fusion_models", "fuse_qkv_projections", "fusion_linear_names", "fusion_to_bf16", "is_fusion_model",
+    ), "fusion"),
+    **dict.fromkeys((
+        "OUTLIER_FFN_CHANNELS", "OUTLIER_OTHER_CHANNELS", "FullRangeInt8Linear", "OutlierScaledInt8Linear",
+        "full_range_activations_are_safe", "linear_input_ranges", "outlier_input_scale", "quantize_fusion_int8",
+    ), "int8"),
+}
+__all__ = list(_LAZY)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
