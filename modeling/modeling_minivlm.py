@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -40,6 +41,13 @@ from .modeling_minivlm_tee import TEEModel
 from .remote_code_minivlm import (
     MiniVLMRemoteCodeMixin,  # minivlm-hf hub: complete auto_map on save
 )
+
+if TYPE_CHECKING:
+    # Never imported at run time: transformers copies (downloads) every file named by a flat relative import, so this
+    # ships the processor and the VQA pipeline, which the saved `auto_map` / `custom_pipelines` name, with every
+    # fusion checkpoint (the image processors come with the TEE's file).
+    from .pipeline_minivlm_vqa import MiniVLMVQAPipeline  # noqa: F401
+    from .processing_minivlm import MiniVLMProcessor  # noqa: F401
 
 logger = logging.get_logger(__name__)
 

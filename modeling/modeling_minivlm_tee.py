@@ -19,6 +19,7 @@ training targets and losses).
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,12 @@ from .modeling_minivlm_tee_layers import (
 from .remote_code_minivlm import (
     MiniVLMRemoteCodeMixin,  # minivlm-hf hub: complete auto_map on save
 )
+
+if TYPE_CHECKING:
+    # Never imported at run time: transformers copies (downloads) every file named by a flat relative import, so this
+    # ships both image-processor backends, which the saved `auto_map` names, with every TEE checkpoint.
+    from .image_processing_minivlm import MiniVLMImageProcessor  # noqa: F401
+    from .image_processing_pil_minivlm import MiniVLMImageProcessorPil  # noqa: F401
 
 # ----------------------------------------------------------------------------------------------------------------
 # Outputs

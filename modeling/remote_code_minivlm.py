@@ -9,25 +9,15 @@ every Auto class it supports with `trust_remote_code=True`, with the package not
   get `custom_pipelines` for the `minivlm-vqa` pipeline;
 - image-processor configs (`preprocessor_config.json`, and the nested one in `processor_config.json`) get the
   AutoImageProcessor dict form, otherwise `backend="pil"` silently returns the torchvision class;
-- the files these entries name are copied next to the weights: they are listed in the `TYPE_CHECKING` block below,
-  which transformers' relative-import scan follows when it saves (and downloads) the model code.
+- the files these entries name are copied next to the weights: the model files list them in a `TYPE_CHECKING`
+  block, which transformers' relative-import scan follows when it saves (and downloads) the model code.
 
-Remote-code file: standard library only, no run-time imports of the other files.
+Remote-code file: standard library only; it imports no other file of the model code.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    # Never imported at run time. transformers' `custom_object_save` / `get_cached_module_file` copy (download) every
-    # file named by a flat relative import, so these lines ship the processor, both image-processor backends and the
-    # VQA pipeline with every model, and the `auto_map` entries written below always name files that exist.
-    from .image_processing_minivlm import MiniVLMImageProcessor  # noqa: F401
-    from .image_processing_pil_minivlm import MiniVLMImageProcessorPil  # noqa: F401
-    from .pipeline_minivlm_vqa import MiniVLMVQAPipeline  # noqa: F401
-    from .processing_minivlm import MiniVLMProcessor  # noqa: F401
 
 IMAGE_PROCESSOR_CLASSES = {
     "torchvision": "image_processing_minivlm.MiniVLMImageProcessor",
