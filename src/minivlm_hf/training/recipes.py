@@ -494,6 +494,8 @@ def run_stage(
     metrics["global_step"] = trainer.state.global_step
     if stage == "caption":  # the saved model decodes as it was evaluated (generation_config.json)
         model.generation_config.update(**caption_generation_kwargs(config, model))
+    # Every rank has finished writing into output_dir (e.g. param_hash_rank{R}.json) before rank 0 swaps it.
+    trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         # Staged and swapped in: a crash leaves the previous model or this one; the run's checkpoint-N folders and
         # records are carried over, stale model files (another tokenizer, single-file weights next to shards) are not.
