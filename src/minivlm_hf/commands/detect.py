@@ -33,8 +33,13 @@ def draw_detections(image, detections, path: Path) -> None:
         x1, y1, x2, y2 = det["box"]
         pen.rectangle([x1, y1, x2, y2], outline=(255, 0, 0), width=2)
         pen.text((x1 + 2, max(0, y1 - 11)), f"{det['label']} {det['score']:.2f}", fill=(255, 0, 0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path, format="PNG")
+    import io
+
+    from ..io.atomic import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())  # an interrupted run never leaves half a PNG
 
 
 def run(args: argparse.Namespace) -> int:

@@ -203,12 +203,17 @@ def atomic_directory(target: str | Path, *, carry: Callable[[str], bool] | None 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a text file through a temporary sibling and ``os.replace`` (umask modes)."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a file through a temporary sibling and ``os.replace`` (umask modes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())
@@ -219,4 +224,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
-__all__ = ["apply_umask_modes", "atomic_directory", "atomic_write_text", "current_umask", "recover_interrupted"]
+__all__ = [
+    "apply_umask_modes", "atomic_directory", "atomic_write_bytes", "atomic_write_text", "current_umask",
+    "recover_interrupted",
+]
