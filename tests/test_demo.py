@@ -45,6 +45,31 @@ def test_quick_demo_outputs(quick_demo):
     assert 0.0 <= summary["metrics"]["vqa"]["test_accuracy"] <= 1.0
 
 
+def test_quick_demo_training_curves_and_web_demo(quick_demo):
+    out = quick_demo
+    report = (out / "report.md").read_text()
+    for stage in ("detector", "pretrain", "caption", "vqa", "retrieval", "nlvr"):
+        history = json.loads((out / stage / "log_history.json").read_text())
+        steps = [e["step"] for e in history if "loss" in e]
+        assert steps and all(step % 5 == 0 for step in steps), stage  # the quick preset logs every 5 steps
+        assert all("learning_rate" in e for e in history if "loss" in e)
+        assert (out / stage / "training_curves.png").stat().st_size > 5_000, stage
+        assert f"![{stage} training curves]({stage}/training_curves.png)" in report
+    assert "## Gallery" in report and "FAIL" in report
+    # `minivlm-hf serve` finds every task in the demo's output folder and runs it
+    from minivlm_hf.assets import EXAMPLE_IMAGE
+    from minivlm_hf.serve.models import ServedModels
+
+    served = ServedModels.load(str(out))
+    assert served.tasks == ["detect", "caption", "answer", "retrieval", "nlvr"]
+    decode = {k: v for k, v in served.caption_defaults().items() if k != "max_new_tokens_limit"}
+    assert served.caption(EXAMPLE_IMAGE, **decode).value.strip()
+    answers = served.answer(EXAMPLE_IMAGE, "what color is the star?").value
+    assert len(answers) == 5 and [a["score"] for a in answers] == sorted((a["score"] for a in answers), reverse=True)
+    ranking = served.rank(EXAMPLE_IMAGE, ["a green star", "two blue squares"]).value
+    assert sorted(r["caption"] for r in ranking) == ["a green star", "two blue squares"]
+
+
 def test_quick_demo_models_reload_and_run_from_pixels(quick_demo):
     """The saved VQA / caption models hold the TEE: one call from an image, equal to the features path."""
     from PIL import Image

@@ -86,3 +86,32 @@ def test_serve_command_line(tmp_path, capsys):
     # the command module loads Gradio only when it runs
     code = "import sys, minivlm_hf.commands.serve; print('gradio' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_model_card_shows_how_to_serve():
+    from minivlm_hf.hub.model_card import usage_snippet
+
+    card = usage_snippet("vqa", "me/minivlm-vqa")
+    assert "minivlm-hf serve me/minivlm-vqa" in card and "MINIVLM_MODELS=me/minivlm-vqa" in card
+    assert "minivlm-hf serve" not in usage_snippet("pretrain", "me/minivlm-pretrain")  # nothing to serve
+
+
+def test_serves_a_pushed_hub_repo(hub_server, demo_folder, monkeypatch):
+    """`minivlm-hf serve namespace/name`: the task comes from the pushed config.json, the model from the Hub."""
+    import uuid
+
+    from minivlm_hf.assets import EXAMPLE_IMAGE
+    from minivlm_hf.hub.push import push_checkpoint
+
+    repo = f"user/serve-{uuid.uuid4().hex[:6]}"
+    push_checkpoint(demo_folder / "vqa", repo, token="test-token")
+    assert find_checkpoints([repo]) == {"answer": repo}
+    served = ServedModels.load([repo, str(demo_folder / "caption")])
+    assert served.tasks == ["caption", "answer"]
+    from minivlm_hf import inference
+
+    model, processor = inference.load("answer", str(demo_folder / "vqa"))
+    expected = inference.answer(model, processor, EXAMPLE_IMAGE, "what color is the star?", top_k=3)
+    assert served.answer(EXAMPLE_IMAGE, "what color is the star?", top_k=3).value == expected
+    with pytest.raises(FileNotFoundError, match="user/missing-repo: no config.json on the Hub"):
+        find_checkpoints(["user/missing-repo"])

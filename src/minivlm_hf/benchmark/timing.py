@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
+from ..progress import progress as progress_bar
+
 __all__ = ["TimingStats", "compare", "time_callable", "ratio", "set_threads", "thread_info"]
 
 
@@ -138,6 +140,7 @@ def compare(
     inference_mode: bool = True,
     disable_gc: bool = True,
     threads: int | None = None,
+    progress: bool = True,
 ) -> dict[str, TimingStats]:
     """Time zero-argument callables; returns ``{name: TimingStats}`` in the input order.
 
@@ -146,7 +149,8 @@ def compare(
     ``False`` all runs of A come before all runs of B. Runs happen under ``torch.inference_mode``
     (unless ``inference_mode=False``), with Python's garbage collector collected once and then
     paused for the whole schedule (``disable_gc``), and with ``threads`` intra-op threads when
-    given (see :func:`set_threads`).
+    given (see :func:`set_threads`). ``progress``: a bar over the calls, on a terminal only (it advances between
+    the timed calls, outside what is measured).
     """
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
@@ -168,7 +172,8 @@ def compare(
             gc.collect()
             gc.disable()
         try:
-            for r, name in schedule:
+            for r, name in progress_bar(schedule, desc=f"timing {', '.join(names)}"[:60], unit="call",
+                                        enabled=progress):
                 elapsed = _timed(callables[name])
                 (stats[name].runs if r >= warmup else stats[name].warmup_runs).append(elapsed)
         finally:

@@ -54,6 +54,8 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-sizes", type=str, default=None, help="comma-separated batch sizes (default 1,8,32)")
     parser.add_argument("--opset", type=positive_int, default=17, help="ONNX opset for --part onnx (default 17)")
     parser.add_argument("--gflops-seconds", type=positive_float, default=1.0, help="seconds per matmul-throughput probe")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars (shown only on a terminal anyway)")
     parser.set_defaults(func=run)
 
 
@@ -75,6 +77,10 @@ def parse_parts(values: list[str] | None, has_model_dir: bool) -> tuple[str, ...
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.quiet:
+        from ..progress import set_quiet
+
+        set_quiet()
     from ..benchmark.suite import BenchmarkSettings, run_benchmark
 
     batch_sizes = None

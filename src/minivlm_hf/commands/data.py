@@ -27,6 +27,7 @@ def _add_common(parser: argparse.ArgumentParser, defaults: tuple[int, int, int],
     parser.add_argument("--min-size", type=positive_int, default=160, help="smallest image side in pixels (default 160)")
     parser.add_argument("--max-size", type=positive_int, default=320, help="largest image side in pixels (default 320)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (shown only on a terminal anyway)")
 
 
 def register(subparsers) -> None:
@@ -91,7 +92,7 @@ def _run_scenes(args) -> int:
     start = time.perf_counter()
     dataset = load_scenes(
         num_train=args.num_train, num_validation=args.num_validation, num_test=args.num_test, seed=args.seed,
-        min_size=args.min_size, max_size=args.max_size, use_cache=False,
+        min_size=args.min_size, max_size=args.max_size, use_cache=False, progress=not args.quiet,
     )
     elapsed = time.perf_counter() - start
     _save(dataset, args)
@@ -115,7 +116,7 @@ def _run_nlvr(args) -> int:
     start = time.perf_counter()
     dataset = load_nlvr(
         num_train=args.num_train, num_validation=args.num_validation, num_test=args.num_test, seed=args.seed,
-        min_size=args.min_size, max_size=args.max_size, use_cache=False,
+        min_size=args.min_size, max_size=args.max_size, use_cache=False, progress=not args.quiet,
     )
     elapsed = time.perf_counter() - start
     _save(dataset, args)

@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     parser.add_argument("--no-gallery", action="store_true", help="skip the PNG gallery")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="reload retrieval / NLVR through the model code saved in their folders (auto_map)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars (they are shown only on a terminal anyway)")
     parser.set_defaults(func=run)
 
 
@@ -36,6 +38,10 @@ def run(args) -> int:
     from ._threads import ensure_passive_openmp
 
     ensure_passive_openmp()
+    if args.quiet:
+        from ..progress import set_quiet
+
+        set_quiet()
     from ..training.demo import run_demo
 
     overrides = None

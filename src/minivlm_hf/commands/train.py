@@ -40,7 +40,8 @@ config JSON (every key optional; see minivlm_hf.training.recipes for all of them
   debug.param_hash      write param_hash_rank{R}.json per rank at the end (data-parallel checks)
 
 outputs in --output-dir: checkpoint-*/ (safetensors), the final model + processor (save_pretrained),
-metrics.json (training and held-out metrics).
+metrics.json (training and held-out metrics), log_history.json (what the Trainer logged per step) and
+training_curves.png (loss, evaluation metrics, learning rate); with --report-to tensorboard, runs/ (event files).
 """
 
 
@@ -92,6 +93,11 @@ def register(subparsers) -> None:
     parser.add_argument("--features-dir", type=Path, help="override data.features_dir (reuse extracted features)")
     parser.add_argument("--resume-from-checkpoint", metavar="PATH|auto",
                         help="continue from a checkpoint folder, or 'auto' for the latest one in --output-dir")
+    parser.add_argument("--report-to", metavar="NAME[,NAME]",
+                        help="also log to these integrations (transformers' report_to), e.g. tensorboard "
+                             "(pip install 'minivlm-hf[tensorboard]'): event files under OUTPUT_DIR/runs/")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars (they are shown only on a terminal anyway)")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation after training")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set training.warmup_steps=10 (value parsed as JSON)")
@@ -102,6 +108,10 @@ def run(args) -> int:
     from ._threads import ensure_passive_openmp
 
     ensure_passive_openmp()
+    if args.quiet:
+        from ..progress import set_quiet
+
+        set_quiet()
     from ..training.recipes import load_recipe_config, run_stage
 
     overrides: dict = {}
@@ -115,6 +125,8 @@ def run(args) -> int:
                          ("features_dir", "data.features_dir")):
         if getattr(args, flag) is not None:
             _set_path(overrides, dotted, str(getattr(args, flag)))
+    if args.report_to:
+        _set_path(overrides, "training.report_to", [name.strip() for name in args.report_to.split(",") if name.strip()])
     for item in args.set:
         if "=" not in item:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")

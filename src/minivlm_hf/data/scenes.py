@@ -28,6 +28,7 @@ import pyarrow as pa
 from datasets import ClassLabel, Features, Image, List, Value
 from datasets.table import InMemoryTable
 
+from ..progress import progress as progress_bar
 from .cache import cached_build
 from .language import annotator_answers, make_captions, make_nlvr_statements, make_questions
 from .render import SceneObject, encode_png, render_scene
@@ -198,15 +199,18 @@ def _fingerprint(*parts: Any) -> str:
 
 
 def build_scenes(
-    num_train: int, num_validation: int, num_test: int, seed: int = 0, config: SceneConfig = SceneConfig()
+    num_train: int, num_validation: int, num_test: int, seed: int = 0, config: SceneConfig = SceneConfig(),
+    progress: bool = True,
 ) -> datasets.DatasetDict:
-    """Generate the scene DatasetDict in memory (no cache; see :func:`load_scenes`)."""
+    """Generate the scene DatasetDict in memory (no cache; see :func:`load_scenes`); ``progress``: a bar per split
+    (on a terminal, see :mod:`minivlm_hf.progress`)."""
     seen: set[bytes] = set()
     counts = {"train": num_train, "validation": num_validation, "test": num_test}
     return datasets.DatasetDict(
         {
             s: rows_to_dataset(
-                _scene_rows(seed, s, n, config, seen), SCENE_FEATURES,
+                progress_bar(_scene_rows(seed, s, n, config, seen), total=n, desc=f"Generating {s} scenes",
+                             unit="scene", enabled=progress), SCENE_FEATURES,
                 _fingerprint(GENERATOR_VERSION, "scenes", seed, s, n, asdict(config)),
             )
             for s, n in counts.items()
@@ -221,6 +225,7 @@ def build_nlvr(
     seed: int = 0,
     config: SceneConfig = SceneConfig(),
     statements_per_pair: int = 2,
+    progress: bool = True,
 ) -> datasets.DatasetDict:
     """Generate the NLVR DatasetDict in memory; ``num_*`` count image pairs, each giving
     ``statements_per_pair`` rows with alternating labels."""
@@ -229,7 +234,8 @@ def build_nlvr(
     return datasets.DatasetDict(
         {
             s: rows_to_dataset(
-                _nlvr_rows(seed, s, n, config, statements_per_pair, seen), NLVR_FEATURES,
+                progress_bar(_nlvr_rows(seed, s, n, config, statements_per_pair, seen), total=n * statements_per_pair,
+                             desc=f"Generating {s} NLVR statements", unit="row", enabled=progress), NLVR_FEATURES,
                 _fingerprint(GENERATOR_VERSION, "nlvr", seed, s, n, statements_per_pair, asdict(config)),
             )
             for s, n in counts.items()
@@ -256,6 +262,7 @@ def load_scenes(
     max_objects: int = MAX_OBJECTS,
     use_cache: bool = True,
     rebuild_corrupt: bool = True,
+    progress: bool = True,
 ) -> datasets.DatasetDict:
     """The synthetic scene dataset (splits ``train`` / ``validation`` / ``test``, schema
     :data:`SCENE_FEATURES`).
@@ -271,7 +278,7 @@ def load_scenes(
               "num_validation": num_validation, "num_test": num_test, **asdict(config)}
 
     def build():
-        return build_scenes(num_train, num_validation, num_test, seed, config)
+        return build_scenes(num_train, num_validation, num_test, seed, config, progress=progress)
 
     if not use_cache:
         return build()
@@ -292,6 +299,7 @@ def load_nlvr(
     max_objects: int = MAX_OBJECTS,
     use_cache: bool = True,
     rebuild_corrupt: bool = True,
+    progress: bool = True,
 ) -> datasets.DatasetDict:
     """NLVR2-style pairs (schema :data:`NLVR_FEATURES`); ``num_*`` count image pairs, each pair gives
     ``statements_per_pair`` statements with alternating true/false labels. Cached like :func:`load_scenes`."""
@@ -304,7 +312,7 @@ def load_nlvr(
               "statements_per_pair": statements_per_pair, **asdict(config)}
 
     def build():
-        return build_nlvr(num_train, num_validation, num_test, seed, config, statements_per_pair)
+        return build_nlvr(num_train, num_validation, num_test, seed, config, statements_per_pair, progress=progress)
 
     if not use_cache:
         return build()

@@ -411,7 +411,32 @@ Without the package, the code shipped with the checkpoint is used:
 {remote}
 ```
 
-Pin a version with `revision="<commit sha>"` (remote code is then pinned too)."""
+Pin a version with `revision="<commit sha>"` (remote code is then pinned too).""" + ("" if task == "pretrain" else
+                                                                                  web_demo_snippet(repo_id))
+
+
+def web_demo_snippet(repo_id: str) -> str:
+    """How to try the checkpoint in the browser: ``minivlm-hf serve`` locally, or the same app as a Space."""
+    return f"""
+
+### Web demo
+
+In the browser, served on this machine only (127.0.0.1), with `pip install "minivlm-hf[serve]"`:
+
+```bash
+minivlm-hf serve {repo_id}  # add a detector, captioning and VQA repo ids to see every task side by side
+```
+
+Then open http://127.0.0.1:7860: upload an image, read the detections, the caption, the answers, the ranking of
+typed captions and the latency of each call. The same app runs as a Hugging Face Space (Gradio SDK) from this
+`app.py`, with the Space variable `MINIVLM_MODELS={repo_id}` and `minivlm-hf[serve]` in `requirements.txt`:
+
+```python
+from minivlm_hf.serve.app import build_app, launch_options, model_from_environment
+
+demo = build_app(model_from_environment())
+demo.queue(default_concurrency_limit=1).launch(**launch_options())
+```"""
 
 
 def _parameters_table(inputs: CardInputs) -> str:
@@ -528,4 +553,5 @@ __all__ = [
     "render",
     "render_card",
     "usage_snippet",
+    "web_demo_snippet",
 ]

@@ -21,7 +21,8 @@ from ..assets import EXAMPLE_IMAGE  # noqa: E402
 from .models import TASK_TITLES, ServedModels  # noqa: E402
 
 DEFAULT_QUESTION = "what color is the star?"
-DEFAULT_CAPTIONS = "a green star and a red heart\nthere are two crosses in the picture\na blue square alone in the image"
+DEFAULT_CAPTIONS = "\n".join(["a green star and a red heart", "there are two crosses in the picture",
+                              "a blue square alone in the image"])
 SYSTEM_FONTS = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
 CSS = """
@@ -172,8 +173,8 @@ def build_app(models, *, revision: str | None = None, trust_remote_code: bool = 
                 captions = gr.Textbox(DEFAULT_CAPTIONS, label="Captions to rank (one per line)", lines=3,
                                       elem_id="captions", visible="retrieval" in tasks)
                 with gr.Accordion("Settings", open=False):
-                    threshold = gr.Slider(0.0, 1.0, value=detection_threshold, step=0.05, label="Detection score threshold",
-                                          visible="detect" in tasks)
+                    threshold = gr.Slider(0.0, 1.0, value=detection_threshold, step=0.05,
+                                          label="Detection score threshold", visible="detect" in tasks)
                     num_beams = gr.Slider(1, 8, value=decode.get("num_beams", 1), step=1, label="Caption beams",
                                           visible="caption" in tasks)
                     length_penalty = gr.Slider(0.0, 3.0, value=decode.get("length_penalty", 1.0), step=0.1,

@@ -43,7 +43,7 @@ class RecipeData:
             d = self.data_config
             self._scenes = load_scenes(
                 d["cache_dir"], d["num_train"], d["num_validation"], d["num_test"], d["scene_seed"],
-                min_size=d["min_size"], max_size=d["max_size"],
+                min_size=d["min_size"], max_size=d["max_size"], progress=self.progress,
             )
         return self._scenes
 
@@ -56,7 +56,7 @@ class RecipeData:
             self._nlvr = load_nlvr(
                 d["cache_dir"], d["nlvr_num_train"], d["nlvr_num_validation"], d["nlvr_num_test"], d["scene_seed"],
                 statements_per_pair=d.get("nlvr_statements_per_pair", 2), min_size=d["min_size"],
-                max_size=d["max_size"],
+                max_size=d["max_size"], progress=self.progress,
             )
         return self._nlvr
 
@@ -134,7 +134,7 @@ class RecipeData:
                 self.detector, self.ensure_image_processor(), images, batch_size=d["extract_batch_size"],
                 tag_threshold=d["tag_threshold"], tag_attributes=bool(d.get("tag_attributes", False)),
                 attribute_threshold=d.get("tag_attribute_threshold", 0.5), tag_order=d.get("tag_order", "score"),
-                desc=f"Extracting regions ({name})",
+                desc=f"Extracting regions ({name})", progress=self.progress,
             )
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

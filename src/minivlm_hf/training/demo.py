@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .curves import CURVES_FILE
 from .recipes import (
     _merge,
     caption_generation_kwargs,
@@ -369,6 +370,7 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
     with clock("detector: evaluate (test mAP)"):
         test, _ = evaluate_stage("detector", detector, det_config, data, progress=progress)
     metrics["detector"] = {f"test_{k}": v for k, v in test.items()}
+    _plot_curves(output_dir, "detector", metrics["detector"])
     log(f"    detection mAP@0.5 = {test['map_50']:.3f}, mAP = {test['map']:.3f}")
     data._detector = detector  # noqa: SLF001 - the reloaded TEE extracts the features and goes inside the fusion models
 
@@ -414,6 +416,7 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
         with clock(f"{task}: evaluate"):
             test, _ = evaluate_stage(task, reloaded, config, data, progress=progress)
         metrics[task] = {f"test_{k}": v for k, v in test.items()}
+        _plot_curves(output_dir, task, metrics[task])
         log("    " + ", ".join(f"{k} = {v:.3f}" for k, v in test.items() if isinstance(v, float))[:300])
         if task in ("caption", "vqa"):
             task_models[task] = reloaded
@@ -479,13 +482,25 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
     result.report_path = output_dir / "report.md"
     write_report(result.report_path, title="MiniVLM demo report" + (" (quick)" if quick else ""), metrics=metrics,
                  timings=result.timings, settings=report_settings, reload_checks=result.reload_checks,
-                 gallery=gallery_name, notes=notes)
+                 gallery=gallery_name, notes=notes,
+                 curves={s: f"{s}/{CURVES_FILE}" for s in ("detector", "pretrain", *FUSION_TASKS)
+                         if (output_dir / s / CURVES_FILE).is_file()})
     summary = {"metrics": metrics, "timings": result.timings, "machine_gflops": speed, "reload_checks": {
         k: {kk: vv for kk, vv in v.items() if kk != "tokens"} for k, v in result.reload_checks.items()},
         "targets": target_rows(metrics)}
     atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=1, default=float))
     _print_summary(log, result, target_rows(metrics))
     return result
+
+
+def _plot_curves(output_dir: Path, stage: str, test_metrics: dict) -> None:
+    """Redraw a stage's training curves with its held-out metrics (measured on the reloaded model) at the end."""
+    from .curves import headline_metrics, load_log_history, plot_training_curves
+
+    history = load_log_history(output_dir / stage)
+    if history:
+        plot_training_curves(history, output_dir / stage / CURVES_FILE, title=f"{stage} training",
+                             final_metrics=headline_metrics(stage, test_metrics))
 
 
 def _stage_defaults(stage: str) -> dict:
@@ -520,50 +535,59 @@ def _print_summary(log, result: DemoResult, rows: list[dict]) -> None:
 
 @torch.no_grad()
 def _gallery(path: Path, data, detector, task_models: dict, settings: dict, quick: bool) -> None:
+    """Per test image: ground truth vs detections, generated vs reference captions, answers vs the annotators'."""
     from collections import Counter
 
-    from .report import draw_gallery
+    from ..data.vocab import ATTRIBUTE_ID2LABEL, COLORS, OBJECT_ID2LABEL, SHAPE_PLURALS, SHAPES
+    from ..inference import detect
+    from .gallery import caption_mistakes, draw_gallery, match_detections
 
     output_dir = path.parent
     caption_processor = load_processor("caption", output_dir / "caption")
     vqa_processor = load_processor("vqa", output_dir / "vqa")
     captioner, answerer = task_models["caption"], task_models["vqa"]
     decode = caption_generation_kwargs(stage_config(settings, "caption"), captioner)  # as the test evaluation
+    vocabulary = {**{c: c for c in COLORS}, **{s: s for s in SHAPES}, **{p: s for s, p in SHAPE_PLURALS.items()}}
     test = data.scenes["test"]
-    features = data.features("test")
-    id2label = {int(k): v for k, v in detector.config.id2label.items()}
     items = []
     for i in range(min(6, len(test))):
         row = test[i]
         image = row["image"].convert("RGB")
-        inputs = data.image_processor(images=[image], return_tensors="pt")
-        det = detector(**inputs)
-        found = data.image_processor.post_process_object_detection(det, threshold=0.5,
-                                                                   target_sizes=[(image.size[1], image.size[0])])[0]
+        objects = row["objects"]
+        truth_boxes = [[x, y, x + w, y + h] for x, y, w, h in objects["bbox"]]
+        truth_names = [OBJECT_ID2LABEL[int(c)] for c in objects["category_id"]]
+        truth_attributes = [[ATTRIBUTE_ID2LABEL[int(a)] for a in ids] for ids in objects["attribute_ids"]]
+        found = detect(detector, data.image_processor, [image], threshold=0.5)[0]
+        missed, false = match_detections(list(zip(truth_boxes, truth_names)), [(d["box"], d["label"]) for d in found])
         # one call each: image → caption, (image, question) → answer (the TEE runs inside the fusion models)
         pixels = caption_processor(images=[image], return_tensors="pt")
         ids = captioner.generate(pixel_values=pixels["pixel_values"], pixel_mask=pixels["pixel_mask"],
                                  do_sample=False, **decode)
-        caption = caption_processor.batch_decode(ids)[0]
-        question = row["questions"][0]
-        qa_inputs = vqa_processor(images=[image], text=[question], return_tensors="pt")
-        logits = answerer(**qa_inputs).logits
-        answer = vqa_processor.post_process_vqa(
-            logits, {int(k): v for k, v in answerer.config.id2label.items()},
-            score_function="softmax" if answerer.config.vqa_loss == "softmax" else "sigmoid")[0][0]
+        caption = caption_processor.batch_decode(ids)[0].strip()
+        scene_words = set(truth_names) | {a for names in truth_attributes for a in names}
+        qa = []
+        for question, answers in list(zip(row["questions"], row["answers"]))[:3]:
+            qa_inputs = vqa_processor(images=[image], text=[question], return_tensors="pt")
+            logits = answerer(**qa_inputs).logits
+            best = vqa_processor.post_process_vqa(
+                logits, {int(k): v for k, v in answerer.config.id2label.items()},
+                score_function="softmax" if answerer.config.vqa_loss == "softmax" else "sigmoid")[0][0]
+            qa.append({"question": question, "answer": best["answer"], "score": best["score"],
+                       "truth": Counter(answers).most_common(1)[0][0]})
         items.append({
             "image": image,
-            "boxes": found["boxes"].tolist(),
-            "labels": [id2label[int(lbl)] for lbl in found["labels"]],
-            "scores": found["scores"].tolist(),
-            "tags": features[i]["tags"],
-            "caption": caption,
-            "question": question,
-            "answer": f"{answer['answer']} ({answer['score']:.2f})",
-            "truth": Counter(row["answers"][0]).most_common(1)[0][0],
+            "truth_boxes": truth_boxes,
+            "truth_labels": [" ".join([a for a in attrs if a in COLORS] + [name])
+                             for attrs, name in zip(truth_attributes, truth_names)],
+            "boxes": [d["box"] for d in found],
+            "labels": [" ".join([a for a in d["attributes"] if a in COLORS] + [d["label"]]) for d in found],
+            "scores": [d["score"] for d in found],
+            "missed": missed, "false": false,
+            "caption": caption, "references": list(row["captions"][:2]),
+            "caption_mistakes": caption_mistakes(caption, scene_words, vocabulary, set(truth_names)),
+            "qa": qa,
         })
     draw_gallery(path, items)
-
 
 __all__ = ["AUTO_CLASSES", "DemoResult", "PRESETS", "compare_outputs", "demo_config", "load_with_auto_class",
            "run_demo"]

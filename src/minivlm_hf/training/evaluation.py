@@ -11,9 +11,9 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..data.scenes import detection_annotations
+from ..progress import progress as progress_bar
 from .collators import CaptioningCollator, NLVRCollator, RetrievalScoringCollator, VQACollator
 
 
@@ -49,7 +49,8 @@ def evaluate_detector(detector, image_processor, scenes, *, batch_size: int = 16
     columns = [c for c in ("image", "objects", "coco_id", "width", "height") if c in scenes.column_names]
     rows = _rows(scenes.select_columns(columns), limit)
     predictions, references = [], []
-    for chunk in tqdm(list(_batches(rows, batch_size)), desc="Evaluating detector", disable=not progress):
+    for chunk in progress_bar(list(_batches(rows, batch_size)), desc="Evaluating detector", enabled=progress,
+                              unit="batch"):
         encoded = image_processor(images=[r["image"] for r in chunk], return_tensors="pt")
         outputs = detector(pixel_values=encoded["pixel_values"].to(device), pixel_mask=encoded["pixel_mask"].to(device))
         sizes = [(r["image"].size[1], r["image"].size[0]) for r in chunk]
@@ -82,7 +83,7 @@ def generate_captions(model, collator: CaptioningCollator, rows: list[dict], *, 
     collator.for_generation = True
     texts, ids = [], []
     try:
-        for chunk in tqdm(list(_batches(rows, batch_size)), desc=desc, disable=not progress):
+        for chunk in progress_bar(list(_batches(rows, batch_size)), desc=desc, enabled=progress, unit="batch"):
             batch = _to(collator(chunk), device)
             limit = min(max_new_tokens, model.config.max_text_length - 2)
             generated = model.generate(**batch, max_new_tokens=limit, num_beams=num_beams, do_sample=False,
@@ -117,7 +118,7 @@ def predict_logits(model, collator, rows: list[dict], *, batch_size: int = 64, p
     model.eval()
     device = _device(model)
     out = []
-    for chunk in tqdm(list(_batches(rows, batch_size)), desc=desc, disable=not progress):
+    for chunk in progress_bar(list(_batches(rows, batch_size)), desc=desc, enabled=progress, unit="batch"):
         batch = collator(chunk)
         batch.pop("labels", None)
         out.append(model(**_to(batch, device)).logits.float().cpu())
@@ -156,7 +157,8 @@ def retrieval_score_matrix(model, collator: RetrievalScoringCollator, image_indi
     device = _device(model)
     pairs = [{"image_index": i, "caption": c} for i in image_indices for c in captions]
     scores = []
-    for chunk in tqdm(list(_batches(pairs, batch_size)), desc="Scoring image-text pairs", disable=not progress):
+    for chunk in progress_bar(list(_batches(pairs, batch_size)), desc="Scoring image-text pairs", enabled=progress,
+                              unit="batch"):
         logits = model(**_to(collator(chunk), device)).logits.float()
         scores.append((logits[:, 1] - logits[:, 0] if margins else logits.softmax(-1)[:, 1]).cpu())
     return torch.cat(scores).view(len(image_indices), len(captions))
@@ -173,7 +175,8 @@ def caption_log_likelihood_matrix(caption_model, collator: RetrievalScoringColla
     device = _device(caption_model)
     pairs = [{"image_index": i, "caption": c} for i in image_indices for c in captions]
     totals = []
-    for chunk in tqdm(list(_batches(pairs, batch_size)), desc="Caption likelihoods", disable=not progress):
+    for chunk in progress_bar(list(_batches(pairs, batch_size)), desc="Caption likelihoods", enabled=progress,
+                              unit="batch"):
         totals.append(caption_model.caption_log_likelihood(**_to(collator(chunk), device)).cpu())
     return torch.cat(totals).view(len(image_indices), len(captions))
 

@@ -23,6 +23,7 @@ from datasets import Array2D, Features, List, Value
 
 from ..data.vocab import ATTRIBUTE_ID2LABEL, COLORS, OBJECT_ID2LABEL, SHAPES, SIZES
 from ..modeling.modeling_minivlm_inputs import select_tag_phrases
+from ..progress import datasets_progress
 
 REGION_COLUMNS = ("region_features", "region_boxes", "region_mask", "region_scores", "region_labels", "tags")
 
@@ -70,6 +71,7 @@ def extract_features(
     drop_image: bool = True,
     dtype: str = "float16",
     desc: str = "Extracting regions",
+    progress: bool = True,
 ) -> datasets.Dataset:
     """Run the TEE (``TEEForObjectDetection`` or ``TEEModel``) over ``dataset[image_column]`` and return the dataset
     with the region columns of :data:`REGION_COLUMNS` added (kept in memory; nothing is written next to the source
@@ -117,10 +119,11 @@ def extract_features(
 
     settings = f"{tag_threshold}-{tag_attributes}-{attribute_threshold}-{max_attributes}-{tag_order}"
     fingerprint = hashlib.sha256(f"{dataset._fingerprint}-{id(tee)}-{settings}".encode()).hexdigest()[:16]
-    return dataset.map(
-        run, batched=True, batch_size=batch_size, features=features, remove_columns=dataset.column_names,
-        keep_in_memory=True, load_from_cache_file=False, new_fingerprint=fingerprint, desc=desc,
-    )
+    with datasets_progress(progress):  # datasets' bar (with an ETA), on a terminal only
+        return dataset.map(
+            run, batched=True, batch_size=batch_size, features=features, remove_columns=dataset.column_names,
+            keep_in_memory=True, load_from_cache_file=False, new_fingerprint=fingerprint, desc=desc,
+        )
 
 
 def oracle_features(dataset: datasets.Dataset, *, feature_size: int = 32, num_regions: int = 10,

@@ -69,14 +69,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainingArguments, set_seed
+from transformers import PrinterCallback, TrainingArguments, set_seed
 
 from ..io.atomic import atomic_directory, atomic_write_text
 from ..io.checkpoints import checkpoint_problem, is_model_file, latest_complete_checkpoint, training_output_problem
 from ..modeling.processing_minivlm import tag_token_ids
+from ..progress import is_quiet, progress_enabled
 from . import collators as C
 from . import evaluation as E
 from . import trainers as T
+from .curves import CURVES_FILE, TrainingCurvesCallback, headline_metrics, plot_training_curves
 from .data_setup import RecipeData
 
 STAGES = ("detector", "pretrain", "caption", "vqa", "retrieval", "nlvr")
@@ -433,6 +435,8 @@ def run_stage(
         raise ValueError(f"refusing to train into {output_dir}: {problem}; choose a new or empty folder")
     data = data or RecipeData(config)
     args = training_arguments(stage, config, output_dir)
+    if not progress_enabled(progress):
+        args.disable_tqdm = True  # the Trainer's bar only on a terminal (and not under --quiet)
     # Rank 0 first: it builds the scenes cache and extracts / saves the features, the other ranks then load them.
     with args.main_process_first(desc=f"{stage} data", local=False):
         set_seed(config["seed"])
@@ -448,7 +452,8 @@ def run_stage(
             eval_set = stage_datasets(stage, data, "validation")
             eval_collator = build_collators(stage, config, data, model, "validation")
     timing = T.TimingCallback()
-    all_callbacks = [timing, *callbacks]
+    # log_history.json at every log, training_curves.png at the end (loss, evaluation metrics, learning rate)
+    all_callbacks = [timing, TrainingCurvesCallback(output_dir, title=f"{stage} training"), *callbacks]
     if hasattr(train_collator, "epoch"):
         all_callbacks.append(C.CollatorEpochCallback(train_collator))
     if config.get("debug", {}).get("param_hash"):
@@ -467,6 +472,8 @@ def run_stage(
         else:
             metric_fn = {"vqa": T.vqa_metrics, "nlvr": T.accuracy_metrics, "retrieval": T.accuracy_metrics}.get(stage)
             trainer = T.FusionTrainer(compute_metrics=metric_fn, **kwargs)
+    if is_quiet():
+        trainer.remove_callback(PrinterCallback)  # the per-log dicts it prints when the bar is off
     if eval_set is not None:
         trainer.get_eval_dataloader = _eval_loader(trainer, eval_collator)
     inference_attention = None
@@ -508,6 +515,8 @@ def run_stage(
         result.eval_seconds = time.perf_counter() - start
         result.details = details
         metrics.update({f"test_{k}": v for k, v in test_metrics.items()})
+        plot_training_curves(trainer.state.log_history, output_dir / CURVES_FILE, title=f"{stage} training",
+                             final_metrics=headline_metrics(stage, metrics))
     metrics["train_seconds"] = round(result.train_seconds, 2)
     metrics["eval_seconds"] = round(result.eval_seconds, 2)
     result.metrics = metrics

@@ -48,7 +48,8 @@ def target_rows(metrics: dict[str, dict]) -> list[dict]:
 
 
 def write_report(path: Path, *, title: str, metrics: dict[str, dict], timings: dict[str, float], settings: dict,
-                 reload_checks: dict[str, dict], gallery: str | None, notes: list[str]) -> str:
+                 reload_checks: dict[str, dict], gallery: str | None, notes: list[str],
+                 curves: dict[str, str] | None = None) -> str:
     lines = [f"# {title}", ""]
     lines += ["## Results on the held-out test split", "",
               "| Task | Metric | Target | Measured | Met |", "|---|---|---|---|---|"]
@@ -80,8 +81,18 @@ def write_report(path: Path, *, title: str, metrics: dict[str, dict], timings: d
         lines.append(f"- **{key}**: {value}")
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    if curves:
+        lines += ["", "## Training curves", "",
+                  "Per stage, as the Trainer logged them: loss, evaluation metrics (the held-out test metrics of the "
+                  "reloaded model as stars at the last step) and learning rate; the values are in each stage's "
+                  "`log_history.json`.", ""]
+        lines += [f"![{stage} training curves]({png})" for stage, png in curves.items()]
     if gallery:
-        lines += ["", "## Gallery", "", f"![test images: detections, tags, caption, question / answer]({gallery})"]
+        lines += ["", "## Gallery", "",
+                  "Per test image: ground truth | detections (red: missed objects, false detections) | the "
+                  "generated caption against two references (FAIL: it names a colour or shape the image does not "
+                  "have, or none of its objects) and the answers against the annotators' most common answer.", "",
+                  f"![test images: ground truth vs detections, captions, answers]({gallery})"]
     text = "\n".join(lines) + "\n"
     Path(path).write_text(text)
     return text
@@ -136,38 +147,4 @@ def draw_boxes(image: Image.Image, boxes, labels, scores=None, *, scale: float =
     return image
 
 
-def draw_gallery(path: Path, items: list[dict], *, tile: int = 256, columns: int = 3) -> None:
-    """``items``: dicts with ``image`` (PIL), ``boxes`` (xyxy pixels), ``labels`` (names), ``scores``, ``tags``,
-    ``caption``, ``question``, ``answer``, ``truth``."""
-    font, small = _font(13), _font(11)
-    text_height = 132
-    rows = math.ceil(len(items) / columns)
-    canvas = Image.new("RGB", (columns * (tile + 10) + 10, rows * (tile + text_height + 10) + 10), "white")
-    draw = ImageDraw.Draw(canvas)
-    for n, item in enumerate(items):
-        x0 = 10 + (n % columns) * (tile + 10)
-        y0 = 10 + (n // columns) * (tile + text_height + 10)
-        image = item["image"].convert("RGB")
-        scale = tile / max(image.size)
-        shown = image.resize((max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale))))
-        layer = ImageDraw.Draw(shown)
-        for box, label, score in zip(item["boxes"], item["labels"], item["scores"]):
-            color = PALETTE[zlib.crc32(label.encode()) % len(PALETTE)]
-            x1, y1, x2, y2 = (v * scale for v in box)
-            layer.rectangle([x1, y1, x2, y2], outline=color, width=2)
-            layer.text((x1 + 2, max(0, y1 - 12)), f"{label} {score:.2f}", fill=color, font=small)
-        canvas.paste(shown, (x0, y0))
-        tag_lines = _wrap(f"tags: {', '.join(item['tags'])}", 40)
-        if len(tag_lines) > 2:  # long tag lists would run into the next tile: two lines at most
-            tag_lines = tag_lines[:1] + [tag_lines[1][:37] + "..."]
-        lines = tag_lines + _wrap(f"caption: {item['caption']}", 40)
-        lines += _wrap(f"Q: {item['question']}", 40)
-        lines += [f"A: {item['answer']}  (truth: {item['truth']})"]
-        y = y0 + tile + 4
-        for line in lines[:9]:
-            draw.text((x0, y), line, fill="black", font=font)
-            y += 14
-    canvas.save(path)
-
-
-__all__ = ["TARGETS", "draw_gallery", "target_rows", "write_report"]
+__all__ = ["TARGETS", "draw_boxes", "label_color", "target_rows", "write_report"]
