@@ -11,8 +11,7 @@ from tee_utils import tiny_tee_config
 from minivlm_hf.cli import main
 from minivlm_hf.export import DEFAULT_OPSET, OnnxTEE, OnnxVQA, export_onnx, export_vqa
 from minivlm_hf.export.onnx import MANIFEST, vqa_example_inputs
-from minivlm_hf.modeling.modeling_minivlm_captioning import MiniVLMForImageCaptioning
-from minivlm_hf.modeling.modeling_minivlm_tasks import MiniVLMForQuestionAnswering
+from minivlm_hf.modeling.modeling_minivlm_tasks import MiniVLMForImageTextRetrieval, MiniVLMForQuestionAnswering
 
 ATOL = 1e-4
 
@@ -84,9 +83,9 @@ def test_other_opsets(vqa_model, tmp_path, opset):
 
 
 def test_unsupported_models_and_opsets(tmp_path, vqa_model):
-    captioner = MiniVLMForImageCaptioning(tiny_fusion_config()).eval()  # no TEE, no VQA head
+    retrieval = MiniVLMForImageTextRetrieval(tiny_fusion_config()).eval()  # no TEE, no VQA or captioning head
     with pytest.raises(ValueError, match="nothing to export"):
-        export_onnx(captioner, tmp_path)
+        export_onnx(retrieval, tmp_path)
     with pytest.raises(ValueError, match="opset"):
         export_vqa(vqa_model, tmp_path, opset=9)
 

@@ -1,5 +1,6 @@
-"""Model export: ONNX graphs of the TEE and of the fusion encoder + VQA head (see :mod:`.onnx` for what is in
-the graphs and what stays in Python). Command line: ``minivlm-hf export onnx --model DIR --output OUT_DIR``."""
+"""Model export: ONNX graphs of the TEE, of the fusion encoder + VQA head and of the captioning decoder (see
+:mod:`.onnx` for what is in the graphs and what stays in Python, :mod:`.onnx_captioner` for greedy captioning with
+ONNX Runtime). Command line: ``minivlm-hf export onnx --model DIR --output OUT_DIR``."""
 
 from .._lazy import lazy_attributes
 
@@ -9,6 +10,8 @@ _LAZY = {
         "DEFAULT_OPSET", "SUPPORTED_OPSETS", "ExportResult", "OnnxTEE", "OnnxVQA", "export_onnx", "export_tee",
         "export_vqa", "load_for_export",
     ), "onnx"),
+    "OnnxCaptioner": "onnx_captioner",
+    "export_captioner": "onnx_captioning",
 }
 __all__ = list(_LAZY)
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

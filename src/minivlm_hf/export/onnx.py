@@ -1,7 +1,9 @@
-"""ONNX export of the TEE and of the fusion encoder + VQA head, with ONNX Runtime runners and verification.
+"""ONNX export of the TEE, of the fusion encoder + VQA head and of the captioning decoder, with ONNX Runtime
+runners and verification.
 
-Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. The dynamo exporter needs
-``onnxscript``, which is not installed here (and the TEE's data-dependent stages do not ``torch.export`` cleanly).
+Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)`` for the TEE and VQA graphs (the TEE's
+data-dependent stages do not ``torch.export`` cleanly); the captioning decoder uses the dynamo-based exporter (see
+:mod:`.onnx_captioning`, which describes its two graphs; :class:`~.onnx_captioner.OnnxCaptioner` runs them).
 Opsets 14-20 export; the default is 17 (the first with a native ``LayerNormalization``), tested with
 onnxruntime 1.32. ``SUPPORTED_OPSETS`` lists what the tests cover.
 
@@ -176,6 +178,12 @@ def _is_vqa(model: nn.Module) -> bool:
     return hasattr(model, "minivlm") and hasattr(model, "classifier") and type(model).__name__.endswith(
         "ForQuestionAnswering"
     )
+
+
+def _is_captioner(model: nn.Module) -> bool:
+    from .onnx_captioning import is_captioner
+
+    return is_captioner(model)
 
 
 # ------------------------------------------------------------------------------------------------------------ TEE
@@ -411,9 +419,12 @@ def verify_vqa(model: nn.Module, output_dir, threads: int | None = None) -> dict
 
 
 def export_onnx(model: nn.Module, output_dir, opset: int = DEFAULT_OPSET, verify: bool = True, atol: float = 1e-4,
-                threads: int | None = None) -> ExportResult:
+                threads: int | None = None, processor=None) -> ExportResult:
     """Export what ``model`` holds: the TEE (``TEEModel``, ``TEEForObjectDetection`` or the TEE inside a fusion
-    model) and, for a ``MiniVLMForQuestionAnswering``, the fusion encoder + VQA head. Writes the graphs, the
+    model), for a ``MiniVLMForQuestionAnswering`` the fusion encoder + VQA head, and for a
+    ``MiniVLMForImageCaptioning`` the captioning decoder (``decoder_model.onnx`` + ``decoder_with_past_model.onnx``,
+    with ``config.json``, ``generation_config.json`` and ``processor``'s files, if given, next to them: the folder
+    :meth:`OnnxCaptioner.from_pretrained` reads; verification then also compares greedy tokens). Writes the graphs, the
     TEE config (``tee_config/``, for :meth:`OnnxTEE.from_dir`) and ``onnx_manifest.json`` into ``output_dir``;
     with ``verify``, compares ONNX Runtime with PyTorch (``result.passed``: every max |Δ| ≤ ``atol``, relative to
     the output's magnitude where that exceeds 1).
@@ -426,7 +437,7 @@ def export_onnx(model: nn.Module, output_dir, opset: int = DEFAULT_OPSET, verify
     output_dir = Path(output_dir)
     check_export_output(output_dir)
     with atomic_directory(output_dir) as staging:
-        result = _export_into(model, staging, opset, verify, atol, threads)
+        result = _export_into(model, staging, opset, verify, atol, threads, processor)
     result.output_dir = str(output_dir)
     result.files = {name: str(output_dir / Path(path).name) for name, path in result.files.items()}
     return result
@@ -445,16 +456,18 @@ def check_export_output(output_dir: Path) -> None:
 
 
 def _export_into(model: nn.Module, output_dir: Path, opset: int, verify: bool, atol: float,
-                 threads: int | None) -> ExportResult:
+                 threads: int | None, processor=None) -> ExportResult:
     start = time.perf_counter()
     model = model.eval()
     result = ExportResult(output_dir=str(output_dir), opset=opset, atol=atol)
     tee = _tee_of(model)
     is_vqa = _is_vqa(model)
-    if tee is None and not is_vqa:
+    is_captioner = _is_captioner(model)
+    if tee is None and not is_vqa and not is_captioner:
         raise ValueError(
             f"nothing to export in a {type(model).__name__}: ONNX export covers the TEE (TEEModel / "
-            "TEEForObjectDetection / a fusion model with a vision_config) and MiniVLMForQuestionAnswering"
+            "TEEForObjectDetection / a fusion model with a vision_config), MiniVLMForQuestionAnswering and "
+            "MiniVLMForImageCaptioning"
         )
     if tee is not None:
         result.files.update(export_tee(tee, output_dir, opset))
@@ -466,21 +479,38 @@ def _export_into(model: nn.Module, output_dir: Path, opset: int, verify: bool, a
         model.config.save_pretrained(output_dir / "fusion_config")
         if verify:
             result.verification.update(verify_vqa(model, output_dir, threads))
+    if is_captioner:
+        from .onnx_captioning import export_captioner, save_captioner_files, verify_captioner
+
+        result.files.update(export_captioner(model, output_dir, opset))
+        save_captioner_files(model, output_dir, processor)
+        if verify:
+            result.verification.update(verify_captioner(model, output_dir, threads))
     result.passed = all(_close(d, atol) for d in result.verification.values())
     result.seconds = time.perf_counter() - start
     manifest = {
         "opset": opset,
         "exporter": f"torch.onnx.export(dynamo=False), torch {torch.__version__}",
+        "exporters": {
+            **{name: "torch.onnx.export(dynamo=False)" for name in ("tee_dense", "tee_box_head", "fusion_vqa")
+               if name in result.files},
+            **{name: "torch.onnx.export(dynamo=True), opset >= 18" for name in
+               ("decoder_model", "decoder_with_past_model") if name in result.files},
+        },
         "files": {k: Path(v).name for k, v in result.files.items()},
         "inputs": {
             "tee_dense": ["pixel_values (B, 3, H, W), H and W multiples of 2**max_level, normalised, zero padded"],
             "tee_box_head": ["pooled (R, bifpn_channels, roi_output_size, roi_output_size)"],
             "fusion_vqa": list(VQA_INPUTS) if is_vqa else [],
+            **(_captioner_manifest(model) if is_captioner else {}),
         },
         "python_side": [
             "TEE: padding + image sizes, anchors, proposal selection (top-k, decode, clip, NMS), multi-level "
             "RoIAlign, final scoring / box refinement / NMS / top-k packing (minivlm_hf.export.OnnxTEE)",
             "fusion: detections -> tag token ids (MiniVLMModel.tags_from_regions), tokenisation, answer lookup",
+            *(["captioning: prompt re-padding on the left, position_ids = cumsum(attention_mask) - 1, the greedy "
+               "loop over decoder_model / decoder_with_past_model (minivlm_hf.export.OnnxCaptioner)"]
+              if is_captioner else []),
         ],
         "verification_atol": atol,
         "verification": result.verification,
@@ -488,6 +518,14 @@ def _export_into(model: nn.Module, output_dir: Path, opset: int, verify: bool, a
     }
     (output_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float) + "\n")
     return result
+
+
+def _captioner_manifest(model: nn.Module) -> dict[str, list[str]]:
+    from .onnx_captioning import PREFILL_INPUTS, STEP_INPUTS, past_names
+
+    layers = model.config.num_hidden_layers
+    return {"decoder_model": list(PREFILL_INPUTS),
+            "decoder_with_past_model": [*STEP_INPUTS, *past_names(layers)]}
 
 
 def load_for_export(model_dir: str, trust_remote_code: bool = False) -> nn.Module:
