@@ -1,6 +1,6 @@
 """`minivlm-hf serve` in a real browser: headless Chromium (Debian's `chromium` + `chromium-driver`) via Selenium.
 
-The page is driven as a user would: upload the example image, ask a question, rank captions, judge a statement,
+The page is driven as a user would: click the example image, upload another, ask a question, rank captions, judge a statement,
 upload a file that is not an image. What the page shows is read from the DOM and compared with what
 `minivlm_hf.inference` returns for the same image. Skipped when Chromium is missing, except under CI (`CI=1`),
 where that is a failure.
@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from PIL import Image
 
 from serve_utils import make_demo_folder
 
@@ -108,14 +109,24 @@ def test_every_task_from_the_browser(browser, served, tmp_path):
     from minivlm_hf.serve.app import DEFAULT_CAPTIONS, detection_rows
 
     folder, url = served
-    image = inference.open_image(EXAMPLE_IMAGE).convert("RGB")
-    browser.get(url)
-    upload = _wait(browser, lambda: browser.find_element(By.CSS_SELECTOR, "#image input[type=file]"), "the upload")
-    upload.send_keys(str(EXAMPLE_IMAGE))
-    _wait(browser, lambda: len(_rows(browser, "latency")) == 4, "the four tasks' latencies")
-
-    # detections: boxes with their attributes, as minivlm_hf.inference finds them
     model, processor = inference.load("detect", str(folder / "detector"))
+    browser.get(url)
+
+    # the bundled example, one click: every task runs
+    example = inference.open_image(EXAMPLE_IMAGE).convert("RGB")
+    _wait(browser, lambda: browser.find_element(By.CSS_SELECTOR, "#examples button"), "the example").click()
+    _wait(browser, lambda: len(_rows(browser, "latency")) == 4, "the four tasks' latencies")
+    expected = inference.detect(model, processor, [example], threshold=0.1)[0]
+    assert _rows(browser, "detections") == [[str(v) for v in row] for row in detection_rows(expected)]
+
+    # an uploaded image (the example mirrored, so that every result changes): boxes with their attributes, as
+    # minivlm_hf.inference finds them
+    image = example.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    image.save(tmp_path / "mirrored.png")
+    browser.find_element(By.CSS_SELECTOR, "#image button[aria-label='Remove Image']").click()
+    _wait(browser, lambda: not _rows(browser, "latency"), "the results to clear")
+    browser.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(tmp_path / "mirrored.png"))
+    _wait(browser, lambda: len(_rows(browser, "latency")) == 4, "the four tasks' latencies")
     expected = inference.detect(model, processor, [image], threshold=0.1)[0]
     assert expected, "the tiny detector finds regions above 0.1"
     assert _rows(browser, "detections") == [[str(v) for v in row] for row in detection_rows(expected)]

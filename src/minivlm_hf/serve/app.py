@@ -151,6 +151,12 @@ def build_app(models, *, revision: str | None = None, trust_remote_code: bool = 
                 ranking = "Type captions to rank, one per line."
         return shown, detections, caption, answers, ranking, format_latency(latency)
 
+    def on_image(image, *settings):
+        """A new image (uploaded, pasted or the example clicked) runs every task; a cleared one clears the results."""
+        if not image:
+            return None, "", "", "", "", ""
+        return analyse(image, *settings)
+
     def reason(left, right, statement):
         if not (statement and statement.strip()):
             raise gr.Error("Type a statement about the two images.", print_exception=False)
@@ -167,7 +173,7 @@ def build_app(models, *, revision: str | None = None, trust_remote_code: bool = 
             with gr.Column(scale=1):
                 image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="image",
                                  height=320)
-                gr.Examples([[str(EXAMPLE_IMAGE)]], inputs=[image], label="Example")
+                gr.Examples([[str(EXAMPLE_IMAGE)]], inputs=[image], label="Example", elem_id="examples")
                 question = gr.Textbox(DEFAULT_QUESTION, label="Question", elem_id="question",
                                       visible="answer" in tasks)
                 captions = gr.Textbox(DEFAULT_CAPTIONS, label="Captions to rank (one per line)", lines=3,
@@ -197,7 +203,7 @@ def build_app(models, *, revision: str | None = None, trust_remote_code: bool = 
         inputs = [image, question, captions, threshold, num_beams, length_penalty, max_new_tokens, top_k]
         outputs = [shown, detections, caption, answers, ranking, latency]
         # preprocess=False: the handlers open the upload themselves and explain a file that is not an image.
-        image.upload(analyse, inputs, outputs, preprocess=False)
+        image.change(on_image, inputs, outputs, preprocess=False)
         gr.on([run.click, question.submit], analyse, inputs, outputs, preprocess=False)
         if "nlvr" in tasks:
             with gr.Accordion("Is a statement true of two images? (NLVR)", open=False, elem_id="nlvr"):
