@@ -1,6 +1,6 @@
-"""``minivlm-hf export onnx --model DIR --output OUT_DIR [--opset N]``: ONNX graphs of the TEE and of the fusion
-encoder + VQA head, verified against PyTorch with ONNX Runtime (see ``minivlm_hf.export.onnx`` for what is in the
-graphs and what stays in Python)."""
+"""``minivlm-hf export onnx --model DIR --output OUT_DIR [--opset N]``: ONNX graphs of the TEE, of the fusion
+encoder + VQA head and of the captioning decoder, verified against PyTorch with ONNX Runtime (see
+``minivlm_hf.export.onnx`` for what is in the graphs and what stays in Python)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,12 @@ def register(subparsers) -> None:
     formats = parser.add_subparsers(dest="format", metavar="FORMAT")
     formats.required = True
     onnx = formats.add_parser(
-        "onnx", help="TEE + fusion/VQA graphs for ONNX Runtime",
+        "onnx", help="TEE + fusion/VQA + captioning graphs for ONNX Runtime",
         description="Export a saved TEE detector or MiniVLM model to ONNX. A detector (or any fusion model with a "
-        "vision_config) gives tee_dense.onnx + tee_box_head.onnx; a VQA model also gives fusion_vqa.onnx. Writes "
+        "vision_config) gives tee_dense.onnx + tee_box_head.onnx; a VQA model also gives fusion_vqa.onnx; a "
+        "captioning model gives decoder_model.onnx + decoder_with_past_model.onnx (dynamo exporter, opset >= 18) "
+        "with config.json, generation_config.json and its processor files (minivlm_hf.export.OnnxCaptioner runs "
+        "them). Writes "
         "onnx_manifest.json (inputs, opset, what stays in Python, verification). Opsets 14-20 (default 17).",
     )
     onnx.add_argument("--model", required=True, help="saved model folder (detector or MiniVLM model)")
@@ -32,12 +35,17 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..export.onnx import SUPPORTED_OPSETS, check_export_output, export_onnx, load_for_export
+    from ..export.onnx_captioning import is_captioner, load_processor
 
     if args.opset not in SUPPORTED_OPSETS:
         raise ValueError(f"--opset {args.opset} is not supported; choose {SUPPORTED_OPSETS[0]}-{SUPPORTED_OPSETS[-1]}")
     check_export_output(args.output)  # before the model is loaded
     model = load_for_export(args.model, trust_remote_code=args.trust_remote_code)
-    result = export_onnx(model, args.output, opset=args.opset, verify=not args.no_verify, atol=args.atol)
+    processor = None
+    if is_captioner(model):  # the export folder is a captioner's: the processor / tokenizer files go with it
+        processor = load_processor(args.model, trust_remote_code=args.trust_remote_code)
+    result = export_onnx(model, args.output, opset=args.opset, verify=not args.no_verify, atol=args.atol,
+                         processor=processor)
     worst = max((d["max_abs"] for d in result.verification.values()), default=None)
     print(json.dumps({
         "output": str(args.output), "opset": args.opset, "files": result.files,

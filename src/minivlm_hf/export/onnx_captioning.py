@@ -146,6 +146,7 @@ def _dynamo_export(module: nn.Module, args: tuple, path: Path, input_names, outp
         torch.onnx.export(
             module, args, str(path), dynamo=True, opset_version=max(opset, 18), input_names=list(input_names),
             output_names=list(output_names), dynamic_shapes=dynamic_shapes, verbose=False,
+            external_data=False,  # one self-contained file per graph (MiniVLM is far below ONNX's 2 GB limit)
         )
 
 
@@ -179,7 +180,8 @@ def export_captioner(model: nn.Module, output_dir: str | Path, opset: int = 18) 
         step = step_example_inputs(prefill, graph(*args))
     past = dim("past_length")
     step_shapes = {
-        "input_ids": {0: batch}, "attention_mask": {0: batch, 1: dim("caption_length", max=model.config.max_text_length)},
+        "input_ids": {0: batch},
+        "attention_mask": {0: batch, 1: dim("caption_length", max=model.config.max_text_length)},
         "position_ids": {0: batch}, "prefix_attention_mask": {0: batch, 1: dim("prefix_length")},
         "past": tuple({0: batch, 2: past} for _ in range(2 * layers)),
     }
@@ -199,6 +201,18 @@ def save_captioner_files(model: nn.Module, output_dir: str | Path, processor=Non
     model.generation_config.save_pretrained(output_dir)
     if processor is not None:
         processor.save_pretrained(output_dir)
+
+
+def load_processor(model_dir, trust_remote_code: bool = False):
+    """The processor saved with a model (``processor_config.json`` or tokenizer files), or None when it has none."""
+    folder = Path(model_dir)
+    if not any((folder / name).is_file() for name in ("processor_config.json", "tokenizer_config.json")):
+        return None
+    from transformers import AutoProcessor
+
+    import minivlm_hf  # noqa: F401  (registers the Auto classes)
+
+    return AutoProcessor.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
 
 
 @torch.no_grad()
