@@ -63,3 +63,19 @@ def test_train_report_to_tensorboard_writes_event_files(tmp_path):
     expected = [e["loss"] for e in json.loads((out / LOG_FILE).read_text()) if "loss" in e]
     assert losses == pytest.approx(expected) and len(losses) == 3
     assert "train/learning_rate" in logged.Tags()["scalars"]
+
+
+def test_loss_parts_are_logged_and_drawn(tmp_path):
+    from minivlm_hf.training.recipes import load_recipe_config, run_stage
+
+    config = load_recipe_config(None, tiny_config(tmp_path / "cache", max_steps=4, save_strategy="no",
+                                                  logging_steps=2))
+    result = run_stage("pretrain", config, tmp_path / "pretrain", progress=False, evaluate=False)
+    logged = [e for e in result.trainer.state.log_history if "loss" in e]
+    assert [e["step"] for e in logged] == [2, 4]
+    for entry in logged:
+        # averaged over the same two steps as the total: they add up to it (up to the 4-digit rounding)
+        assert entry["masked_lm_loss"] + entry["contrastive_loss"] == pytest.approx(entry["loss"], abs=2e-3)
+    drawn = plot_training_curves(result.trainer.state.log_history, tmp_path / "curves.png")
+    assert drawn["loss: masked_lm_loss"] == ([2.0, 4.0], [e["masked_lm_loss"] for e in logged])
+    assert drawn["loss: contrastive_loss"] == ([2.0, 4.0], [e["contrastive_loss"] for e in logged])

@@ -4,7 +4,8 @@
 folder at every log, so a stopped run keeps its curves, and ``training_curves.png`` when training ends;
 :func:`plot_training_curves` draws the three panels with matplotlib: loss (training and, when evaluated, validation),
 evaluation metrics (validation during training; held-out test metrics after it as markers at the last step) and
-learning rate.
+learning rate. The parts of a loss (the TEE's, pre-training's) are logged by the recipes' Trainers and drawn with
+the total.
 """
 
 from __future__ import annotations
@@ -51,6 +52,15 @@ def evaluation_keys(log_history: list[dict]) -> list[str]:
     return keys
 
 
+def loss_part_keys(log_history: list[dict]) -> list[str]:
+    """The logged parts of the training loss (``loss_*`` / ``*_loss`` other than the total and validation ones)."""
+    keys: list[str] = []
+    for entry in log_history:
+        keys += [k for k, v in entry.items() if (k.startswith("loss_") or k.endswith("_loss")) and k not in _NOT_CURVES
+                 and not k.startswith("eval_") and k not in keys and _finite(v)]
+    return keys
+
+
 def headline_metrics(stage: str, metrics: dict) -> dict:
     """The held-out metrics of ``stage`` that its curves show (see :data:`HEADLINE_METRICS`)."""
     return {k: metrics[k] for k in HEADLINE_METRICS.get(stage, ()) if _finite(metrics.get(k))}
@@ -73,6 +83,9 @@ def plot_training_curves(log_history: list[dict], path: str | Path, *, title: st
         steps, values = series(log_history, key)
         if steps:
             loss_ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=label)
+    for key in loss_part_keys(log_history):  # the parts of the training loss, thinner and dashed
+        steps, values = series(log_history, key)
+        loss_ax.plot(steps, values, linestyle="--", linewidth=1, label=key)
     loss_ax.set(title="loss", xlabel="step")
     for key in evaluation_keys(log_history):
         steps, values = series(log_history, key)

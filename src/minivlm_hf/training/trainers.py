@@ -40,7 +40,35 @@ class _CountParametersOnce:
         return 6 * inputs[main_input].numel() * cached[1]
 
 
-class DetectionTrainer(_CountParametersOnce, Trainer):
+class _LogLossParts:
+    """Logs the parts of a model's training loss (the TEE's ``loss_dict``, pre-training's ``masked_lm_loss`` and
+    ``contrastive_loss``) next to ``loss``, averaged over the same steps, so that the training curves show which
+    objective moves. The sums stay on the device between logs (no synchronisation per step)."""
+
+    _PARTS = ("masked_lm_loss", "contrastive_loss")
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training:
+            parts = dict(getattr(outputs, "loss_dict", None) or {})
+            parts.update({name: getattr(outputs, name) for name in self._PARTS
+                          if getattr(outputs, name, None) is not None})
+            if parts:
+                sums = self.__dict__.setdefault("_loss_part_sums", {})
+                for name, value in parts.items():
+                    sums[name] = sums.get(name, 0.0) + value.detach().float()
+                self._loss_part_count = getattr(self, "_loss_part_count", 0) + 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        sums = getattr(self, "_loss_part_sums", None)
+        if sums and "loss" in logs:
+            logs.update({name: round(float(total) / self._loss_part_count, 4) for name, total in sums.items()})
+            self._loss_part_sums, self._loss_part_count = {}, 0
+        super().log(logs, start_time)
+
+
+class DetectionTrainer(_LogLossParts, _CountParametersOnce, Trainer):
     """Trainer for ``TEEForObjectDetection`` whose evaluation yields detections for mAP."""
 
     def __init__(self, *args, image_processor=None, **kwargs):
@@ -89,7 +117,7 @@ def detection_metrics(eval_pred) -> dict:
     return {"map": result["map"], "map_50": result["map_50"], "map_75": result["map_75"]}
 
 
-class FusionTrainer(_CountParametersOnce, Trainer):
+class FusionTrainer(_LogLossParts, _CountParametersOnce, Trainer):
     """``Trainer`` of the fusion stages."""
 
 
