@@ -530,6 +530,7 @@ def _print_summary(log, result: DemoResult, rows: list[dict]) -> None:
     log(f"  report: {result.report_path}")
     if result.gallery_path:
         log(f"  gallery: {result.gallery_path}")
+    log(f"  in the browser: minivlm-hf serve {result.output_dir}  (pip install 'minivlm-hf[serve]')")
     log("=" * 78)
 
 
