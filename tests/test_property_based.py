@@ -84,7 +84,29 @@ def test_image_processor_accepts_arrays_like_images(processors, width, height, s
 # text, tags and VQA post-processing
 # ------------------------------------------------------------------------------------------------------------------
 @SETTINGS
+@given(fmt=st.sampled_from(["PNG", "JPEG", "GIF", "BMP", "TIFF"]), cut=st.floats(0, 1),
+       flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=12))
+def test_open_image_on_damaged_files_names_the_file_or_reads_it(tmp_path_factory, fmt, cut, flips):
+    from minivlm_hf.inference import open_image
+
+    buffer = io.BytesIO()
+    _image(37, 23, "RGB", 0).save(buffer, format=fmt)
+    data = bytearray(buffer.getvalue()[: max(1, int(len(buffer.getvalue()) * cut))])
+    for position, value in flips:
+        data[int(position * len(data))] = value
+    path = tmp_path_factory.mktemp("damaged") / f"img.{fmt.lower()}"
+    path.write_bytes(bytes(data))
+    try:
+        image = open_image(path)
+    except ValueError as err:
+        assert str(path) in str(err)
+        return
+    assert image.convert("RGB").size[0] > 0
+
+
+@SETTINGS
 @given(texts=st.lists(st.text(max_size=80), min_size=1, max_size=4))
+@pytest.mark.filterwarnings("ignore:text .* truncated")
 def test_processor_text_is_cls_text_sep_within_the_length(processors, texts):
     processor = processors["processor"]
     tokenizer = processor.tokenizer
