@@ -177,3 +177,70 @@ def to_json(data: Any, path: str | Path) -> Path:
     path = Path(path)
     atomic_write_text(path, json.dumps(_jsonable(data), indent=2) + "\n")  # never half a file
     return path
+
+
+@dataclass
+class BenchmarkReport:
+    """Rows, parameter counts, machine facts and the machine's matmul GFLOP/s, as markdown or JSON.
+
+    ``gflops`` maps dtype names to GFLOP/s (``{"float32": ..., "bfloat16": ...}``); the lower bounds
+    use ``gflops[bound_dtype]``.
+    """
+
+    title: str = "MiniVLM vs baseline"
+    rows: list[ComparisonRow] = field(default_factory=list)
+    params: dict[str, dict[str, int]] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)
+    gflops: dict[str, float] = field(default_factory=dict)
+    bound_dtype: str = "float32"
+    threads: int | None = None
+    labels: tuple[str, str] = ("MiniVLM", "Baseline")
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def gflops_per_s(self) -> float | None:
+        return self.gflops.get(self.bound_dtype)
+
+    def add_row(self, row: ComparisonRow) -> ComparisonRow:
+        self.rows.append(row)
+        return row
+
+    def to_markdown(self) -> str:
+        parts = [f"## {self.title}", ""]
+        facts = []
+        if self.machine:
+            m = self.machine
+            facts.append(
+                f"CPU: {m.get('cpu_model', '?')} ({m.get('usable_cpus', '?')} usable cores), "
+                f"torch {m.get('torch', '?')}, load average {m.get('load_average')}"
+            )
+        facts.append(thread_info() if self.threads is None else f"torch threads: {self.threads}")
+        if self.gflops:
+            facts.append(
+                "matmul throughput: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in self.gflops.items())
+                + f" (lower bounds use {self.bound_dtype})"
+            )
+        parts += [f"- {f}" for f in facts] + [""]
+        if self.rows:
+            parts += [format_comparison_table(self.rows, self.gflops_per_s, self.labels), ""]
+        if self.params:
+            parts += ["### Parameters", "", format_parameter_table(self.params), ""]
+        if self.notes:
+            parts += ["### Notes", ""] + [f"- {n}" for n in self.notes] + [""]
+        return "\n".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "labels": list(self.labels),
+            "threads": self.threads,
+            "machine": self.machine,
+            "gflops": self.gflops,
+            "bound_dtype": self.bound_dtype,
+            "rows": [row.to_dict(self.gflops_per_s) for row in self.rows],
+            "params": self.params,
+            "notes": self.notes,
+        }
+
+    def to_json(self, path: str | Path) -> Path:
+        return to_json(self.to_dict(), path)
