@@ -123,6 +123,8 @@ class MiniVLMProcessor(ProcessorMixin):
             batch = len(image_inputs["pixel_values"])
 
         texts = _as_list(text, "text")
+        if texts is not None and not texts:
+            raise ValueError("text is an empty list: give one string per image (or per row)")
         if texts is not None:
             if batch is not None and len(texts) != batch:
                 if len(texts) == 1:
@@ -230,6 +232,10 @@ class MiniVLMProcessor(ProcessorMixin):
             raise ValueError(f"score_function must be 'sigmoid' or 'softmax', got {score_function!r}")
         if logits.dim() != 2 or logits.shape[1] != len(id2label):
             raise ValueError(f"logits must have shape (batch, {len(id2label)}), got {tuple(logits.shape)}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        if not torch.isfinite(logits).all():
+            raise ValueError("logits contain NaN or inf: the model's output is not usable")
         logits = logits.detach().float()
         probs = logits.sigmoid() if score_function == "sigmoid" else logits.softmax(-1)
         top_k = min(top_k, probs.shape[1])

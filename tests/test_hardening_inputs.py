@@ -197,3 +197,24 @@ def test_demo_and_parity_loader_run_folder_code_only_when_asked(tmp_path):
 
     args = build_parser().parse_args(["benchmark", "--part", "parity", "--model-dir", str(tmp_path)])
     assert args.trust_remote_code is False
+
+
+def test_processor_refuses_an_empty_text_list_and_bad_vqa_post_processing():
+    import torch
+
+    from tee_utils import tiny_image_processor
+
+    from minivlm_hf.convert import load_offline_tokenizer
+    from minivlm_hf.modeling.processing_minivlm import MiniVLMProcessor
+
+    processor = MiniVLMProcessor(tiny_image_processor(), load_offline_tokenizer())
+    with pytest.raises(ValueError, match="text is an empty list"):
+        processor(text=[])
+    id2label = {0: "a", 1: "b", 2: "c"}
+    for top_k in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="top_k must be a positive integer"):
+            processor.post_process_vqa(torch.randn(2, 3), id2label, top_k=top_k)
+    with pytest.raises(ValueError, match="logits contain NaN or inf"):
+        processor.post_process_vqa(torch.full((1, 3), float("nan")), id2label)
+    assert [a["answer"] for a in processor.post_process_vqa(torch.tensor([[0.0, 2.0, 1.0]]), id2label, top_k=2)[0]] == [
+        "b", "c"]
