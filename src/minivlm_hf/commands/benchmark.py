@@ -93,25 +93,26 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--batch-sizes must be positive integers")
     if args.model_dir is not None and not args.model_dir.is_dir():
         raise FileNotFoundError(f"--model-dir {args.model_dir} does not exist")
-    settings = BenchmarkSettings(
-        parts=parts, runs=args.runs, warmup=args.warmup,
-        threads=args.threads, device=args.device, tiny=args.tiny, compile=args.compile, memory=not args.no_memory,
-        flops=not args.no_flops, batch_runs=args.batch_runs, batch_sizes=batch_sizes, gflops_seconds=args.gflops_seconds,
-        opset=args.opset, model_dir=str(args.model_dir) if args.model_dir else None, parity_limit=args.parity_limit,
-        parity_num_test=args.parity_num_test, trust_remote_code=args.trust_remote_code,
     parts = parse_parts(args.part, args.model_dir is not None)
     if STARTUP_PART in parts:
         from ..benchmark.startup import run_startup_benchmark
         from ..benchmark.suite import MIN_RUNS
 
         if args.runs < MIN_RUNS and not args.tiny:
-            raise ValueError(f"--runs must be >= {MIN_RUNS} (medians over fewer runs are not reported); --tiny allows less")
+            raise ValueError(
+                f"--runs must be >= {MIN_RUNS} (medians over fewer runs are not reported); --tiny allows less")
         parts = tuple(p for p in parts if p != STARTUP_PART)
         json_path = args.json if not parts or args.json is None else args.json.with_suffix(".startup.json")
         run_startup_benchmark(runs=args.runs, warmup=args.warmup, threads=args.threads,
                               json_path=str(json_path) if json_path else None)
         if not parts:
             return 0
+    settings = BenchmarkSettings(
+        parts=parts, runs=args.runs, warmup=args.warmup,
+        threads=args.threads, device=args.device, tiny=args.tiny, compile=args.compile, memory=not args.no_memory,
+        flops=not args.no_flops, batch_runs=args.batch_runs, batch_sizes=batch_sizes, gflops_seconds=args.gflops_seconds,
+        opset=args.opset, model_dir=str(args.model_dir) if args.model_dir else None, parity_limit=args.parity_limit,
+        parity_num_test=args.parity_num_test, trust_remote_code=args.trust_remote_code,
         json_path=str(args.json) if args.json else None,
     )
     run_benchmark(settings)
