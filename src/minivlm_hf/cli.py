@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import gc
-import atexit
-import gc
 import importlib
 import sys
 
@@ -47,11 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # At exit the interpreter garbage-collects the ~500,000 objects torch and transformers leave behind, several
-    # times while it tears the modules down: 1-3 s after a one-image command. Frozen objects are skipped by those
-    # collections (and still freed by reference counting); freezing only at exit leaves in-process callers alone.
-    atexit.unregister(gc.freeze)
-    atexit.register(gc.freeze)
     parser = build_parser()
     args = parser.parse_args(argv)
     # At exit the interpreter garbage-collects the ~500,000 objects torch and transformers leave behind, several
