@@ -13,16 +13,12 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from minivlm_hf.benchmark import (
-    BenchmarkReport,
     ComparisonRow,
     TimingStats,
     build_baseline_extractor,
     build_baseline_fusion_config,
-    call_region_extractor,
     compare,
-    count_flops,
-    count_parameters,
-    format_comparison_table,
+    format_count,
     machine_info,
     measure_machine_gflops,
     measure_matmul_gflops,
@@ -30,10 +26,10 @@ from minivlm_hf.benchmark import (
     measure_peak_memory_isolated,
     peak_rss_bytes,
     ratio,
-    region_features_of,
     set_threads,
     to_json,
 )
+from minivlm_hf.benchmark.accounting import argmax_agreement, flops_by_module, max_diff, param_groups, total_flops
 from minivlm_hf.benchmark.baseline import BUTD_NUM_CLASSES
 
 
@@ -92,7 +88,8 @@ def _conv_params(model: nn.Module) -> int:
 
 
 def test_baseline_parameter_count_matches_its_parts(baseline):
-    counts = count_parameters(baseline.detector, depth=2)
+    parts = ("backbone.body", "backbone.fpn", "rpn.head", "roi_heads.box_head", "roi_heads.box_predictor")
+    counts = param_groups(baseline.detector, {name: name for name in parts})
     c = BUTD_NUM_CLASSES
     # ResNet-101 trunk: its convolutions only (batch norms are frozen buffers, fc is dropped).
     resnet = torchvision.models.resnet101(weights=None, norm_layer=FrozenBatchNorm2d)
@@ -110,7 +107,7 @@ def test_baseline_parameter_count_matches_its_parts(baseline):
     assert counts["roi_heads.box_predictor"] == predictor
     assert counts["total"] == body + fpn + rpn + box_head + predictor
     assert 85e6 < counts["total"] < 100e6  # R101-FPN Faster R-CNN, 2048-d head, 1601 classes
-    assert count_parameters(baseline)["total"] == counts["total"]
+    assert "(other)" not in counts and param_groups(baseline, {})["total"] == counts["total"]
 
 
 def test_baseline_fusion_config_is_bert_base():
@@ -172,15 +169,12 @@ def test_set_threads_restores():
 # ----------------------------------------------------------------------------- FLOPs and parameters
 
 
-def test_count_flops_of_a_linear():
-    layer = nn.Linear(16, 32)
-    x = torch.rand(5, 16)
-    total, per_module = count_flops(layer, x, depth=0)
-    assert total == 2 * 16 * 32 * 5
-    assert per_module == {"Linear": total}
+def test_total_flops_of_a_linear():
+    layer, x = nn.Linear(16, 32), torch.rand(5, 16)
+    assert total_flops(lambda: layer(x)) == 2 * 16 * 32 * 5
 
 
-def test_count_flops_per_module_and_stage_drivers():
+def test_flops_by_module_groups_and_the_rest():
     class Stage(nn.Module):
         def __init__(self):
             super().__init__()
@@ -197,21 +191,31 @@ def test_count_flops_per_module_and_stage_drivers():
             h = self.head(x)
             return self.stage.b(self.stage.a(h)) + (h @ h.T).sum()
 
-    x = torch.rand(3, 8)
-    total, per = count_flops(Driver(), x, depth=1)
+    model, x = Driver(), torch.rand(3, 8)
+    groups = {"head": "Driver.head", "stage": "Driver.stage", "stage.a": "Driver.stage.a", "stage.b": "Driver.stage.b"}
+    total, per = flops_by_module(lambda: model(x), groups)
     assert per["head"] == 2 * 8 * 8 * 3
-    assert per["stage"] == 2 * 8 * 4 * 3 + 2 * 4 * 2 * 3
+    assert per["stage"] == 0  # a module whose forward never runs counts nothing: name the ones that run
+    assert per["stage.a"] == 2 * 8 * 4 * 3 and per["stage.b"] == 2 * 4 * 2 * 3
     assert per["(other)"] == 2 * 3 * 8 * 3  # the bare matmul in Driver.forward
     assert sum(per.values()) == total
-    _, deeper = count_flops(Driver(), x, depth=2)
-    assert deeper["stage.a"] == 2 * 8 * 4 * 3 and deeper["stage.b"] == 2 * 4 * 2 * 3
 
 
-def test_count_parameters_per_child():
+def test_param_groups_longest_prefix_and_shared_tensors_once():
     model = nn.Sequential(nn.Linear(4, 8), nn.Sequential(nn.Linear(8, 2), nn.ReLU()))
-    counts = count_parameters(model)
-    assert counts == {"0": 40, "1": 18, "total": 58}
-    assert count_parameters(model, depth=2) == {"0": 40, "1.0": 18, "total": 58}
+    assert param_groups(model, {"first": "0", "second": "1"}) == {"first": 40, "second": 18, "total": 58}
+    assert param_groups(model, {"all of 1": "1", "1.0": "1.0"}) == {"all of 1": 0, "1.0": 18, "(other)": 40,
+                                                                   "total": 58}
+    tied = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False))
+    tied[1].weight = tied[0].weight
+    assert param_groups(tied, {"first": "0"}) == {"first": 16, "total": 16}
+
+
+def test_output_differences():
+    a, b = torch.tensor([[1.0, 2.0], [3.0, 0.0]]), torch.tensor([[1.5, 2.0], [1.0, 2.0]])
+    assert max_diff(a, b) == {"max_abs": 2.0, "max_ref": 2.0}
+    assert argmax_agreement(a, b) == 0.5
+    assert max_diff(a, b[:1]) is None and argmax_agreement(a, [1, 2]) is None
 
 
 # ----------------------------------------------------------------------------- machine
@@ -258,106 +262,16 @@ def _row():
     )
 
 
-def test_report_formatting_contains_the_ratio(tmp_path):
+def test_comparison_row_and_json(tmp_path):
     row = _row()
-    table = format_comparison_table([row], gflops_per_s=100.0)
-    assert "0.500 (50% less)" in table
-    assert "200.0 ms (100.0–300.0)" in table and "400.0 ms (400.0–500.0)" in table
-    assert "2.00G" in table and "200.00G" in table
-    assert "20.0 ms" in table and "10.0×" in table  # 2 GFLOP at 100 GFLOP/s; 200 ms / 20 ms
-    report = BenchmarkReport(
-        rows=[row],
-        params={"TEE": {"backbone": 3, "head": 1, "total": 4}, "Baseline": {"backbone": 8, "total": 8}},
-        gflops={"float32": 100.0},
-        threads=2,
-    )
-    md = report.to_markdown()
-    assert "torch threads: 2" in md and "0.500 (50% less)" in md
-    assert "Parameter ratio TEE/Baseline: 0.500" in md
-    path = report.to_json(tmp_path / "r.json")
-    data = json.loads(path.read_text())
-    assert data["rows"][0]["time_ratio"] == pytest.approx(0.5)
-    assert data["rows"][0]["flops_ratio"] == pytest.approx(0.01)
-    assert data["rows"][0]["minivlm_lower_bound_s"] == pytest.approx(0.02)
-    to_json({"nan": float("nan"), "stats": row.minivlm}, tmp_path / "x.json")
-    assert json.loads((tmp_path / "x.json").read_text())["nan"] is None
+    data = row.to_dict(gflops_per_s=100.0)
+    assert data["time_ratio"] == pytest.approx(0.5)
+    assert data["flops_ratio"] == pytest.approx(0.01)
+    assert data["minivlm_lower_bound_s"] == pytest.approx(0.02)  # 2 GFLOP at 100 GFLOP/s
+    assert data["minivlm_measured_over_lower_bound"] == pytest.approx(10.0)  # 200 ms / 20 ms
+    assert format_count(2 * 10**9) == "2.00G" and format_count(None) == "n/a" and format_count(512, "B") == "512B"
+    to_json({"nan": float("nan"), "stats": row.minivlm, "row": data}, tmp_path / "x.json")
+    saved = json.loads((tmp_path / "x.json").read_text())
+    assert saved["nan"] is None and saved["stats"]["runs_s"] == [0.1, 0.2, 0.3]
+    assert saved["row"]["baseline_flops"] == 200 * 10**9
 
-
-def test_call_region_extractor_with_a_stand_in_tee():
-    class StandIn(nn.Module):  # pixel_values (+ pixel_mask) -> dict with region_features
-        def __init__(self):
-            super().__init__()
-            self.proj = nn.Conv2d(3, 8, 8, stride=8)
-            self.seen_mask = None
-
-        def forward(self, pixel_values, pixel_mask=None):
-            self.seen_mask = pixel_mask
-            f = self.proj(pixel_values).flatten(2).transpose(1, 2)
-            return {"region_features": f[:, :5]}
-
-    model = StandIn()
-    pv, pm = torch.rand(1, 3, 32, 32), torch.ones(1, 32, 32, dtype=torch.long)
-    out = call_region_extractor(model, pv, pm)
-    assert model.seen_mask is pm
-    assert region_features_of(out).shape == (1, 5, 8)
-    assert region_features_of(call_region_extractor(nn.Identity(), pv)).shape == pv.shape
-
-
-class _TimmStandInTEE(nn.Module):
-    """Stand-in for the TEE: a tiny timm EfficientNet's stride-32 map pooled to 4x4 = 16 regions."""
-
-    def __init__(self):
-        super().__init__()
-        import timm
-
-        self.backbone = timm.create_model("test_efficientnet", pretrained=False, features_only=True, out_indices=(4,))
-        self.pool = nn.AdaptiveAvgPool2d(4)
-
-    def forward(self, pixel_values, pixel_mask=None):
-        fmap = self.backbone(pixel_values)[-1]
-        return {"region_features": self.pool(fmap).flatten(2).transpose(1, 2)}
-
-
-def test_run_extractor_benchmark_smoke(tmp_path, capsys):
-    from minivlm_hf.benchmark import run_extractor_benchmark
-
-    result = run_extractor_benchmark(
-        _TimmStandInTEE,
-        runs=2,
-        warmup=1,
-        threads=1,
-        image_size=64,
-        baseline_factory=functools.partial(
-            build_baseline_extractor, min_size=128, max_size=160, rpn_post_nms_top_n_test=100
-        ),
-        baseline_image_size=(128, 160),
-        gflops_n=64,
-        gflops_seconds=0.01,
-        json_path=tmp_path / "ext.json",
-    )
-    printed = capsys.readouterr().out
-    assert "torch threads: 1" in printed and "Time ratio" in printed
-    assert result["threads"] == 1
-    assert result["shapes"]["baseline_r101_fpn"] == [1, 50, 2048]
-    assert result["shapes"]["minivlm_tee"][1] == 16
-    assert len(result["timing"]["minivlm_tee"]["runs_s"]) == 2
-    assert result["ratios"]["params"] == pytest.approx(
-        result["params"]["minivlm_tee"]["total"] / result["params"]["baseline_r101_fpn"]["total"]
-    )
-    assert 0 < result["ratios"]["flops"] < 1
-    per = result["flops_per_module"]["baseline_r101_fpn"]
-    assert {"detector.backbone", "detector.rpn", "detector.roi_heads"} <= set(per)
-    assert sum(per.values()) == result["flops"]["baseline_r101_fpn"]
-    saved = json.loads((tmp_path / "ext.json").read_text())
-    assert saved["ratios"]["time"] == pytest.approx(result["ratios"]["time"])
-
-
-def test_default_tee_factory_builds_the_tee_when_present():
-    from minivlm_hf.benchmark import default_tee_factory
-
-    try:
-        model = default_tee_factory()
-    except ImportError:
-        pytest.skip("TEE model not importable in this tree")
-    assert isinstance(model, nn.Module)
-    assert count_parameters(model)["total"] > 0

@@ -12,10 +12,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .report import lower_bound_seconds
-from .timing import TimingStats
 
 
-def _flops_by_module(fn: Callable[[], Any], groups: dict[str, str]) -> tuple[int, dict[str, int]]:
+def flops_by_module(fn: Callable[[], Any], groups: dict[str, str]) -> tuple[int, dict[str, int]]:
     """Total FLOPs of ``fn()`` and the FLOPs of each ``label: module FQN`` group (FQNs as FlopCounterMode names
     them: the root module's class name, then attribute names), plus ``(other)`` for the rest."""
     counter = FlopCounterMode(display=False, depth=None)
@@ -30,14 +29,14 @@ def _flops_by_module(fn: Callable[[], Any], groups: dict[str, str]) -> tuple[int
     return total, out
 
 
-def _total_flops(fn: Callable[[], Any]) -> int:
+def total_flops(fn: Callable[[], Any]) -> int:
     counter = FlopCounterMode(display=False, depth=None)
     with torch.inference_mode(), counter:
         fn()
     return int(counter.get_total_flops())
 
 
-def _param_groups(model: nn.Module, groups: dict[str, str]) -> dict[str, int]:
+def param_groups(model: nn.Module, groups: dict[str, str]) -> dict[str, int]:
     """Parameters per ``label: attribute-path prefix`` (longest prefix wins; shared tensors counted once)."""
     out = {label: 0 for label in groups}
     other = 0
@@ -87,21 +86,17 @@ BASELINE_FUSION_GROUPS = {
 }
 
 
-def _flop_groups_minivlm(root: str = "MiniVLMForQuestionAnswering") -> dict[str, str]:
+def flop_groups_minivlm(root: str = "MiniVLMForQuestionAnswering") -> dict[str, str]:
     return {label: f"{root}.{prefix}" for label, prefix in MINIVLM_PARAM_GROUPS.items()}
 
 
-def _flop_groups_baseline(fusion_root: str = "MiniVLMForQuestionAnswering") -> dict[str, str]:
+def flop_groups_baseline(fusion_root: str = "MiniVLMForQuestionAnswering") -> dict[str, str]:
     groups = {label: f"BaselineRegionExtractor.{prefix}" for label, prefix in BASELINE_DETECTOR_GROUPS.items()}
     groups.update({label: f"{fusion_root}.{prefix}" for label, prefix in BASELINE_FUSION_GROUPS.items()})
     return groups
 
 
-def _stats_dict(stats: TimingStats) -> dict[str, Any]:
-    return stats.to_dict()
-
-
-def _max_diff(a, b) -> dict[str, float] | None:
+def max_diff(a, b) -> dict[str, float] | None:
     if not (torch.is_tensor(a) and torch.is_tensor(b)) or a.shape != b.shape:
         return None
     a, b = a.detach().float(), b.detach().float()
@@ -110,14 +105,14 @@ def _max_diff(a, b) -> dict[str, float] | None:
     return {"max_abs": float((a - b).abs().max()), "max_ref": float(b.abs().max())}
 
 
-def _agree(a, b) -> float | None:
+def argmax_agreement(a, b) -> float | None:
     if not (torch.is_tensor(a) and torch.is_tensor(b)) or a.shape != b.shape:
         return None
     return float((a.float().argmax(-1) == b.float().argmax(-1)).float().mean())
 
 
 
-def _set_lower_bounds(entry: dict[str, Any], rates: dict[str, float]) -> None:
+def set_lower_bounds(entry: dict[str, Any], rates: dict[str, float]) -> None:
     """Lower bounds of a fast-path entry: all FLOPs at the fp32 rate, all at the bf16 rate, and its own (the FLOPs
     it runs in bf16 at the bf16 rate, the rest, int8 included, at the fp32 rate)."""
     flops, in_bf16 = entry.get("flops"), entry.get("flops_bf16") or 0
@@ -130,7 +125,7 @@ def _set_lower_bounds(entry: dict[str, Any], rates: dict[str, float]) -> None:
     entry["measured_over_lower_bound"] = entry["timing"]["median_s"] / own if own else None
 
 
-def _tee_flop_split(fn: Callable[[], Any]) -> tuple[int, int]:
+def tee_flop_split(fn: Callable[[], Any]) -> tuple[int, int]:
     """(FLOPs of the TEE's dense part = EfficientNet + BiFPN, FLOPs of the whole TEE) of a call of a bare TEE."""
-    total, per = _flops_by_module(fn, {"backbone": "TEEModel.backbone", "bifpn": "TEEModel.bifpn"})
+    total, per = flops_by_module(fn, {"backbone": "TEEModel.backbone", "bifpn": "TEEModel.bifpn"})
     return per.get("backbone", 0) + per.get("bifpn", 0), total

@@ -9,29 +9,50 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .accounting import (
-    _agree,
-    _max_diff,
-    _set_lower_bounds,
-    _stats_dict,
-    _tee_flop_split,
-    _total_flops,
+    argmax_agreement,
+    max_diff,
+    set_lower_bounds,
+    tee_flop_split,
+    total_flops,
 )
 from .parity import INT8_SCALED_CHANNELS
-from .summary import _fmt_stats
+from .summary import format_stats
 
 FAST_INT8 = "fast int8 (TEE fused BN + channels_last, fusion int8)"
 FAST_MIXED = "fast mixed (TEE fused BN + channels_last + bf16, fusion int8)"
 FAST_BF16 = "fast bf16 (TEE fused BN + channels_last + bf16, fusion bf16)"
 
 
+if TYPE_CHECKING:
+    from .pipelines import MiniVLMSide, Scale
+    from .suite import BenchmarkSettings
+    from .timing import TimingStats
+
+
 class FastPathParts:
-    """``part_fast``, ``part_batch`` and ``part_onnx`` of the benchmark runner (which provides ``minivlm``,
-    ``compare``, ``log``, ``save``, ``s`` (the settings), ``scale``, ``result`` and ``gflops_used``)."""
+    """``part_fast``, ``part_batch`` and ``part_onnx`` of the benchmark runner (``suite._Runner``), which sets the
+    attributes and implements the methods declared here."""
+
+    s: BenchmarkSettings
+    scale: Scale
+    result: dict[str, Any]  # the JSON result; these parts append to result["fast"] and result["batch"]
+    gflops_used: dict[str, float]  # achieved matmul GFLOP/s per dtype, for the lower bounds
+    log: Callable[[str], None]
+    minivlm: MiniVLMSide
+    # the image → answer fast-path models built by part_fast, reused by part_batch (None: part_fast did not run)
+    _fast_models: dict[str, Any] | None = None
+
+    def compare(self, callables: dict[str, Callable[[], Any]], runs: int | None = None,
+                warmup: int | None = None) -> dict[str, TimingStats]:
+        raise NotImplementedError
+
+    def save(self) -> None:
+        raise NotImplementedError
 
     def _fast_group(self, group: str, variants: dict[str, Callable], flops: int | None, reference: str = "fp32",
                     outputs: dict[str, Any] | None = None, bf16_flops: dict[str, int | None] | None = None,
@@ -46,18 +67,18 @@ class FastPathParts:
             in_bf16 = min((bf16_flops or {}).get(name) or 0, flops or 0)
             arithmetic = "float32" if not in_bf16 else ("bfloat16" if in_bf16 == flops else "mixed fp32/bf16")
             entry = {
-                "group": group, "variant": name, "timing": _stats_dict(stats), "speedup_vs_fp32": ref / stats.median,
+                "group": group, "variant": name, "timing": stats.to_dict(), "speedup_vs_fp32": ref / stats.median,
                 "flops": flops, "flops_bf16": in_bf16, "arithmetic": arithmetic,
             }
-            _set_lower_bounds(entry, self.gflops_used)
+            set_lower_bounds(entry, self.gflops_used)
             if outputs and name in outputs and reference in outputs and name != reference:
-                entry["parity"] = {"max_diff": _max_diff(outputs[name], outputs[reference])}
+                entry["parity"] = {"max_diff": max_diff(outputs[name], outputs[reference])}
                 if logits:
-                    entry["parity"]["argmax_agreement"] = _agree(outputs[name], outputs[reference])
+                    entry["parity"]["argmax_agreement"] = argmax_agreement(outputs[name], outputs[reference])
             if compile_times and name in compile_times:
                 entry["compile_s"] = compile_times[name]
             self.result["fast"].append(entry)
-            self.log(f"    {name}: {_fmt_stats(stats)} ({ref / stats.median:.2f}× vs fp32)")
+            self.log(f"    {name}: {format_stats(stats)} ({ref / stats.median:.2f}× vs fp32)")
 
     def _compiled_first_call(self, fn: Callable) -> float:
         start = time.perf_counter()
@@ -84,7 +105,7 @@ class FastPathParts:
         calls = {k: m.extraction(v) for k, v in variants.items()}
         with torch.inference_mode():
             outputs = {k: fn() for k, fn in calls.items()}
-        dense, tee_flops = _tee_flop_split(calls["fp32"]) if self.s.flops else (None, None)
+        dense, tee_flops = tee_flop_split(calls["fp32"]) if self.s.flops else (None, None)
         self._fast_group("TEE region extraction", calls, tee_flops, outputs=outputs,
                          bf16_flops={"fused BN + channels_last + bf16": dense}, compile_times=compile_times,
                          logits=False)
@@ -102,7 +123,7 @@ class FastPathParts:
         calls = {k: m.vqa_from_regions(regions, v) for k, v in fusion_variants.items()}
         with torch.inference_mode():
             outputs = {k: fn() for k, fn in calls.items()}
-        flops = _total_flops(calls["fp32"]) if self.s.flops else None
+        flops = total_flops(calls["fp32"]) if self.s.flops else None
         self._fast_group("fusion + VQA head from regions", calls, flops, outputs=outputs, bf16_flops={"bf16": flops},
                          compile_times=compile_times)
         # --- image → answer ----------------------------------------------------------------------------------------
@@ -121,7 +142,7 @@ class FastPathParts:
         calls = {k: m.vqa_call(v) for k, v in e2e.items()}
         with torch.inference_mode():
             outputs = {k: fn() for k, fn in calls.items()}
-        flops = _total_flops(calls["fp32"]) if self.s.flops else None
+        flops = total_flops(calls["fp32"]) if self.s.flops else None
         tee_rest = (tee_flops - dense) if self.s.flops else 0
         self._fast_group("image → VQA answer", calls, flops, outputs=outputs,
                          bf16_flops={FAST_MIXED: dense, FAST_BF16: flops and flops - tee_rest},
@@ -136,7 +157,7 @@ class FastPathParts:
         calls = {k: m.caption_call(1, v) for k, v in captioners.items()}
         with torch.inference_mode():
             outputs = {k: fn() for k, fn in calls.items()}
-        flops = _total_flops(calls["fp32"]) if self.s.flops else None
+        flops = total_flops(calls["fp32"]) if self.s.flops else None
         self._fast_group(f"image → {self.scale.caption_tokens}-token caption, greedy", calls, flops,
                          bf16_flops={"fast bf16": flops and flops - tee_rest})
         for entry in self.result["fast"]:
@@ -155,8 +176,7 @@ class FastPathParts:
         m = self.minivlm
         sizes = self.s.batch_sizes or self.scale.batch_sizes
         fast_tee = optimize_for_inference(m.tee)
-        fast_vqa = getattr(self, "_fast_models", {}).get(
-            FAST_INT8) or optimize_for_inference(m.vqa, int8=True)
+        fast_vqa = (self._fast_models or {}).get(FAST_INT8) or optimize_for_inference(m.vqa, int8=True)
         for batch in sizes:
             for task, variants in (
                 ("region extraction", {"fp32": m.extraction(m.tee, batch), "fast": m.extraction(fast_tee, batch)}),
@@ -166,8 +186,8 @@ class FastPathParts:
                 timing = self.compare(variants, runs=self.s.batch_runs)
                 for name, stats in timing.items():
                     self.result["batch"].append({"task": task, "variant": name, "batch": batch,
-                                                 "timing": _stats_dict(stats), "images_per_s": batch / stats.median})
-                    self.log(f"    {name}: {batch / stats.median:.2f} images/s ({_fmt_stats(stats)} per batch)")
+                                                 "timing": stats.to_dict(), "images_per_s": batch / stats.median})
+                    self.log(f"    {name}: {batch / stats.median:.2f} images/s ({format_stats(stats)} per batch)")
             self.save()
 
     def part_onnx(self):
@@ -225,10 +245,10 @@ class FastPathParts:
                 self.log(f"  ONNX Runtime vs PyTorch — {group} ...")
                 timing = self.compare(calls)
                 pt, ort_stats = timing["PyTorch fp32"], timing["ONNX Runtime"]
-                rows.append({"group": group, "pytorch": _stats_dict(pt), "onnxruntime": _stats_dict(ort_stats),
+                rows.append({"group": group, "pytorch": pt.to_dict(), "onnxruntime": ort_stats.to_dict(),
                              "speedup": pt.median / ort_stats.median,
-                             "max_diff": _max_diff(outs["ONNX Runtime"], outs["PyTorch fp32"])})
-                self.log(f"    PyTorch {_fmt_stats(pt)}, ORT {_fmt_stats(ort_stats)}")
+                             "max_diff": max_diff(outs["ONNX Runtime"], outs["PyTorch fp32"])})
+                self.log(f"    PyTorch {format_stats(pt)}, ORT {format_stats(ort_stats)}")
         import onnxruntime
 
         self.result["onnx"] = {

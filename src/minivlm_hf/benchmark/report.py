@@ -1,4 +1,4 @@
-"""Markdown and JSON reports of a MiniVLM-vs-baseline comparison.
+"""Rows and JSON of the MiniVLM-vs-baseline comparison (the markdown is :mod:`.summary`).
 
 A row compares one task (feature extraction, captioning, VQA, ...) for the two models: median wall
 time with its (min–max) range, the time ratio MiniVLM / baseline, each side's FLOPs, and each side's
@@ -13,21 +13,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-from .flops import format_count
-from .timing import TimingStats, ratio, thread_info
+from .timing import TimingStats, ratio
 
-__all__ = [
-    "BenchmarkReport",
-    "ComparisonRow",
-    "format_comparison_table",
-    "format_parameter_table",
-    "lower_bound_seconds",
-    "to_json",
-]
+__all__ = ["ComparisonRow", "format_count", "lower_bound_seconds", "to_json"]
 
 
 def lower_bound_seconds(flops: int | float | None, gflops_per_s: float | None) -> float | None:
@@ -37,18 +29,15 @@ def lower_bound_seconds(flops: int | float | None, gflops_per_s: float | None) -
     return float(flops) / (gflops_per_s * 1e9)
 
 
-def _fmt_ratio(r: float | None) -> str:
-    if r is None or (isinstance(r, float) and math.isnan(r)):
+def format_count(n: float | int | None, unit: str = "") -> str:
+    """``1234567 -> "1.23M"``; ``None -> "n/a"``."""
+    if n is None:
         return "n/a"
-    return f"{r:.3f} ({(1.0 - r) * 100:.0f}% less)" if r <= 1 else f"{r:.3f} ({(r - 1.0) * 100:.0f}% more)"
-
-
-def _fmt_ms(seconds: float | None) -> str:
-    return "n/a" if seconds is None else f"{seconds * 1e3:.1f} ms"
-
-
-def _fmt_x(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.1f}×"
+    n = float(n)
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{suffix}{unit}"
+    return f"{n:.0f}{unit}"
 
 
 @dataclass
@@ -91,69 +80,6 @@ class ComparisonRow:
         return out
 
 
-def format_comparison_table(
-    rows: Sequence[ComparisonRow],
-    gflops_per_s: float | None = None,
-    labels: tuple[str, str] = ("MiniVLM", "Baseline"),
-) -> str:
-    """Markdown table, one line per row (see module doc for the columns)."""
-    a, b = labels
-    header = [
-        "Task",
-        f"{a} median (min–max)",
-        f"{b} median (min–max)",
-        f"Time ratio {a}/{b}",
-        f"{a} FLOPs",
-        f"{b} FLOPs",
-        f"{a} FLOP lower bound",
-        f"{a} measured/LB",
-        f"{b} FLOP lower bound",
-        f"{b} measured/LB",
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        d = row.to_dict(gflops_per_s)
-        cells = [
-            row.task,
-            row.minivlm.format(),
-            row.baseline.format(),
-            _fmt_ratio(row.time_ratio),
-            format_count(row.minivlm_flops),
-            format_count(row.baseline_flops),
-            _fmt_ms(d["minivlm_lower_bound_s"]),
-            _fmt_x(d["minivlm_measured_over_lower_bound"]),
-            _fmt_ms(d["baseline_lower_bound_s"]),
-            _fmt_x(d["baseline_measured_over_lower_bound"]),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def format_parameter_table(
-    params: Mapping[str, Mapping[str, int]],
-) -> str:
-    """Markdown table of per-module parameter counts: ``{model_label: {module: count, "total": n}}``.
-
-    Each model gets its own block of rows (module, count, share of that model's total); a final
-    line gives the totals and, for two models, the ratio first / second.
-    """
-    lines = ["| Model | Module | Parameters | Share |", "|---|---|---|---|"]
-    totals = {}
-    for label, counts in params.items():
-        total = counts.get("total", sum(v for k, v in counts.items() if k != "total"))
-        totals[label] = total
-        for name, n in counts.items():
-            if name == "total":
-                continue
-            share = f"{100 * n / total:.1f}%" if total else "n/a"
-            lines.append(f"| {label} | {name} | {n:,} ({format_count(n)}) | {share} |")
-        lines.append(f"| {label} | **total** | **{total:,} ({format_count(total)})** | 100% |")
-    if len(totals) == 2:
-        (la, ta), (lb, tb) = totals.items()
-        lines.append(f"\nParameter ratio {la}/{lb}: {_fmt_ratio(ta / tb if tb else None)}")
-    return "\n".join(lines)
-
-
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
         return None
@@ -177,70 +103,3 @@ def to_json(data: Any, path: str | Path) -> Path:
     path = Path(path)
     atomic_write_text(path, json.dumps(_jsonable(data), indent=2) + "\n")  # never half a file
     return path
-
-
-@dataclass
-class BenchmarkReport:
-    """Rows, parameter counts, machine facts and the machine's matmul GFLOP/s, as markdown or JSON.
-
-    ``gflops`` maps dtype names to GFLOP/s (``{"float32": ..., "bfloat16": ...}``); the lower bounds
-    use ``gflops[bound_dtype]``.
-    """
-
-    title: str = "MiniVLM vs baseline"
-    rows: list[ComparisonRow] = field(default_factory=list)
-    params: dict[str, dict[str, int]] = field(default_factory=dict)
-    machine: dict[str, Any] = field(default_factory=dict)
-    gflops: dict[str, float] = field(default_factory=dict)
-    bound_dtype: str = "float32"
-    threads: int | None = None
-    labels: tuple[str, str] = ("MiniVLM", "Baseline")
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def gflops_per_s(self) -> float | None:
-        return self.gflops.get(self.bound_dtype)
-
-    def add_row(self, row: ComparisonRow) -> ComparisonRow:
-        self.rows.append(row)
-        return row
-
-    def to_markdown(self) -> str:
-        parts = [f"## {self.title}", ""]
-        facts = []
-        if self.machine:
-            m = self.machine
-            facts.append(
-                f"CPU: {m.get('cpu_model', '?')} ({m.get('usable_cpus', '?')} usable cores), "
-                f"torch {m.get('torch', '?')}, load average {m.get('load_average')}"
-            )
-        facts.append(thread_info() if self.threads is None else f"torch threads: {self.threads}")
-        if self.gflops:
-            facts.append(
-                "matmul throughput: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in self.gflops.items())
-                + f" (lower bounds use {self.bound_dtype})"
-            )
-        parts += [f"- {f}" for f in facts] + [""]
-        if self.rows:
-            parts += [format_comparison_table(self.rows, self.gflops_per_s, self.labels), ""]
-        if self.params:
-            parts += ["### Parameters", "", format_parameter_table(self.params), ""]
-        if self.notes:
-            parts += ["### Notes", ""] + [f"- {n}" for n in self.notes] + [""]
-        return "\n".join(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "title": self.title,
-            "labels": list(self.labels),
-            "threads": self.threads,
-            "machine": self.machine,
-            "gflops": self.gflops,
-            "bound_dtype": self.bound_dtype,
-            "rows": [row.to_dict(self.gflops_per_s) for row in self.rows],
-            "params": self.params,
-            "notes": self.notes,
-        }
-
-    def to_json(self, path: str | Path) -> Path:
-        return to_json(self.to_dict(), path)

@@ -35,13 +35,12 @@ from .accounting import (
     BASELINE_DETECTOR_GROUPS,
     BASELINE_FUSION_GROUPS,
     MINIVLM_PARAM_GROUPS,
-    _flop_groups_baseline,
-    _flop_groups_minivlm,
-    _flops_by_module,
-    _param_groups,
-    _set_lower_bounds,
-    _stats_dict,
-    _total_flops,
+    flop_groups_baseline,
+    flop_groups_minivlm,
+    flops_by_module,
+    param_groups,
+    set_lower_bounds,
+    total_flops,
 )
 from .fast_parts import FastPathParts
 from .machine import machine_info, measure_machine_gflops, measure_peak_memory_isolated
@@ -56,7 +55,7 @@ from .pipelines import (
     run_vqa_once,
 )
 from .report import ComparisonRow, lower_bound_seconds, to_json
-from .summary import NOTES, TARGETS, _fmt_s, _fmt_stats, evaluate_targets, to_markdown  # noqa: F401 - re-exported
+from .summary import NOTES, TARGETS, evaluate_targets, format_stats, to_markdown
 from .timing import compare, set_threads
 
 __all__ = ["PARTS", "DEFAULT_PARTS", "BenchmarkSettings", "run_benchmark", "TARGETS"]
@@ -166,10 +165,10 @@ class _Runner(FastPathParts):
         per_module = {}
         if self.s.flops:
             if groups:
-                flops_a, per_module["minivlm"] = _flops_by_module(a, groups[0])
-                flops_b, per_module["baseline"] = _flops_by_module(b, groups[1])
+                flops_a, per_module["minivlm"] = flops_by_module(a, groups[0])
+                flops_b, per_module["baseline"] = flops_by_module(b, groups[1])
             else:
-                flops_a, flops_b = _total_flops(a), _total_flops(b)
+                flops_a, flops_b = total_flops(a), total_flops(b)
         row = ComparisonRow(task=task, minivlm=timing["minivlm"], baseline=timing["baseline"],
                             minivlm_flops=flops_a, baseline_flops=flops_b)
         entry = {"key": key, **row.to_dict(self.gflops_used.get("float32"))}
@@ -178,15 +177,15 @@ class _Runner(FastPathParts):
         variants = []
         for i, (label, _) in enumerate(fast):
             stats = timing[f"minivlm_fast_{i}"]
-            variants.append({"variant": label, **_stats_dict(stats),
+            variants.append({"variant": label, **stats.to_dict(),
                              "time_ratio": stats.median / timing["baseline"].median})
         if variants:
             entry["minivlm_fast"] = variants[0]
             entry["minivlm_fast_variants"] = variants
         self.result["rows"].append(entry)
-        self.log(f"    MiniVLM {_fmt_stats(row.minivlm)} vs baseline {_fmt_stats(row.baseline)}: "
+        self.log(f"    MiniVLM {format_stats(row.minivlm)} vs baseline {format_stats(row.baseline)}: "
                  f"ratio {row.time_ratio:.4f}"
-                 + "".join(f"; MiniVLM {v['variant']} {_fmt_stats(timing[f'minivlm_fast_{i}'])}: ratio "
+                 + "".join(f"; MiniVLM {v['variant']} {format_stats(timing[f'minivlm_fast_{i}'])}: ratio "
                            f"{v['time_ratio']:.4f}" for i, v in enumerate(variants)))
         return row
 
@@ -195,8 +194,8 @@ class _Runner(FastPathParts):
 
         m, b = self.minivlm, self.baseline
         tee_groups = {k.replace("TEE ", ""): v.replace("MiniVLMForQuestionAnswering.minivlm.vision_model", "TEEModel")
-                      for k, v in _flop_groups_minivlm().items() if k.startswith("TEE")}
-        det_groups = {k: v for k, v in _flop_groups_baseline().items() if v.startswith("BaselineRegionExtractor")}
+                      for k, v in flop_groups_minivlm().items() if k.startswith("TEE")}
+        det_groups = {k: v for k, v in flop_groups_baseline().items() if v.startswith("BaselineRegionExtractor")}
         s = self.scale
         self.comparison(
             "extraction",
@@ -211,7 +210,7 @@ class _Runner(FastPathParts):
 
         m, b = self.minivlm, self.baseline
         self.comparison("image_to_vqa", "image → VQA answer (end to end)", m.vqa_call(), b.vqa_call(),
-                        groups=(_flop_groups_minivlm(), _flop_groups_baseline()),
+                        groups=(flop_groups_minivlm(), flop_groups_baseline()),
                         fast=[(FAST_VQA_FP32_LABEL, m.vqa_call(optimize_for_inference(m.vqa))),
                               (FAST_VQA_LABEL, m.vqa_call(optimize_for_inference(m.vqa, int8=True)))])
 
@@ -241,17 +240,17 @@ class _Runner(FastPathParts):
         identical = bool(tokens_cached.shape == tokens_uncached.shape and torch.equal(tokens_cached, tokens_uncached))
         flops = {}
         if self.s.flops:
-            flops = {"use_cache=True": _total_flops(cached_fn), "use_cache=False": _total_flops(uncached_fn)}
+            flops = {"use_cache=True": total_flops(cached_fn), "use_cache=False": total_flops(uncached_fn)}
         speedup = timing["use_cache=False"].median / timing["use_cache=True"].median
         self.result["decoder"] = {
             "tokens": self.scale.caption_tokens,
-            "timing": {k: _stats_dict(v) for k, v in timing.items()},
+            "timing": {k: v.to_dict() for k, v in timing.items()},
             "speedup": speedup,
             "identical_tokens": identical,
             "tokens_cached": tokens_cached.tolist(),
             "flops": flops,
         }
-        self.log(f"    cached {_fmt_stats(timing['use_cache=True'])}, uncached {_fmt_stats(timing['use_cache=False'])}:"
+        self.log(f"    cached {format_stats(timing['use_cache=True'])}, uncached {format_stats(timing['use_cache=False'])}:"
                  f" {speedup:.2f}× faster, identical tokens: {identical}")
         if "fast" in self.s.parts:
             # The same comparison on the fp32 fast-path captioner (fused QKV: the same arithmetic up to rounding)
@@ -267,7 +266,7 @@ class _Runner(FastPathParts):
                 self.log(f"  decoder, {label} captioner ...")
                 timing = self.compare({"use_cache=True": cached_fn, "use_cache=False": uncached_fn})
                 self.result["decoder"][key] = {
-                    "timing": {k: _stats_dict(v) for k, v in timing.items()},
+                    "timing": {k: v.to_dict() for k, v in timing.items()},
                     "speedup": timing["use_cache=False"].median / timing["use_cache=True"].median,
                     "identical_tokens": bool(a.shape == b.shape and torch.equal(a, b)),
                     "same_tokens_as_fp32": bool(a.shape == tokens_cached.shape and torch.equal(a, tokens_cached)),
@@ -275,8 +274,8 @@ class _Runner(FastPathParts):
                     / timing["use_cache=True"].median,
                 }
                 d = self.result["decoder"][key]
-                self.log(f"    cached {_fmt_stats(timing['use_cache=True'])}, uncached "
-                         f"{_fmt_stats(timing['use_cache=False'])}: {d['speedup']:.2f}× faster, identical tokens: "
+                self.log(f"    cached {format_stats(timing['use_cache=True'])}, uncached "
+                         f"{format_stats(timing['use_cache=False'])}: {d['speedup']:.2f}× faster, identical tokens: "
                          f"{d['identical_tokens']}")
 
     def part_parity(self):
@@ -290,9 +289,9 @@ class _Runner(FastPathParts):
     # static facts -----------------------------------------------------------------------------------------------
     def params(self):
         m, b = self.minivlm, self.baseline
-        minivlm = _param_groups(m.vqa, MINIVLM_PARAM_GROUPS)
-        baseline = _param_groups(b.extractor, BASELINE_DETECTOR_GROUPS)
-        fusion = _param_groups(b.vqa, BASELINE_FUSION_GROUPS)
+        minivlm = param_groups(m.vqa, MINIVLM_PARAM_GROUPS)
+        baseline = param_groups(b.extractor, BASELINE_DETECTOR_GROUPS)
+        fusion = param_groups(b.vqa, BASELINE_FUSION_GROUPS)
         baseline_all = {k: v for k, v in baseline.items() if k != "total"}
         baseline_all.update({k: v for k, v in fusion.items() if k != "total"})
         baseline_all["total"] = baseline["total"] + fusion["total"]
@@ -381,5 +380,5 @@ def _refresh_lower_bounds(result: dict[str, Any], runner: _Runner) -> None:
             r[f"{side}_lower_bound_s"] = lb
             r[f"{side}_measured_over_lower_bound"] = r[side]["median_s"] / lb if lb else None
     for f in result.get("fast", []):
-        _set_lower_bounds(f, runner.gflops_used)
+        set_lower_bounds(f, runner.gflops_used)
 

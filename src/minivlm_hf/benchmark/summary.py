@@ -7,8 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .flops import format_count
-from .report import lower_bound_seconds
+from .report import format_count, lower_bound_seconds
 from .timing import TimingStats
 
 TARGETS = {
@@ -21,14 +20,14 @@ TARGETS = {
 }
 
 
-def _fmt_s(seconds: float | None) -> str:
+def format_seconds(seconds: float | None) -> str:
     if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
         return "n/a"
     return f"{seconds * 1e3:.1f} ms" if seconds < 10 else f"{seconds:.2f} s"
 
 
-def _fmt_stats(stats: TimingStats) -> str:
-    return f"{_fmt_s(stats.median)} ({_fmt_s(stats.min)}–{_fmt_s(stats.max)})"
+def format_stats(stats: TimingStats) -> str:
+    return f"{format_seconds(stats.median)} ({format_seconds(stats.min)}–{format_seconds(stats.max)})"
 
 
 # --------------------------------------------------------------------------------------------------------- targets
@@ -127,16 +126,16 @@ def to_markdown(result: dict[str, Any]) -> str:
             a = TimingStats(name="a", runs=r["minivlm"]["runs_s"])
             b = TimingStats(name="b", runs=r["baseline"]["runs_s"])
             table.append([
-                r["task"], _fmt_stats(a), _fmt_stats(b), f"{r['time_ratio']:.4f}", format_count(r["minivlm_flops"]),
+                r["task"], format_stats(a), format_stats(b), f"{r['time_ratio']:.4f}", format_count(r["minivlm_flops"]),
                 format_count(r["baseline_flops"]), "n/a" if r.get("flops_ratio") is None else f"{r['flops_ratio']:.4f}",
-                _fmt_s(r.get("minivlm_lower_bound_s")),
-                _x(r.get("minivlm_measured_over_lower_bound")), _fmt_s(r.get("baseline_lower_bound_s")),
+                format_seconds(r.get("minivlm_lower_bound_s")),
+                _x(r.get("minivlm_measured_over_lower_bound")), format_seconds(r.get("baseline_lower_bound_s")),
                 _x(r.get("baseline_measured_over_lower_bound")),
             ])
         out += ["### End to end (fp32, batch 1)", "", _md_table(header, table), ""]
         fast_rows = [(r, v) for r in rows for v in _fast_variants(r)]
         if fast_rows:
-            table = [[r["task"], v["variant"], _fmt_stats(TimingStats(name="f", runs=v["runs_s"])),
+            table = [[r["task"], v["variant"], format_stats(TimingStats(name="f", runs=v["runs_s"])),
                       f"{v['time_ratio']:.4f}"] for r, v in fast_rows]
             out += ["MiniVLM with fast paths, timed in the same interleaved rounds (A B C):", "",
                     _md_table(["Task", "MiniVLM variant", "Median (min–max)", "MiniVLM fast / baseline time"], table),
@@ -180,15 +179,17 @@ def to_markdown(result: dict[str, Any]) -> str:
         d = result["decoder"]
         t = d["timing"]
         out += ["### Cached decoding (MiniVLM captioning from precomputed regions, greedy)", "",
-                f"{d['tokens']} tokens: use_cache=True {_fmt_s(t['use_cache=True']['median_s'])}, use_cache=False "
-                f"{_fmt_s(t['use_cache=False']['median_s'])}: **{d['speedup']:.2f}×**; identical tokens: "
+                f"{d['tokens']} tokens: use_cache=True {format_seconds(t['use_cache=True']['median_s'])}, "
+                f"use_cache=False "
+                f"{format_seconds(t['use_cache=False']['median_s'])}: **{d['speedup']:.2f}×**; identical tokens: "
                 f"{d['identical_tokens']}"
                 + (f"; FLOPs {format_count(d['flops'].get('use_cache=True'))} vs "
                    f"{format_count(d['flops'].get('use_cache=False'))}" if d.get("flops") else ""), ""]
         if d.get("bf16"):
             b = d["bf16"]
-            out += [f"bf16 captioner: use_cache=True {_fmt_s(b['timing']['use_cache=True']['median_s'])}, "
-                    f"use_cache=False {_fmt_s(b['timing']['use_cache=False']['median_s'])}: {b['speedup']:.2f}×; "
+            out += [f"bf16 captioner: use_cache=True {format_seconds(b['timing']['use_cache=True']['median_s'])}, "
+                    f"use_cache=False {format_seconds(b['timing']['use_cache=False']['median_s'])}: "
+                    f"{b['speedup']:.2f}×; "
                     f"identical tokens: {b['identical_tokens']}; cached bf16 is {b['speedup_vs_fp32_cached']:.2f}× "
                     "faster than cached fp32", ""]
     if result.get("fast"):
@@ -205,9 +206,9 @@ def to_markdown(result: dict[str, Any]) -> str:
                 ptxt = f"token agreement {parity['token_agreement']:.0%}" if parity.get("token_agreement") is not None \
                     else f"identical tokens: {parity['identical_tokens']}"
             comp = f" (+{f['compile_s']:.0f} s compile, first call)" if "compile_s" in f else ""
-            table.append([f["group"], f["variant"], _fmt_stats(stats) + comp, f"{f['speedup_vs_fp32']:.2f}×",
-                          _fmt_s(f["lower_bound_fp32_s"]), _fmt_s(f["lower_bound_bf16_s"]),
-                          f"{_fmt_s(f.get('lower_bound_own_s'))} ({f.get('arithmetic')})",
+            table.append([f["group"], f["variant"], format_stats(stats) + comp, f"{f['speedup_vs_fp32']:.2f}×",
+                          format_seconds(f["lower_bound_fp32_s"]), format_seconds(f["lower_bound_bf16_s"]),
+                          f"{format_seconds(f.get('lower_bound_own_s'))} ({f.get('arithmetic')})",
                           _x(f.get("measured_over_lower_bound")), ptxt])
         out += ["### Fast paths (MiniVLM, batch 1)", "",
                 _md_table(["Group", "Variant", "Median (min–max)", "Speed-up vs fp32", "LB, all @fp32 rate",
@@ -215,13 +216,13 @@ def to_markdown(result: dict[str, Any]) -> str:
                            "Parity vs fp32 (random weights)"], table), ""]
     if result.get("batch"):
         table = [[b["task"], b["variant"], b["batch"], f"{b['images_per_s']:.2f}",
-                  _fmt_stats(TimingStats(name="x", runs=b["timing"]["runs_s"]))] for b in result["batch"]]
+                  format_stats(TimingStats(name="x", runs=b["timing"]["runs_s"]))] for b in result["batch"]]
         out += ["### Batched throughput (MiniVLM)", "",
                 _md_table(["Task", "Variant", "Batch", "Images/s", "Time per batch"], table), ""]
     if result.get("onnx"):
         o = result["onnx"]
-        table = [[r["group"], _fmt_stats(TimingStats(name="x", runs=r["pytorch"]["runs_s"])),
-                  _fmt_stats(TimingStats(name="x", runs=r["onnxruntime"]["runs_s"])), f"{r['speedup']:.2f}×",
+        table = [[r["group"], format_stats(TimingStats(name="x", runs=r["pytorch"]["runs_s"])),
+                  format_stats(TimingStats(name="x", runs=r["onnxruntime"]["runs_s"])), f"{r['speedup']:.2f}×",
                   f"{r['max_diff']['max_abs']:.2g}" if r.get("max_diff") else "n/a"] for r in o["rows"]]
         out += [f"### ONNX Runtime {o['onnxruntime']} (opset {o['opset']}, intra-op threads: {o['threads']})", "",
                 f"export + verification {o['export_s']:.1f} s; ORT = PyTorch within 1e-4 on the verification inputs: "
