@@ -23,7 +23,8 @@ def _run_python(code: str, *args: str) -> subprocess.CompletedProcess:
 
 def _imported_modules(importtime_stderr: str) -> set[str]:
     """Module names of `python -X importtime` output ("import time: self | cumulative | name")."""
-    return {line.rsplit("|", 1)[1].strip() for line in importtime_stderr.splitlines() if line.startswith("import time:")}
+    lines = importtime_stderr.splitlines()
+    return {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
 
 
 def test_parser_help_and_bad_arguments_import_no_torch():

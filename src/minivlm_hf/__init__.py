@@ -33,8 +33,8 @@ _LAZY_ATTRIBUTES = {
     "MiniVLMProcessor": ".modeling.processing_minivlm",
 }
 _LAZY_SUBMODULES = (
-    "assets", "benchmark", "cli", "commands", "convert", "data", "export", "fast", "hub", "inference", "io", "metrics", "modeling",
-    "serve", "training",
+    "assets", "benchmark", "cli", "commands", "convert", "data", "export", "fast", "hub", "inference", "io", "metrics",
+    "modeling", "serve", "training",
 )
 
 __all__ = [*_LAZY_ATTRIBUTES, "register_auto_classes"]
