@@ -3,8 +3,12 @@
 Exporter: the dynamo-based ``torch.onnx.export(..., dynamo=True)`` (``torch.export`` + onnxscript) for both graphs.
 The wrappers below take and return plain tensors (the ``DynamicCache`` is built inside from the ``past_key_values.*``
 inputs and read back as ``present.*``), so no Cache pytree registration is needed; every axis is dynamic and the
-data-dependent checks of the model are skipped under tracing. The TEE graphs stay with the TorchScript-based
-exporter (see :mod:`.onnx`): its data-dependent proposal / NMS stages do not ``torch.export``.
+data-dependent checks of the model are skipped under tracing. The dynamo exporter writes opset 18 at least, whatever
+``--opset`` asks for the TEE / VQA graphs (see :mod:`.onnx` for why those stay on the TorchScript exporter).
+``transformers.exporters.OnnxExporter`` exports one ``forward`` call with input / output names taken from its
+arguments and a ``model.onnx`` + ``.onnx.data`` layout; the captioner's two graphs need a fixed call (``cache``,
+``prefix_attention_mask``, ``predict_next``) and optimum's names, so the wrappers here are exported directly (they
+need none of that exporter's patches).
 
 Files (the names of optimum's decoder exports)
 ----------------------------------------------
