@@ -147,5 +147,8 @@ def test_bad_inputs(exported, inputs, tmp_path):
     runner = OnnxCaptioner.from_pretrained(exported)
     with pytest.raises(ValueError, match="needs an image"):
         runner.generate(input_ids=inputs["input_ids"])
+    with pytest.raises(ValueError, match="2 prompts for 1 images"):
+        runner.generate(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"][:1],
+                        pixel_mask=inputs["pixel_mask"][:1])
     with pytest.raises(ValueError, match="repetition_penalty=1.3"):
         runner.generate(**inputs, generation_config=GenerationConfig(repetition_penalty=1.3))

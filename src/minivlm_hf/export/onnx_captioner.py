@@ -206,6 +206,8 @@ class OnnxCaptioner:
             image["tag_attention_mask"] = torch.ones_like(torch.as_tensor(image["tag_ids"]))
 
         if input_ids is not None:
+            if len(input_ids) != batch:
+                raise ValueError(f"batch size mismatch: {len(input_ids)} prompts for {batch} images")
             input_ids, attention_mask = MiniVLMForImageCaptioning._left_padded_prompts(
                 self._shim, torch.as_tensor(input_ids), None if attention_mask is None else torch.as_tensor(
                     attention_mask))
