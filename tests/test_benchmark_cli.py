@@ -53,6 +53,10 @@ def test_startup_markdown_splits_each_command():
     text = startup_markdown(result)
     assert "| `import minivlm_hf` | 0.10 s | 0.00 s | -4.90 s | 0.10 s | -4.40 s |" in text
     assert "| `caption` | 5.30 | 0.40 | 0.80 | 0.30 | 0.20 | 7.00 |" in text
+    assert "CPU seconds" not in text
+    result["cpu_split"] = {c: {**parts, "import": 4.0} for c in ("caption", "answer", "detect")}
+    text = startup_markdown(result)
+    assert "CPU seconds" in text and "| `detect` | 4.00 | 0.40 | 0.80 | 0.30 | 0.20 | 6.00 |" in text
     assert "Test CPU (2 CPUs)" in text
 
 

@@ -34,18 +34,20 @@ SPLIT_PARTS = ("import", "load", "inference", "rest", "exit")  # exit: the part 
 # Runs one command through `minivlm_hf.cli.main` and writes the split to the JSON file named by argv[1].
 _DRIVER = r"""
 import contextlib, io, json, sys, time
-start = time.perf_counter()
+start, start_cpu = time.perf_counter(), time.process_time()
 import minivlm_hf.inference as inference
 from transformers import AutoModel, PreTrainedModel  # the Auto classes, with minivlm_hf's registration
-spent = {"import": time.perf_counter() - start, "load": 0.0, "inference": 0.0}
+spent = {"import": time.perf_counter() - start, "load": 0.0, "inference": 0.0,
+         "cpu_import": time.process_time() - start_cpu, "cpu_load": 0.0, "cpu_inference": 0.0}
 
 def timed(part, function):
     def wrapper(*args, **kwargs):
-        begin = time.perf_counter()
+        begin, begin_cpu = time.perf_counter(), time.process_time()
         try:
             return function(*args, **kwargs)
         finally:
             spent[part] += time.perf_counter() - begin
+            spent["cpu_" + part] += time.process_time() - begin_cpu
     return wrapper
 
 inference.load = timed("load", inference.load)
@@ -55,7 +57,7 @@ from minivlm_hf.cli import main
 with contextlib.redirect_stdout(io.StringIO()):
     code = main(json.loads(sys.argv[2]))
 spent["code"] = code
-spent["end"] = time.time()
+spent["end"], spent["cpu_end"] = time.time(), time.process_time()
 with open(sys.argv[1], "w") as f:
     json.dump(spent, f)
 """
@@ -72,7 +74,7 @@ def _make_checkpoints(folder: Path, env: dict[str, str]) -> dict[str, Path]:
     """Tiny random checkpoints for the three one-image commands, made with `minivlm-hf init`."""
     made = {}
     for command, variant, task in (("caption", "minivlm-tiny", "caption"), ("answer", "minivlm-tiny", "vqa"),
-                                   ("detect", "minivlm-tee-tiny", "detect")):
+                                   ("detect", "minivlm-tee-tiny", "detector")):
         out = folder / command
         subprocess.run([*_console_script(), "init", variant, "--task", task, "--output", str(out)], check=True,
                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -85,7 +87,7 @@ def _one_image_argv(command: str, model: Path, image: str) -> list[str]:
     return argv + ["--question", "what colour is the box?"] if command == "answer" else argv
 
 
-def _timed_run(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+def _timed_run(argv: list[str], env: dict[str, str], expected_code: int = 0) -> tuple[float, float]:
     """Wall-clock and CPU (user + system) seconds of one run. On a shared machine the CPU time moves much less
     than the wall clock."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -93,8 +95,9 @@ def _timed_run(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     result = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if result.returncode not in (0, 2):  # 2: the rejected-argument row
-        raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr[-2000:]}")
+    if result.returncode != expected_code:
+        raise RuntimeError(f"{' '.join(argv)} exited with {result.returncode}, expected {expected_code}: "
+                           f"{result.stderr[-2000:]}")
     return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
@@ -156,12 +159,13 @@ def run_startup_benchmark(runs: int = 10, warmup: int = 1, threads: int | None =
         times: dict[str, list[float]] = {label: [] for label, _, _ in rows}
         cpu_times: dict[str, list[float]] = {label: [] for label, _, _ in rows}
         splits: dict[str, dict[str, list[float]]] = {c: {p: [] for p in SPLIT_PARTS} for c in ONE_IMAGE_COMMANDS}
+        cpu_splits: dict[str, dict[str, list[float]]] = {c: {p: [] for p in SPLIT_PARTS} for c in ONE_IMAGE_COMMANDS}
         for round_index in range(warmup + runs):
             timed = round_index >= warmup
             log(f"  round {round_index + 1}/{warmup + runs}{'' if timed else ' (warm-up)'}")
             shift = round_index % len(rows)  # rotate the order: no row always runs first
             for label, argv, command in rows[shift:] + rows[:shift]:
-                seconds, cpu_seconds = _timed_run(argv, env)
+                seconds, cpu_seconds = _timed_run(argv, env, expected_code=2 if label.endswith("(rejected)") else 0)
                 if not timed:
                     continue
                 times[label].append(seconds)
@@ -172,6 +176,11 @@ def run_startup_benchmark(runs: int = 10, warmup: int = 1, threads: int | None =
                         splits[command][part].append(spent[part])
                     splits[command]["rest"].append(seconds - spent["import"] - spent["load"] - spent["inference"])
                     splits[command]["exit"].append(time.time() - spent["end"])
+                    cpu = {part: spent[f"cpu_{part}"] for part in ("import", "load", "inference")}
+                    cpu["rest"] = cpu_seconds - sum(cpu.values())
+                    cpu["exit"] = cpu_seconds - spent["cpu_end"]
+                    for part, value in cpu.items():
+                        cpu_splits[command][part].append(value)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     result = {
@@ -184,6 +193,7 @@ def run_startup_benchmark(runs: int = 10, warmup: int = 1, threads: int | None =
         "rows": [{"label": label, "median_s": statistics.median(v), "min_s": min(v), "runs_s": v,
                   "cpu_median_s": statistics.median(cpu_times[label])} for label, v in times.items()],
         "split": {c: {p: statistics.median(v) for p, v in parts.items()} for c, parts in splits.items()},
+        "cpu_split": {c: {p: statistics.median(v) for p, v in parts.items()} for c, parts in cpu_splits.items()},
         "runtime_s": time.perf_counter() - start,
     }
     result["markdown"] = startup_markdown(result)
@@ -217,4 +227,11 @@ def startup_markdown(result: dict[str, Any]) -> str:
     for command, parts in result["split"].items():
         wall = rows[f"minivlm-hf {command} (one image)"]["median_s"]
         lines.append(f"| `{command}` | " + " | ".join(f"{parts[p]:.2f}" for p in SPLIT_PARTS) + f" | {wall:.2f} |")
+    if result.get("cpu_split"):
+        lines += ["", "The same split in CPU seconds (user + system, all threads; less sensitive to other load):", "",
+                  "| command | import | load | inference | rest | (exit) | total (console script) |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for command, parts in result["cpu_split"].items():
+            total = rows[f"minivlm-hf {command} (one image)"]["cpu_median_s"]
+            lines.append(f"| `{command}` | " + " | ".join(f"{parts[p]:.2f}" for p in SPLIT_PARTS) + f" | {total:.2f} |")
     return "\n".join(lines)
