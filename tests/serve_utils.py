@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-DEMO_LAYOUT = {"detector": ("minivlm-tee-tiny", "detect"), "pretrain": ("minivlm-tiny", "pretrain"),
+DEMO_LAYOUT = {"detector": ("minivlm-tee-tiny", "detector"), "pretrain": ("minivlm-tiny", "pretrain"),
                "caption": ("minivlm-tiny", "caption"), "vqa": ("minivlm-tiny", "vqa"),
                "retrieval": ("minivlm-tiny", "retrieval"), "nlvr": ("minivlm-tiny", "nlvr")}
 

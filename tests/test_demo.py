@@ -61,7 +61,7 @@ def test_quick_demo_training_curves_and_web_demo(quick_demo):
     from minivlm_hf.serve.models import ServedModels
 
     served = ServedModels.load(str(out))
-    assert served.tasks == ["detect", "caption", "answer", "retrieval", "nlvr"]
+    assert served.tasks == ["detector", "caption", "vqa", "retrieval", "nlvr"]
     decode = {k: v for k, v in served.caption_defaults().items() if k != "max_new_tokens_limit"}
     assert served.caption(EXAMPLE_IMAGE, **decode).value.strip()
     answers = served.answer(EXAMPLE_IMAGE, "what color is the star?").value

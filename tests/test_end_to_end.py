@@ -150,7 +150,7 @@ def test_one_call_image_to_result_after_auto_loading(saved, images):
     captions = inference.caption(model, proc, images, max_new_tokens=5)
     assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
 
-    vqa, proc = inference.load("answer", str(saved["answer"]))
+    vqa, proc = inference.load("vqa", str(saved["answer"]))
     answers = inference.answer(vqa, proc, images[0], "what colour is the box?", top_k=2)
     assert len(answers) == 2 and answers[0]["answer"] in ANSWERS.values() and answers[0]["score"] >= answers[1]["score"]
 

@@ -74,7 +74,7 @@ def _one_line_error(capsys, argv, *needles):
 
 def test_answer_on_a_caption_model_is_refused_naming_its_kind(folders, image_file, capsys):
     with pytest.raises(ValueError, match="holds a MiniVLM captioning model .*use `minivlm-hf caption`"):
-        inference.load("answer", str(folders["caption"]))
+        inference.load("vqa", str(folders["caption"]))
     _one_line_error(capsys, ["answer", image_file, "--question", "what?", "--model", folders["caption"]],
                     "MiniVLMForImageCaptioning", "not a MiniVLM VQA model")
 
@@ -92,7 +92,7 @@ def test_detect_on_a_tee_config_over_caption_weights_is_refused(folders, image_f
     shutil.copy(folders["detect"] / "config.json", folder / "config.json")
     shutil.copy(folders["detect"] / "preprocessor_config.json", folder / "preprocessor_config.json")
     with pytest.raises(ValueError, match=r"not those of a TEE detector .*missing .*of another model"):
-        inference.load("detect", str(folder))
+        inference.load("detector", str(folder))
     _one_line_error(capsys, ["detect", image_file, "--model", folder], "refusing to use randomly initialised weights")
 
 
@@ -106,7 +106,7 @@ def test_a_vqa_checkpoint_without_its_head_weights_is_refused(folders, tmp_path)
     save_file({k: v for k, v in weights.items() if k in set(weights) - set(head)}, folder / "model.safetensors",
               metadata={"format": "pt"})
     with pytest.raises(ValueError, match=rf"{len(head)} tensor\(s\) missing"):
-        inference.load("answer", str(folder))
+        inference.load("vqa", str(folder))
 
 
 @pytest.mark.parametrize("damage", ["truncated", "random-bytes", "empty"])
@@ -166,7 +166,7 @@ def test_truncated_image_is_named(folders, image_file, tmp_path, capsys):
 
 
 def test_arrays_and_single_images_are_accepted(folders, image_file):
-    model, processor = inference.load("detect", str(folders["detect"]))
+    model, processor = inference.load("detector", str(folders["detect"]))
     pil = Image.open(image_file).convert("RGB")
     array = np.asarray(pil)
     from_pil = inference.detect(model, processor, [pil], threshold=0.0)
@@ -192,7 +192,7 @@ def test_rank_captions_and_answer_refuse_bad_text(folders, image_file):
         inference.rank_captions(model, processor, image_file, ["a", "b"], batch_size=0)
     ranked = inference.rank_captions(model, processor, image_file, ["a red square"])
     assert [r["caption"] for r in ranked] == ["a red square"]
-    vqa, processor = inference.load("answer", str(folders["answer"]))
+    vqa, processor = inference.load("vqa", str(folders["answer"]))
     for question in ("", "   "):
         with pytest.raises(ValueError, match="question is empty"):
             inference.answer(vqa, processor, image_file, question)
@@ -241,7 +241,7 @@ def test_fresh_search_cases(folders, image_file, tmp_path, capsys):
     binary.write_bytes(b"\x89PNG\r\n")
     _one_line_error(capsys, ["train", "vqa", "--config", binary, "--output-dir", tmp_path / "o"],
                     f"recipe config {binary} is not valid JSON")
-    model, processor = inference.load("detect", str(folders["detect"]))
+    model, processor = inference.load("detector", str(folders["detect"]))
     for bad in (2, -0.1, float("nan"), "0.5"):
         with pytest.raises(ValueError, match="threshold must be a number in"):
             inference.detect(model, processor, [image_file], threshold=bad)

@@ -135,12 +135,12 @@ def test_init_fault_keeps_the_old_checkpoint_and_overwrite_leaves_no_stale_files
     with monkeypatch.context() as patch:
         patch.setattr(MiniVLMImageProcessor, "save_pretrained", boom)
         with pytest.raises(Fault):
-            init_checkpoint("minivlm-tee-tiny", out, task="detect", overwrite=True)
+            init_checkpoint("minivlm-tee-tiny", out, task="detector", overwrite=True)
     assert _same_weights(out, old)
 
     old_umask = os.umask(0o022)
     try:
-        result = init_checkpoint("minivlm-tee-tiny", out, task="detect", overwrite=True)
+        result = init_checkpoint("minivlm-tee-tiny", out, task="detector", overwrite=True)
     finally:
         os.umask(old_umask)
     names = {p.name for p in out.iterdir()}
@@ -150,7 +150,7 @@ def test_init_fault_keeps_the_old_checkpoint_and_overwrite_leaves_no_stale_files
     assert {oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {oct(0o644)}  # weights too, not 0600
     from minivlm_hf import inference
 
-    model, _ = inference.load("detect", str(out))
+    model, _ = inference.load("detector", str(out))
     assert type(model).__name__ == "TEEForObjectDetection"
 
 

@@ -402,7 +402,7 @@ def test_init_reports_text_weights_and_answers(tmp_path, capsys):
     code = cli(["init", "minivlm-tiny", "--output", str(tmp_path / "ck"), "--task", "vqa"])
     assert code == 2 and "not empty" in capsys.readouterr().err
     code = cli(["init", "minivlm-tee-tiny", "--output", str(tmp_path / "x"), "--task", "caption"])
-    assert code == 2 and "only supports --task detect" in capsys.readouterr().err
+    assert code == 2 and "only supports --task detector" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text('{"yes": 0}')
     code = cli(["init", "minivlm-tiny", "--output", str(tmp_path / "y"), "--task", "vqa", "--answers", str(bad)])

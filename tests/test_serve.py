@@ -19,12 +19,12 @@ def demo_folder(tmp_path_factory):
 def test_demo_folder_serves_every_task_by_architecture(demo_folder):
     found = find_checkpoints([str(demo_folder)])
     # pretrain/ is skipped: no user-facing task; the order is the page's
-    assert found == {"detect": str(demo_folder / "detector"), "caption": str(demo_folder / "caption"),
-                     "answer": str(demo_folder / "vqa"), "retrieval": str(demo_folder / "retrieval"),
+    assert found == {"detector": str(demo_folder / "detector"), "caption": str(demo_folder / "caption"),
+                     "vqa": str(demo_folder / "vqa"), "retrieval": str(demo_folder / "retrieval"),
                      "nlvr": str(demo_folder / "nlvr")}
-    assert find_checkpoints(str(demo_folder / "vqa")) == {"answer": str(demo_folder / "vqa")}
+    assert find_checkpoints(str(demo_folder / "vqa")) == {"vqa": str(demo_folder / "vqa")}
     combined = find_checkpoints([str(demo_folder / "caption"), str(demo_folder / "detector")])
-    assert list(combined) == ["detect", "caption"]
+    assert list(combined) == ["detector", "caption"]
 
 
 def test_bad_models_are_named(demo_folder, tmp_path):
@@ -48,7 +48,7 @@ def test_served_models_match_inference(demo_folder):
     served = ServedModels.load([str(demo_folder / "caption"), str(demo_folder / "detector")])
     image = inference.open_image(EXAMPLE_IMAGE).convert("RGB")
     timed = served.detect(image, threshold=0.1)
-    model, processor = inference.load("detect", str(demo_folder / "detector"))
+    model, processor = inference.load("detector", str(demo_folder / "detector"))
     assert timed.value == inference.detect(model, processor, [image], threshold=0.1)[0]
     assert timed.value and timed.milliseconds > 0
     assert all(set(d) == {"label", "score", "box", "attributes"} for d in timed.value)
@@ -105,12 +105,12 @@ def test_serves_a_pushed_hub_repo(hub_server, demo_folder, monkeypatch):
 
     repo = f"user/serve-{uuid.uuid4().hex[:6]}"
     push_checkpoint(demo_folder / "vqa", repo, token="test-token")
-    assert find_checkpoints([repo]) == {"answer": repo}
+    assert find_checkpoints([repo]) == {"vqa": repo}
     served = ServedModels.load([repo, str(demo_folder / "caption")])
-    assert served.tasks == ["caption", "answer"]
+    assert served.tasks == ["caption", "vqa"]
     from minivlm_hf import inference
 
-    model, processor = inference.load("answer", str(demo_folder / "vqa"))
+    model, processor = inference.load("vqa", str(demo_folder / "vqa"))
     expected = inference.answer(model, processor, EXAMPLE_IMAGE, "what color is the star?", top_k=3)
     assert served.answer(EXAMPLE_IMAGE, "what color is the star?", top_k=3).value == expected
     with pytest.raises(FileNotFoundError, match="user/missing-repo: no config.json on the Hub"):

@@ -109,7 +109,7 @@ def test_every_task_from_the_browser(browser, served, tmp_path):
     from minivlm_hf.serve.app import DEFAULT_CAPTIONS, detection_rows
 
     folder, url = served
-    model, processor = inference.load("detect", str(folder / "detector"))
+    model, processor = inference.load("detector", str(folder / "detector"))
     browser.get(url)
 
     # the bundled example, one click: every task runs
@@ -149,7 +149,7 @@ def test_every_task_from_the_browser(browser, served, tmp_path):
                                          for i, r in enumerate(ranking)]
 
     # a typed question (Enter runs it): answers with scores
-    model, processor = inference.load("answer", str(folder / "vqa"))
+    model, processor = inference.load("vqa", str(folder / "vqa"))
     answers = inference.answer(model, processor, image, QUESTION, top_k=5)
     question = browser.find_element(By.CSS_SELECTOR, "#question textarea")
     _type(question, QUESTION)
@@ -157,7 +157,7 @@ def test_every_task_from_the_browser(browser, served, tmp_path):
     expected_answers = [[a["answer"], f"{a['score']:.3f}"] for a in answers]
     _wait(browser, lambda: _rows(browser, "answers") == expected_answers, f"the answers {expected_answers}")
     latency = {task: float(ms) for task, ms in _rows(browser, "latency")}
-    assert set(latency) == {"detect", "caption", "answer", "retrieval"} and all(v >= 0 for v in latency.values())
+    assert set(latency) == {"detector", "caption", "vqa", "retrieval"} and all(v >= 0 for v in latency.values())
 
     # NLVR: a statement about the image and itself
     browser.find_element(By.XPATH, "//*[@id='nlvr']//button[contains(., 'Is a statement true of two images?')]").click()

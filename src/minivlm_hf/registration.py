@@ -33,17 +33,11 @@ def remote_auto_classes() -> dict[type, str]:
         MiniVLMForVisualReasoning,
     )
     from .modeling.modeling_minivlm_tee import TEEForObjectDetection, TEEModel
+    from .tasks import auto_class_of_architecture
 
-    return {
-        TEEModel: "AutoModel",
-        TEEForObjectDetection: "AutoModelForObjectDetection",
-        MiniVLMModel: "AutoModel",
-        MiniVLMForPreTraining: "AutoModelForPreTraining",
-        MiniVLMForImageCaptioning: "AutoModelForImageTextToText",
-        MiniVLMForQuestionAnswering: "AutoModelForVisualQuestionAnswering",
-        MiniVLMForImageTextRetrieval: "AutoModel",
-        MiniVLMForVisualReasoning: "AutoModel",
-    }
+    classes = (TEEModel, TEEForObjectDetection, MiniVLMModel, MiniVLMForPreTraining, MiniVLMForImageCaptioning,
+               MiniVLMForQuestionAnswering, MiniVLMForImageTextRetrieval, MiniVLMForVisualReasoning)
+    return {cls: auto_class_of_architecture(cls.__name__) for cls in classes}
 
 
 def __getattr__(name: str):

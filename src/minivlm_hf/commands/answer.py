@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--question is empty")
     check_output_file(args.output)
     image = open_image(args.image)
-    model, processor = load("answer", args.model, args.revision, args.trust_remote_code)
+    model, processor = load("vqa", args.model, args.revision, args.trust_remote_code)
     answers = answer(model, processor, image, args.question, top_k=args.top_k)
     emit_json({"image": str(args.image), "question": args.question, "answers": answers}, args.output)
     return 0

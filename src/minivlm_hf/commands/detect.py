@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.output)
     check_output_file(args.draw, "--draw")
     images = [open_image(p) for p in args.images]
-    model, processor = load("detect", args.model, args.revision, args.trust_remote_code)
+    model, processor = load("detector", args.model, args.revision, args.trust_remote_code)
     results = detect(model, processor, images, threshold=args.threshold)
     if args.draw is not None:
         for index, (image, dets) in enumerate(zip(images, results)):

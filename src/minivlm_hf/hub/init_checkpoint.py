@@ -102,7 +102,7 @@ def init_checkpoint(
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     if task not in variant.tasks:
-        raise ValueError(f"variant {variant.name} is a detector: it only supports --task detect")
+        raise ValueError(f"variant {variant.name} is a detector: it only supports --task detector")
     if answers is not None and task != "vqa":
         raise ValueError("--answers is only used with --task vqa")
     output = Path(output)
@@ -125,9 +125,9 @@ def init_checkpoint(
     model_class = _model_class(architecture)
     image_processor = V.image_processor(variant)
     processor = None
-    if task == "detect":
+    if task == "detector":
         if text_init not in (None, NO_TEXT_INIT):
-            raise ValueError("--text-init does not apply to --task detect (the detector has no text weights)")
+            raise ValueError("--text-init does not apply to --task detector (the detector has no text weights)")
         text_init = NO_TEXT_INIT
         config = V.tee_config(variant)
         model = model_class(config)

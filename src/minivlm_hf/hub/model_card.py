@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..tasks import TASKS as TASK_TABLE
 from .variants import ARCHITECTURE_TASKS, TASK_MODELS, Variant, get_variant
 
 PLACEHOLDERS = ("metadata", "repo_id", "task", "architecture", "usage", "parameters", "training", "evaluation")
@@ -32,22 +33,8 @@ METRICS_FILES = ("eval_results.json", "test_results.json", "metrics.json", "all_
 TRAINING_FILES = ("training_config.json", "train_config.json", "training_args.json")
 INIT_RECORD = "minivlm_init.json"
 
-TASK_TITLES = {
-    "caption": "image captioning",
-    "vqa": "visual question answering",
-    "retrieval": "image-text retrieval",
-    "nlvr": "NLVR2-style visual reasoning",
-    "pretrain": "vision-language pre-training (masked tokens + contrastive)",
-    "detect": "region detection / feature extraction",
-}
-TASK_TAGS = {
-    "caption": ["image-captioning"],
-    "vqa": ["visual-question-answering"],
-    "retrieval": ["image-text-retrieval"],
-    "nlvr": ["visual-reasoning"],
-    "pretrain": ["pretraining"],
-    "detect": ["object-detection", "region-features"],
-}
+TASK_TITLES = {name: task.title for name, task in TASK_TABLE.items()}
+TASK_TAGS = {name: list(task.tags) for name, task in TASK_TABLE.items()}
 _SKIP_METRIC = re.compile(r"(runtime|per_second|^epoch$|total_flos|^step$|num_candidates|^loss$|samples$)")
 
 
@@ -325,7 +312,7 @@ def _metadata(inputs: CardInputs) -> str:
 def usage_snippet(task: str, repo_id: str) -> str:
     """A usage snippet for both set-ups (package installed / remote code)."""
     auto = TASK_MODELS[task][1]
-    if task == "detect":
+    if task == "detector":
         return f"""With the package installed (`pip install minivlm-hf`):
 
 ```python

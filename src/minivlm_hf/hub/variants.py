@@ -19,19 +19,15 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TASKS = ("caption", "vqa", "retrieval", "nlvr", "pretrain", "detect")
+from ..tasks import FUSION_TASK_NAMES
+from ..tasks import TASKS as TASK_TABLE
 
+#: `init --task` choices (the one task table, `minivlm_hf.tasks`), the usual ones first.
+TASKS = (*FUSION_TASK_NAMES[1:], FUSION_TASK_NAMES[0], "detector")
 #: task -> (model class name, transformers Auto class that loads it, Hub pipeline_tag or None)
-TASK_MODELS = {
-    "caption": ("MiniVLMForImageCaptioning", "AutoModelForImageTextToText", "image-text-to-text"),
-    "vqa": ("MiniVLMForQuestionAnswering", "AutoModelForVisualQuestionAnswering", "visual-question-answering"),
-    "retrieval": ("MiniVLMForImageTextRetrieval", "AutoModel", None),
-    "nlvr": ("MiniVLMForVisualReasoning", "AutoModel", None),
-    "pretrain": ("MiniVLMForPreTraining", "AutoModelForPreTraining", None),
-    "detect": ("TEEForObjectDetection", "AutoModelForObjectDetection", "object-detection"),
-}
-ARCHITECTURE_TASKS = {model: task for task, (model, _, _) in TASK_MODELS.items()}
-ARCHITECTURE_TASKS.update({"MiniVLMModel": "retrieval", "TEEModel": "detect"})  # base models: closest task
+TASK_MODELS = {name: (task.architecture, task.auto_class, task.pipeline_tag) for name, task in TASK_TABLE.items()}
+ARCHITECTURE_TASKS = {task.architecture: name for name, task in TASK_TABLE.items()}
+ARCHITECTURE_TASKS.update({"MiniVLMModel": "retrieval", "TEEModel": "detector"})  # base models: closest task
 
 
 @dataclass(frozen=True)
@@ -55,11 +51,11 @@ class Variant:
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        return ("detect",) if self.is_detector else TASKS
+        return ("detector",) if self.is_detector else TASKS
 
     @property
     def default_task(self) -> str:
-        return "detect" if self.is_detector else "caption"
+        return "detector" if self.is_detector else "caption"
 
 
 _TEXT_SHAPE = dict(hidden_size=384, num_attention_heads=12, intermediate_size=1536, vocab_size=30522)

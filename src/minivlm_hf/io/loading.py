@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..tasks import TASKS
 from .checkpoints import weights_problem
 
 MODEL_TYPES = ("minivlm", "minivlm_tee")
@@ -25,14 +26,8 @@ KINDS = {
     "MiniVLMForImageTextRetrieval": "a MiniVLM image-text retrieval model",
     "MiniVLMForVisualReasoning": "a MiniVLM NLVR model",
 }
-# task -> (architecture, the command or function that uses it)
-TASK_ARCHITECTURES = {
-    "detect": ("TEEForObjectDetection", "`minivlm-hf detect`"),
-    "caption": ("MiniVLMForImageCaptioning", "`minivlm-hf caption`"),
-    "answer": ("MiniVLMForQuestionAnswering", "`minivlm-hf answer`"),
-    "retrieval": ("MiniVLMForImageTextRetrieval", "inference.rank_captions"),
-    "nlvr": ("MiniVLMForVisualReasoning", "inference.judge"),
-}
+# task -> (architecture, the command or function that uses it), from the one task table
+TASK_ARCHITECTURES = {task.name: (task.architecture, task.usage) for task in TASKS.values()}
 _TASK_OF_ARCHITECTURE = {arch: task for task, (arch, _) in TASK_ARCHITECTURES.items()}
 _MAX_LISTED = 3
 
@@ -146,7 +141,7 @@ def load_for_task(task: str, model_id: str, revision: str | None = None, trust_r
     import minivlm_hf  # noqa: F401  (registers the Auto classes)
 
     if task not in TASK_ARCHITECTURES:
-        raise ValueError(f"unknown task {task!r}; choose from {sorted(TASK_ARCHITECTURES)}")
+        raise ValueError(f"unknown task {task!r}; choose from {list(TASK_ARCHITECTURES)}")
     config = check_model_folder(model_id, task, revision)
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
     architecture = TASK_ARCHITECTURES[task][0]
@@ -162,13 +157,13 @@ def load_for_task(task: str, model_id: str, revision: str | None = None, trust_r
     if type(model).__name__ != architecture:
         raise ValueError(f"{model_id} loaded as {describe(type(model).__name__)}, not {describe(architecture)}")
     try:
-        if task == "detect":
+        if task == "detector":
             processor = transformers.AutoImageProcessor.from_pretrained(model_id, **kwargs)
         else:
             processor = transformers.AutoProcessor.from_pretrained(model_id, **kwargs)
     except Exception as err:
         raise ValueError(f"{model_id}: could not load the processor ({_first_line(err)})") from None
-    wanted = "MiniVLMImageProcessor" if task == "detect" else "MiniVLMProcessor"
+    wanted = "MiniVLMImageProcessor" if task == "detector" else "MiniVLMProcessor"
     if not type(processor).__name__.startswith(wanted):
         raise ValueError(
             f"{model_id}: no {wanted} saved with the model (got {type(processor).__name__}); save it with "

@@ -128,18 +128,18 @@ def build_app(models, *, revision: str | None = None, trust_remote_code: bool = 
         picture = _open(image)
         latency: dict[str, float] = {}
         shown, detections, caption, answers, ranking = picture, "", "", "", ""
-        if "detect" in tasks:
+        if "detector" in tasks:
             found = served.detect(picture, threshold=float(threshold))
-            latency["detect"] = found.milliseconds
+            latency["detector"] = found.milliseconds
             shown, detections = draw_detections(picture, found.value), format_detections(found.value)
         if "caption" in tasks:
             result = served.caption(picture, num_beams=int(num_beams), length_penalty=float(length_penalty),
                                     max_new_tokens=int(max_new_tokens))
             latency["caption"], caption = result.milliseconds, result.value
-        if "answer" in tasks:
+        if "vqa" in tasks:
             if question and question.strip():
                 result = served.answer(picture, question.strip(), top_k=int(top_k))
-                latency["answer"], answers = result.milliseconds, format_answers(result.value)
+                latency["vqa"], answers = result.milliseconds, format_answers(result.value)
             else:
                 answers = "Type a question to get answers."
         if "retrieval" in tasks:
@@ -175,12 +175,12 @@ def build_app(models, *, revision: str | None = None, trust_remote_code: bool = 
                                  height=320)
                 gr.Examples([[str(EXAMPLE_IMAGE)]], inputs=[image], label="Example", elem_id="examples")
                 question = gr.Textbox(DEFAULT_QUESTION, label="Question", elem_id="question",
-                                      visible="answer" in tasks)
+                                      visible="vqa" in tasks)
                 captions = gr.Textbox(DEFAULT_CAPTIONS, label="Captions to rank (one per line)", lines=3,
                                       elem_id="captions", visible="retrieval" in tasks)
                 with gr.Accordion("Settings", open=False):
                     threshold = gr.Slider(0.0, 1.0, value=detection_threshold, step=0.05,
-                                          label="Detection score threshold", visible="detect" in tasks)
+                                          label="Detection score threshold", visible="detector" in tasks)
                     num_beams = gr.Slider(1, 8, value=decode.get("num_beams", 1), step=1, label="Caption beams",
                                           visible="caption" in tasks)
                     length_penalty = gr.Slider(0.0, 3.0, value=decode.get("length_penalty", 1.0), step=0.1,
@@ -189,15 +189,15 @@ def build_app(models, *, revision: str | None = None, trust_remote_code: bool = 
                     max_new_tokens = gr.Slider(1, decode.get("max_new_tokens_limit", 20),
                                                value=decode.get("max_new_tokens", 20), step=1,
                                                label="Caption: at most this many tokens", visible="caption" in tasks)
-                    top_k = gr.Slider(1, 10, value=5, step=1, label="Answers shown", visible="answer" in tasks)
+                    top_k = gr.Slider(1, 10, value=5, step=1, label="Answers shown", visible="vqa" in tasks)
                 run = gr.Button("Run", variant="primary", elem_id="run")
             with gr.Column(scale=1, elem_classes="minivlm-results"):
                 shown = gr.Image(label="Detections", interactive=False, elem_id="detections-image", height=320,
                                  format="png")
-                detections = gr.Markdown(elem_id="detections", visible="detect" in tasks)
+                detections = gr.Markdown(elem_id="detections", visible="detector" in tasks)
                 caption = gr.Textbox(label="Caption", interactive=False, elem_id="caption",
                                      visible="caption" in tasks)
-                answers = gr.Markdown(elem_id="answers", visible="answer" in tasks)
+                answers = gr.Markdown(elem_id="answers", visible="vqa" in tasks)
                 ranking = gr.Markdown(elem_id="ranking", visible="retrieval" in tasks)
                 latency = gr.Markdown(elem_id="latency")
         inputs = [image, question, captions, threshold, num_beams, length_penalty, max_new_tokens, top_k]

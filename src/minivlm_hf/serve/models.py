@@ -12,15 +12,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: architecture → the task of minivlm_hf.inference that serves it
-ARCHITECTURE_TASKS = {
-    "TEEForObjectDetection": "detect",
-    "MiniVLMForImageCaptioning": "caption",
-    "MiniVLMForQuestionAnswering": "answer",
-    "MiniVLMForImageTextRetrieval": "retrieval",
-    "MiniVLMForVisualReasoning": "nlvr",
-}
-TASK_TITLES = {"detect": "object detection", "caption": "captioning", "answer": "visual question answering",
+from ..tasks import TASKS
+
+#: architecture → the task the page serves (the one task table, `minivlm_hf.tasks`; pre-training is not served)
+ARCHITECTURE_TASKS = {task.architecture: name for name, task in TASKS.items() if name != "pretrain"}
+#: what the page calls each task
+TASK_TITLES = {"detector": "object detection", "caption": "captioning", "vqa": "visual question answering",
                "retrieval": "caption ranking (image-text retrieval)", "nlvr": "statements about an image pair (NLVR)"}
 
 
@@ -123,7 +120,7 @@ class ServedModels:
     def detect(self, image, threshold: float = 0.5) -> Timed:
         from ..inference import detect
 
-        model, processor = self.loaded["detect"]
+        model, processor = self.loaded["detector"]
         return self._timed(lambda: detect(model, processor, [image], threshold=threshold)[0])
 
     def caption(self, image, **generate_kwargs) -> Timed:
@@ -135,7 +132,7 @@ class ServedModels:
     def answer(self, image, question: str, top_k: int = 5) -> Timed:
         from ..inference import answer
 
-        model, processor = self.loaded["answer"]
+        model, processor = self.loaded["vqa"]
         return self._timed(answer, model, processor, image, question, top_k=top_k)
 
     def rank(self, image, captions: list[str]) -> Timed:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..tasks import FUSION_TASK_NAMES, TASKS
 from .curves import CURVES_FILE
 from .recipes import (
     _merge,
@@ -27,7 +28,7 @@ from .recipes import (
     run_stage,
 )
 
-FUSION_TASKS = ("caption", "vqa", "retrieval", "nlvr")
+FUSION_TASKS = tuple(t for t in FUSION_TASK_NAMES if t != "pretrain")  # the fine-tuned tasks, in training order
 MINILM = "minilm"  # init_from_stage value: start from the offline MiniLM instead of an earlier stage
 
 #: Presets: "common" overrides the recipe defaults for every stage; "stages" adds per-stage overrides.
@@ -116,14 +117,8 @@ PRESETS: dict[str, dict] = {
     },
 }
 
-AUTO_CLASSES = {
-    "detector": "AutoModelForObjectDetection",
-    "pretrain": "AutoModelForPreTraining",
-    "caption": "AutoModelForImageTextToText",
-    "vqa": "AutoModelForVisualQuestionAnswering",
-    "retrieval": "AutoModel",
-    "nlvr": "AutoModel",
-}
+#: stage -> the Auto class its model reloads with (the one task table, `minivlm_hf.tasks`)
+AUTO_CLASSES = {name: task.auto_class for name, task in TASKS.items()}
 
 
 @dataclass

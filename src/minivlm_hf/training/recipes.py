@@ -74,6 +74,7 @@ from transformers import PrinterCallback, TrainingArguments, set_seed
 from ..io.atomic import atomic_directory, atomic_write_text
 from ..io.checkpoints import checkpoint_problem, is_model_file, latest_complete_checkpoint, training_output_problem
 from ..modeling.processing_minivlm import tag_token_ids
+from ..tasks import TASK_NAMES
 from ..progress import is_quiet, progress_enabled
 from . import collators as C
 from . import evaluation as E
@@ -81,9 +82,9 @@ from . import trainers as T
 from .curves import CURVES_FILE, TrainingCurvesCallback, headline_metrics, plot_training_curves
 from .data_setup import RecipeData
 
-STAGES = ("detector", "pretrain", "caption", "vqa", "retrieval", "nlvr")
 _log = logging.getLogger(__name__)
 
+STAGES = TASK_NAMES  # the one task table (minivlm_hf.tasks): detector, pretrain, caption, vqa, retrieval, nlvr
 FUSION_STAGES = STAGES[1:]
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -445,6 +446,9 @@ def run_stage(
             data.image_processor = image_processor
         else:
             model = build_fusion_model(stage, config, data)
+        from ..fast.cpu import enable_cpu_fast_paths
+
+        enable_cpu_fast_paths(model)  # CPU kernel choices (depthwise convs, NHWC input, few-row Linears)
         train_collator = build_collators(stage, config, data, model, "train")
         train_set = stage_datasets(stage, data, "train")
         eval_set = eval_collator = None
