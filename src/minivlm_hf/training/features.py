@@ -76,8 +76,11 @@ def extract_features(
     """Run the TEE (``TEEForObjectDetection`` or ``TEEModel``) over ``dataset[image_column]`` and return the dataset
     with the region columns of :data:`REGION_COLUMNS` added (kept in memory; nothing is written next to the source
     dataset, so a cached scenes folder stays intact). ``drop_image`` removes the image column."""
+    from ..fast.cpu import enable_cpu_fast_paths
+
     tee = getattr(detector, "tee", detector)
     tee.eval()
+    enable_cpu_fast_paths(tee)  # NHWC input and the per-image dense part on CPU
     config = tee.config
     num_regions, feature_size = config.num_regions, config.box_head_dim
     id2label = {int(k): v for k, v in config.id2label.items()}
