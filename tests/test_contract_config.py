@@ -69,7 +69,9 @@ def test_common_properties_and_kwargs(make):
     built = cls.from_dict({**config.to_dict(), **common})
     for name, value in common.items():
         got = getattr(built, name)
-        assert str(got).removeprefix("torch.") == value if name == "dtype" else got == value, name
+        if name == "dtype":
+            got = str(got).removeprefix("torch.")
+        assert got == value, name
     assert built.use_return_dict is False
 
 

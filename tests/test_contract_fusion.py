@@ -14,19 +14,14 @@ from contract_testers import (
     xfail_if,
 )
 from minivlm_hf.modeling.modeling_minivlm import MiniVLMModel
-from minivlm_hf.modeling.modeling_minivlm_captioning import MiniVLMForImageCaptioning
-from minivlm_hf.modeling.modeling_minivlm_tasks import MiniVLMForVisualReasoning
 
 TESTER = FusionModelTester()
 CLASS_IDS = [c.__name__ for c in FUSION_CLASSES]
 CLASSES = pytest.mark.parametrize("model_class", FUSION_CLASSES, ids=CLASS_IDS)
-# With images, every head runs the TEE through the same `MiniVLMModel.forward`: the base model, the generating head
-# and the image-pair head cover its paths at a fraction of the cost of a TEE forward per head and invariant.
-VISION_CLASSES = (MiniVLMModel, MiniVLMForImageCaptioning, MiniVLMForVisualReasoning)
 CLASSES_AND_VISION = pytest.mark.parametrize(
     "model_class, vision",
-    [(c, False) for c in FUSION_CLASSES] + [(c, True) for c in VISION_CLASSES],
-    ids=[f"regions-{c.__name__}" for c in FUSION_CLASSES] + [f"tee-{c.__name__}" for c in VISION_CLASSES],
+    [(c, vision) for vision in (False, True) for c in FUSION_CLASSES],
+    ids=[f"{kind}-{c.__name__}" for kind in ("regions", "tee") for c in FUSION_CLASSES],
 )
 
 
@@ -131,8 +126,9 @@ def test_attentions_count_and_shape(model_class, source):
     length = TESTER.expected_sequence_length(model_class)
     for attention in out.attentions:
         assert attention.shape == (rows, TESTER.num_attention_heads, length, length)
-        torch.testing.assert_close(attention.sum(-1)[attention.sum(-1) > 0], torch.ones(1).expand(
-            int((attention.sum(-1) > 0).sum())))
+        row_sums = attention.sum(-1)
+        real = row_sums > 0  # query rows of padding may be all zero; every other row is a distribution
+        torch.testing.assert_close(row_sums[real], torch.ones_like(row_sums[real]))
 
 
 def test_attentions_need_eager():
@@ -260,7 +256,7 @@ def test_from_pretrained_bfloat16_runs_on_cpu(model_class, vision, tmp_path, req
     assert model.dtype == torch.bfloat16
     with torch.no_grad():
         out = model(**TESTER.prepare_inputs(model_class, vision=vision))
-    first = out[0] if not isinstance(out[0], slice) else out.last_hidden_state
+    first = out[0]  # logits, or the last hidden state of the base model
     assert first.dtype == torch.bfloat16 and torch.isfinite(first.float()).all()
 
 
