@@ -32,15 +32,16 @@ def test_parser_help_and_bad_arguments_import_no_torch():
 import contextlib, io, json, sys
 from minivlm_hf.cli import COMMAND_MODULES, build_parser, main
 
-codes = {{}}
-for argv in [["--help"], *([name, "--help"] for name in COMMAND_MODULES), ["caption"], ["no-such-command"],
+codes, err = {{}}, io.StringIO()
+for argv in [[], ["--help"], *([name, "--help"] for name in COMMAND_MODULES), ["caption"], ["no-such-command"],
              ["answer", "x.png", "--model", "m", "--top-k", "three"]]:
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err if not argv else io.StringIO()):
         try:
-            main(argv)
+            codes[" ".join(argv)] = main(argv)
         except SystemExit as exit:
             codes[" ".join(argv)] = exit.code
-print(json.dumps({{"codes": codes, "heavy": sorted(m for m in {HEAVY!r} if m in sys.modules)}}))
+heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)
+print(json.dumps({{"codes": codes, "heavy": heavy, "no_command_stderr": err.getvalue()}}))
 """
     result = _run_python(code)
     assert result.returncode == 0, result.stderr
@@ -48,6 +49,7 @@ print(json.dumps({{"codes": codes, "heavy": sorted(m for m in {HEAVY!r} if m in 
     assert report["heavy"] == []
     codes = report["codes"]
     assert codes["--help"] == 0
+    assert codes[""] == 2 and all(name in report["no_command_stderr"] for name in COMMAND_MODULES)  # as `hf` does
     for name in COMMAND_MODULES:
         assert codes[f"{name} --help"] == 0, name
     assert codes["caption"] == 2 and codes["no-such-command"] == 2  # argparse: usage + one-line error

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # no command: the whole help, as `hf` prints it
+        parser.print_help(sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     # At exit the interpreter garbage-collects the ~500,000 objects torch and transformers leave behind, several
     # times while it tears the modules down: 1-3 s after a one-image command. Frozen objects are skipped by those
