@@ -265,6 +265,8 @@ class TEEModel(TEEPreTrainedModel):
         pad_w = (-width) % divisor
         if pad_h or pad_w:
             pixel_values = F.pad(pixel_values, (0, pad_w, 0, pad_h))
+        # The image processor gives float32: run in the weights' dtype (e.g. a checkpoint loaded with dtype=bf16).
+        pixel_values = pixel_values.to(self.dtype)
         return pixel_values, image_sizes
 
     def _first_stage(self, features: list) -> tuple:

@@ -37,8 +37,6 @@ FUSION_CLASSES = (
 LM_HEAD_CLASSES = (MiniVLMForPreTraining, MiniVLMForImageCaptioning)
 TEE_CLASSES = (TEEModel, TEEForObjectDetection)
 
-# Defects of the current code, one line each (see the xfail marks).
-TEE_BF16 = "from_pretrained(dtype=bfloat16): the TEE cannot run on CPU (float pixel_values meet bfloat16 weights)"
 
 
 def xfail_if(request, condition, reason):

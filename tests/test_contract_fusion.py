@@ -7,11 +7,9 @@ import torch
 from contract_testers import (
     FUSION_CLASSES,
     LM_HEAD_CLASSES,
-    TEE_BF16,
     FusionModelTester,
     assert_outputs_close,
     assert_state_dicts_equal,
-    xfail_if,
 )
 from minivlm_hf.modeling.modeling_minivlm import MiniVLMModel
 
@@ -250,7 +248,6 @@ def test_num_parameters_only_trainable_excludes_frozen_tee(model_class):
 # ---------------------------------------------------------------------------------------------------------------
 @CLASSES_AND_VISION
 def test_from_pretrained_bfloat16_runs_on_cpu(model_class, vision, tmp_path, request):
-    xfail_if(request, vision, TEE_BF16)
     path = _saved(_model(model_class, vision), tmp_path)
     model = model_class.from_pretrained(path, dtype=torch.bfloat16).eval()
     assert model.dtype == torch.bfloat16

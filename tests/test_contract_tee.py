@@ -7,12 +7,10 @@ import pytest
 import torch
 
 from contract_testers import (
-    TEE_BF16,
     TEE_CLASSES,
     TEEModelTester,
     assert_outputs_close,
     assert_state_dicts_equal,
-    xfail_if,
 )
 from minivlm_hf.modeling.modeling_minivlm_tee import TEEForObjectDetection
 from tee_utils import tiny_image_processor
@@ -85,7 +83,6 @@ def test_attn_implementation_accepted(model_class, implementation, tmp_path):
 
 @CLASSES
 def test_from_pretrained_bfloat16_runs_on_cpu(model_class, tmp_path, request):
-    xfail_if(request, True, TEE_BF16)
     _model(model_class).save_pretrained(tmp_path)
     model = model_class.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
     assert model.dtype == torch.bfloat16
