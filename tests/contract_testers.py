@@ -71,6 +71,23 @@ def assert_outputs_close(a, b, atol=1e-5, rtol=1e-5, path="output"):
         assert a == b, f"{path}: {a!r} != {b!r}"
 
 
+def load_twice_from_one_tensor_checkpoint(model, model_class, folder):
+    """Save `model`'s config and only its first tensor, then load that folder twice with one seed: every other weight
+    comes from `_init_weights`, so the two loads must agree."""
+    from safetensors.torch import save_file
+
+    model.config.save_pretrained(folder)
+    first = next(iter(model.state_dict()))
+    save_file({first: model.state_dict()[first].contiguous()}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    loaded = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        loaded.append(model_class.from_pretrained(folder))
+    assert_state_dicts_equal(*loaded)
+    return loaded
+
+
 def assert_state_dicts_equal(a, b):
     sa, sb = a.state_dict(), b.state_dict()
     assert set(sa) == set(sb)

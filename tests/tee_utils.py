@@ -38,6 +38,18 @@ def tiny_image_processor(**overrides):
     return MiniVLMImageProcessor(**{**_tiny_variant().image_processor, **overrides})
 
 
+def padded_pair_batch(seed=0):
+    """Two images of different sizes (64x64 and 48x96), padded like the image processor does: (pixels, mask)."""
+    generator = torch.Generator().manual_seed(seed)
+    pixel_values = torch.zeros(2, 3, 64, 96)
+    pixel_values[0, :, :64, :64] = torch.randn(3, 64, 64, generator=generator)
+    pixel_values[1, :, :48, :96] = torch.randn(3, 48, 96, generator=generator)
+    pixel_mask = torch.zeros(2, 64, 96, dtype=torch.long)
+    pixel_mask[0, :64, :64] = 1
+    pixel_mask[1, :48, :96] = 1
+    return pixel_values, pixel_mask
+
+
 def synthetic_scene(rects, height=64, width=64, background=(128, 128, 128), image_id=0):
     """
     Draw rectangles on a plain background.

@@ -10,6 +10,7 @@ from contract_testers import (
     FusionModelTester,
     assert_outputs_close,
     assert_state_dicts_equal,
+    load_twice_from_one_tensor_checkpoint,
 )
 from minivlm_hf.modeling.modeling_minivlm import MiniVLMModel
 
@@ -294,17 +295,8 @@ def test_post_init_was_called(model_class, vision):
 def test_init_weights_cover_every_parameter(model_class, vision, tmp_path):
     """Weights missing from a checkpoint come from `_init_weights`: two loads with the same seed agree, so no
     parameter or buffer is left as uninitialised memory."""
-    from safetensors.torch import save_file
-
     model = _model(model_class, vision)
-    model.config.save_pretrained(tmp_path)
-    first = next(iter(model.state_dict()))
-    save_file({first: model.state_dict()[first].contiguous()}, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
-    loaded = []
-    for _ in range(2):
-        torch.manual_seed(123)
-        loaded.append(model_class.from_pretrained(tmp_path))
-    assert_state_dicts_equal(*loaded)
+    loaded = load_twice_from_one_tensor_checkpoint(model, model_class, tmp_path)
     for name, tensor in loaded[0].state_dict().items():
         if tensor.is_floating_point():
             assert torch.isfinite(tensor).all(), name

@@ -11,6 +11,7 @@ from contract_testers import (
     TEEModelTester,
     assert_outputs_close,
     assert_state_dicts_equal,
+    load_twice_from_one_tensor_checkpoint,
 )
 from minivlm_hf.modeling.modeling_minivlm_tee import TEEForObjectDetection
 from tee_utils import tiny_image_processor
@@ -134,17 +135,8 @@ def test_training_step_gives_grads_to_every_trainable_parameter():
 
 @CLASSES
 def test_init_weights_cover_every_parameter(model_class, tmp_path):
-    from safetensors.torch import save_file
-
     model = _model(model_class)
-    model.config.save_pretrained(tmp_path)
-    first = next(iter(model.state_dict()))
-    save_file({first: model.state_dict()[first].contiguous()}, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
-    loaded = []
-    for _ in range(2):
-        torch.manual_seed(123)
-        loaded.append(model_class.from_pretrained(tmp_path))
-    assert_state_dicts_equal(*loaded)
+    load_twice_from_one_tensor_checkpoint(model, model_class, tmp_path)
     assert_state_dicts_equal(_model(model_class, seed=7), _model(model_class, seed=7))
     assert hasattr(model, "all_tied_weights_keys") and isinstance(model._no_split_modules, set)  # post_init ran
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from fusion_utils import region_inputs, tag_inputs, text_inputs, tiny_fusion_config
-from tee_utils import tiny_tee_config
+from tee_utils import padded_pair_batch, tiny_tee_config
 
 from minivlm_hf.fast import FewRowsLinear, FP32TrainingDepthwiseConv2d, enable_cpu_fast_paths, optimize_for_inference
 from minivlm_hf.modeling.modeling_minivlm_captioning import MiniVLMForImageCaptioning
@@ -25,14 +25,7 @@ def _tee(cls=TEEModel, seed=0):
 
 
 def _batch(seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    pixel_values = torch.zeros(2, 3, 64, 96)
-    pixel_values[0, :, :64, :64] = torch.randn(3, 64, 64, generator=generator)
-    pixel_values[1, :, :48, :96] = torch.randn(3, 48, 96, generator=generator)
-    pixel_mask = torch.zeros(2, 64, 96, dtype=torch.long)
-    pixel_mask[0, :64, :64] = 1
-    pixel_mask[1, :48, :96] = 1
-    return pixel_values, pixel_mask
+    return padded_pair_batch(seed)
 
 
 def _backbone_inputs(model):

@@ -12,6 +12,7 @@ import torch
 from tee_utils import (
     REPO_ROOT,
     model_labels,
+    padded_pair_batch,
     register_tee_auto_classes,
     synthetic_scene,
     tiny_image_processor,
@@ -56,15 +57,7 @@ def _model(cls=TEEForObjectDetection, seed=0, **overrides):
 
 
 def _batch(seed=0):
-    """Two images of different sizes (64x64 and 48x96), padded like the image processor does."""
-    generator = torch.Generator().manual_seed(seed)
-    pixel_values = torch.zeros(2, 3, 64, 96)
-    pixel_values[0, :, :64, :64] = torch.randn(3, 64, 64, generator=generator)
-    pixel_values[1, :, :48, :96] = torch.randn(3, 48, 96, generator=generator)
-    pixel_mask = torch.zeros(2, 64, 96, dtype=torch.long)
-    pixel_mask[0, :64, :64] = 1
-    pixel_mask[1, :48, :96] = 1
-    return pixel_values, pixel_mask
+    return padded_pair_batch(seed)
 
 
 def _check_region_fields(outputs, config, batch_size):

@@ -47,12 +47,9 @@ class FastPathParts:
     # the image → answer fast-path models built by part_fast, reused by part_batch (None: part_fast did not run)
     _fast_models: dict[str, Any] | None = None
 
-    def compare(self, callables: dict[str, Callable[[], Any]], runs: int | None = None,
-                warmup: int | None = None) -> dict[str, TimingStats]:
-        raise NotImplementedError
-
-    def save(self) -> None:
-        raise NotImplementedError
+    # provided by the runner: interleaved timing of named callables, and writing the JSON result so far
+    compare: Callable[..., dict[str, TimingStats]]
+    save: Callable[[], None]
 
     def _fast_group(self, group: str, variants: dict[str, Callable], flops: int | None, reference: str = "fp32",
                     outputs: dict[str, Any] | None = None, bf16_flops: dict[str, int | None] | None = None,

@@ -56,20 +56,15 @@ def _fsync_tree(folder: Path) -> None:
     for root, _dirs, files in os.walk(folder):
         for name in files:
             path = os.path.join(root, name)
-            if os.path.islink(path):
-                continue
-            with contextlib.suppress(OSError):
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-    _fsync_dir(folder)
+            if not os.path.islink(path):
+                _fsync_path(path)
+    _fsync_path(folder)
 
 
-def _fsync_dir(folder: Path) -> None:
+def _fsync_path(path) -> None:
+    """fsync a file or a folder (best effort: some file systems refuse it on folders)."""
     with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -198,7 +193,7 @@ def atomic_directory(target: str | Path, *, carry: Callable[[str], bool] | None 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_dir(target.parent)
+    _fsync_path(target.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -87,21 +87,8 @@ def section_schemas() -> dict[str, dict[str, Any]]:
 def _hint_of_default(dotted: str, value) -> Any:
     if dotted in EXPLICIT_TYPES:
         return EXPLICIT_TYPES[dotted]
-    if value is None:
-        return Any
-    if isinstance(value, bool):
-        return bool
-    if isinstance(value, float):
-        return float
-    if isinstance(value, int):
-        return int
-    if isinstance(value, str):
-        return str
-    if isinstance(value, list):
-        return list
-    if isinstance(value, dict):
-        return dict
-    return Any
+    # bool before int: a bool is an int too
+    return next((kind for kind in (bool, float, int, str, list, dict) if isinstance(value, kind)), Any)
 
 
 def matches(value, hint) -> bool:
