@@ -9,6 +9,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+import torch
 import yaml
 
 from minivlm_hf.cli import main as cli
@@ -105,3 +106,30 @@ def test_data_push_publishes_a_loadable_dataset_repo(hub_server, parquet_dir, ca
 
     assert cli(["data", "push", str(parquet_dir / "data"), "user/x"]) != 0
     assert "is not a parquet dataset folder" in capsys.readouterr().err
+
+
+def test_two_process_stream_reads_disjoint_shards_trains_in_sync_and_resumes(parquet_dir, tmp_path):
+    out = tmp_path / "ranks"
+    out.mkdir()
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(29000 + os.getpid() % 500),
+               str(TESTS / "stream_ddp_worker.py"), str(parquet_dir), str(out)]
+    proc = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    seen = [r["seen"] for r in ranks]
+    every = [r["image_id"] for r in stream_dataset(parquet_dir, "train")]
+    assert len(seen[0]) == len(seen[1]) == 4 and set(seen[0]).isdisjoint(seen[1])
+    assert sorted(seen[0] + seen[1]) == every
+    # each rank reads whole shards: two files of two consecutive rows each
+    assert all(int(s[1][-6:]) == int(s[0][-6:]) + 1 and int(s[3][-6:]) == int(s[2][-6:]) + 1 for s in seen)
+    # different rows, so different losses, yet the same parameters after 4 all-reduced steps
+    assert ranks[0]["losses"] != ranks[1]["losses"]
+    assert ranks[0]["parameters"] == ranks[1]["parameters"]
+    torch.manual_seed(0)
+    initial = [p.detach().flatten().tolist() for p in torch.nn.Linear(3, 1).parameters()]  # the workers' init
+    assert ranks[0]["parameters"] != initial
+    for r in ranks:
+        assert r["resumed"] == {str(stop): r["seen"] for stop in range(5)}
