@@ -50,6 +50,9 @@ _LAZY = {
         "OUTLIER_FFN_CHANNELS", "OUTLIER_OTHER_CHANNELS", "FullRangeInt8Linear", "OutlierScaledInt8Linear",
         "full_range_activations_are_safe", "linear_input_ranges", "outlier_input_scale", "quantize_fusion_int8",
     ), "int8"),
+    **dict.fromkeys((
+        "INT8_MODULES_TO_NOT_CONVERT", "int8_quantization_config", "quantize_int8", "require_torchao",
+    ), "torchao_int8"),
 }
 __all__ = list(_LAZY)
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

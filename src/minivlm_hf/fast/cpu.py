@@ -15,8 +15,9 @@ weights, their names and the outputs are unchanged):
   is slower than its float32 one (inference keeps the autocast dtype, whose forward is the faster one).
 
 Each choice falls back to the plain computation on other devices and dtypes, under autocast where it does not help,
-while tracing / compiling / exporting, and it skips modules that accelerate has hooked (offload, `device_map`) or that
-were replaced (int8 and other quantised Linears). The measurements behind each: docs/results.md.
+while tracing / compiling / exporting, and it skips modules that accelerate has hooked (offload, `device_map`), that
+were replaced (int8 and other quantised Linears) or whose weights are tensor subclasses (torchao's int8 weights).
+The measurements behind each: docs/results.md.
 `minivlm_hf.inference.load`, the training recipes, the feature extraction and the benchmark apply it.
 """
 
@@ -74,9 +75,16 @@ def _is_hooked(module: nn.Module) -> bool:
     return hasattr(module, "_hf_hook") or "forward" in vars(module)
 
 
+def has_plain_parameters(module: nn.Module) -> bool:
+    """Whether `module`'s own parameters are ordinary tensors: not on the meta device and not a tensor subclass
+    such as torchao's quantised weights (an int8 `Int8Tensor` in an `nn.Linear` has no `addmm` / `cat`)."""
+    return all(type(p) in (nn.Parameter, torch.Tensor) and not p.is_meta for p in module.parameters(recurse=False))
+
+
 def _swap_class(module: nn.Module, plain: type, fast: type) -> bool:
-    """Give `module` the fast subclass's forward if it is exactly `plain` and nothing has wrapped its forward."""
-    if type(module) is not plain or _is_hooked(module) or any(p.is_meta for p in module.parameters(recurse=False)):
+    """Give `module` the fast subclass's forward if it is exactly `plain`, nothing has wrapped its forward and its
+    parameters are plain tensors."""
+    if type(module) is not plain or _is_hooked(module) or not has_plain_parameters(module):
         return False
     module.__class__ = fast
     return True

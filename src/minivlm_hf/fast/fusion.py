@@ -60,10 +60,10 @@ def fusion_linear_names(model: nn.Module) -> list[str]:
 
 def is_plain_linear(module: nn.Module) -> bool:
     """An `nn.Linear` whose math is `F.linear` (also with `enable_cpu_fast_paths`' few-row kernel), not a
-    quantised or otherwise replaced layer."""
-    from .cpu import FewRowsLinear
+    quantised or otherwise replaced layer (nor one whose weight is a torchao quantised tensor)."""
+    from .cpu import FewRowsLinear, has_plain_parameters
 
-    return type(module) in (nn.Linear, FewRowsLinear)
+    return type(module) in (nn.Linear, FewRowsLinear) and has_plain_parameters(module)
 
 
 def _fused_project_qkv(attention: nn.Module, hidden_states: torch.Tensor):
