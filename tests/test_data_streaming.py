@@ -133,3 +133,29 @@ def test_two_process_stream_reads_disjoint_shards_trains_in_sync_and_resumes(par
     assert ranks[0]["parameters"] != initial
     for r in ranks:
         assert r["resumed"] == {str(stop): r["seen"] for stop in range(5)}
+
+
+def test_detector_recipe_trains_on_a_stream_and_resumes_exactly(tmp_path):
+    from test_training import tiny_config
+
+    from minivlm_hf.training.data_setup import RecipeData
+    from minivlm_hf.training.recipes import load_recipe_config, run_stage
+    from minivlm_hf.training.trainers import StopAtStepCallback, parameter_hash
+
+    assert _export(tmp_path / "stream", 2) == 0
+    config = tiny_config(tmp_path / "cache", max_steps=2, save_steps=1)
+    config["data"]["stream"] = str(tmp_path / "stream")
+    config = load_recipe_config(None, config)
+    data = RecipeData(config)
+    full = run_stage("detector", config, tmp_path / "full", data=data, evaluate=False, progress=False)
+    # the stream, not the recipe's in-memory scenes (a datasets.Dataset)
+    assert isinstance(full.trainer.train_dataset, datasets.IterableDataset) and full.metrics["global_step"] == 2
+    assert full.trainer.args.accelerator_config.dispatch_batches is False  # each rank reads its own shards
+    interrupted = run_stage("detector", config, tmp_path / "resumed", data=data, evaluate=False, progress=False,
+                            callbacks=(StopAtStepCallback(1),))
+    assert parameter_hash(interrupted.model) != parameter_hash(full.model)
+    resumed = run_stage("detector", config, tmp_path / "resumed", data=data, evaluate=False, progress=False,
+                        resume_from_checkpoint="auto")
+    assert parameter_hash(resumed.model) == parameter_hash(full.model)
+    losses = [h["loss"] for h in full.trainer.state.log_history if "loss" in h]
+    assert [h["loss"] for h in resumed.trainer.state.log_history if "loss" in h] == losses and len(losses) == 2

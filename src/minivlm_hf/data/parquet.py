@@ -11,6 +11,7 @@ Each shard is a unit of parallel reading: a streaming reader splits a split's sh
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
@@ -21,6 +22,18 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 DATA_DIR = "data"
 CARD_NAME = "README.md"
+
+
+@contextmanager
+def _no_progress_bars():
+    """datasets' per-call bars (casting, one per written shard) would drown the command's own summary."""
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
@@ -38,7 +51,8 @@ def with_object_class_names(dataset: datasets.Dataset, names: list[str]) -> data
         if bad:
             raise ValueError(f"{column}.category_id {bad[0]} is outside the {len(names)} object classes {names}")
         features[column] = {**features[column], "category_id": List(ClassLabel(names=list(names)))}
-    return dataset.cast(features)
+    with _no_progress_bars():
+        return dataset.cast(features)
 
 
 def write_parquet_shards(
@@ -65,16 +79,11 @@ def write_parquet_shards(
         count = num_shards if split.num_rows else 1
         files[name] = []
         nbytes = 0
-        was_disabled = datasets.are_progress_bars_disabled()
-        datasets.disable_progress_bars()  # one bar per shard would drown the command's own summary
-        try:
+        with _no_progress_bars():
             for index in range(count):
                 relative = shard_name(name, index, count)
                 nbytes += split.shard(num_shards=count, index=index, contiguous=True).to_parquet(folder / relative)
                 files[name].append(relative)
-        finally:
-            if not was_disabled:
-                datasets.enable_progress_bars()
         size = sum((folder / f).stat().st_size for f in files[name])
         info.splits.add(datasets.SplitInfo(name=name, num_bytes=nbytes, num_examples=split.num_rows))
         info.dataset_size += nbytes

@@ -18,7 +18,8 @@ from typing import Any
 # Keys whose default (None) does not say their type, values that are not of the default's type, and choices.
 EXPLICIT_TYPES: dict[str, Any] = {
     "data.cache_dir": str | None, "data.fusion_num_train": int | None, "data.detector": str | None,
-    "data.features_dir": str | None, "fusion.init_from": str | None, "fusion.init_text": str | None,
+    "data.features_dir": str | None, "data.stream": str | None, "fusion.init_from": str | None,
+    "fusion.init_text": str | None,
     "fusion.train_attn_implementation": str | None, "evaluation.limit": int | None,
     "evaluation.caption_model": str | None, "evaluation.bf16": bool | typing.Literal["auto"],
     "training.bf16": bool | typing.Literal["auto"], "detector.image_size": int,

@@ -20,6 +20,8 @@ Recipe config (JSON; every key optional, defaults in :data:`DEFAULT_CONFIG` and 
                                               # (ground-truth codes, for tests / upper bounds)
         "detector": null,                     # folder of a trained detector (train detector ... output)
         "features_dir": null,                 # reuse / store extracted features here
+        "stream": null,                       # detector stage: train on this parquet dataset folder / Hub dataset
+                                              #   repo (`data scenes --format parquet`), streamed shard by shard
         "oracle_feature_size": 32, "oracle_num_regions": 10,
         "tag_threshold": 0.3,                 # a region becomes a tag at this detection score
         "tag_attributes": false,              # tags "attribute … class" per region (VinVL style) instead of
@@ -93,7 +95,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "cache_dir": None, "scene_seed": 0, "num_train": 2000, "num_validation": 100, "num_test": 100,
         "nlvr_num_train": 1000, "nlvr_num_validation": 50, "nlvr_num_test": 100, "nlvr_statements_per_pair": 2,
         "min_size": 160, "max_size": 320, "image_size": 256, "fusion_num_train": None, "features": "detector",
-        "detector": None, "features_dir": None,
+        "detector": None, "features_dir": None, "stream": None,
         "oracle_feature_size": 32, "oracle_num_regions": 10, "extract_batch_size": 16,
         "tag_threshold": 0.3,
         "tag_attributes": False, "tag_attribute_threshold": 0.5, "tag_order": "score",
@@ -207,6 +209,12 @@ def training_arguments(stage: str, config: dict, output_dir: str | Path) -> Trai
     if values.get("bf16") == "auto":
         values["bf16"] = bf16_available(cpu=values["use_cpu"])
     values["remove_unused_columns"] = False
+    if stage == "detector" and config.get("data", {}).get("stream"):
+        # Each rank reads its own shards of the stream (accelerate shards a datasets IterableDataset by files) instead
+        # of rank 0 reading every batch and sending it to the others (accelerate's default for iterable datasets).
+        accelerator_config = values.get("accelerator_config") or {}
+        if isinstance(accelerator_config, dict):
+            values["accelerator_config"] = {"dispatch_batches": False, **accelerator_config}
     if stage == "pretrain":
         values.setdefault("label_names", ["labels", "tag_labels", "contrastive_labels"])
     return TrainingArguments(output_dir=str(output_dir), **values)
@@ -335,6 +343,11 @@ def stage_datasets(stage: str, data: RecipeData, split: str):
     from .features import caption_examples, vqa_examples
 
     if stage == "detector":
+        if split == "train" and data.config["data"].get("stream"):
+            from ..data.streaming import stream_dataset
+
+            # Not split here: the Trainer's accelerator hands each rank its shards (see training_arguments).
+            return stream_dataset(data.config["data"]["stream"], "train", rank=0, world_size=1)
         return data.scenes[split]
     if stage == "nlvr":
         return data.nlvr_statements(split)
