@@ -159,3 +159,18 @@ def test_detector_recipe_trains_on_a_stream_and_resumes_exactly(tmp_path):
     assert parameter_hash(resumed.model) == parameter_hash(full.model)
     losses = [h["loss"] for h in full.trainer.state.log_history if "loss" in h]
     assert [h["loss"] for h in resumed.trainer.state.log_history if "loss" in h] == losses and len(losses) == 2
+
+
+def test_nlvr_parquet_export_reads_back(tmp_path):
+    folder = tmp_path / "nlvr"
+    assert cli(["data", "nlvr", "--format", "parquet", "--shards", "2", "--output-dir", str(folder), "--quiet",
+                "--num-train", "2", "--num-validation", "1", "--num-test", "1", "--min-size", "96",
+                "--max-size", "128"]) == 0
+    streamed = datasets.load_dataset(str(folder), streaming=True)
+    features = streamed["train"].features
+    assert features["label"].names == ["false", "true"]
+    for side in ("left_objects", "right_objects"):
+        assert features[side]["category_id"].feature.names == list(SHAPES)
+    rows = list(streamed["train"])
+    assert len(rows) == 4 and sorted(r["label"] for r in rows) == [0, 0, 1, 1]
+    assert "`right_objects.category_id`: 0 = circle" in (folder / "README.md").read_text()

@@ -56,7 +56,8 @@ def with_object_class_names(dataset: datasets.Dataset, names: list[str]) -> data
 
 
 def write_parquet_shards(
-    dataset: datasets.DatasetDict, folder: str | Path, num_shards: int, *, pretty_name: str, description: str
+    dataset: datasets.DatasetDict, folder: str | Path, num_shards: int, *, pretty_name: str, description: str,
+    task_categories: tuple[str, ...] = (),
 ) -> dict[str, list[str]]:
     """Write every split of ``dataset`` as ``num_shards`` parquet files under ``folder/data`` and a dataset card;
     returns ``{split: [relative file names]}``. ``folder`` must be empty or absent (callers stage into a temporary
@@ -88,14 +89,15 @@ def write_parquet_shards(
         info.splits.add(datasets.SplitInfo(name=name, num_bytes=nbytes, num_examples=split.num_rows))
         info.dataset_size += nbytes
         info.download_size += size
-    write_card(folder, info, list(files), pretty_name=pretty_name)
+    write_card(folder, info, list(files), pretty_name=pretty_name, task_categories=task_categories)
     return files
 
 
-def write_card(folder: Path, info: DatasetInfo, splits: list[str], *, pretty_name: str) -> None:
+def write_card(
+    folder: Path, info: DatasetInfo, splits: list[str], *, pretty_name: str, task_categories: tuple[str, ...] = ()
+) -> None:
     """README.md with the YAML ``configs`` / ``dataset_info`` header that ``datasets`` and the Hub read."""
-    card_data = DatasetCardData(pretty_name=pretty_name, task_categories=["object-detection", "image-to-text",
-                                                                          "visual-question-answering"])
+    card_data = DatasetCardData(pretty_name=pretty_name, task_categories=list(task_categories) or None)
     MetadataConfigs({"default": {"data_files": [{"split": s, "path": f"{DATA_DIR}/{s}-*"} for s in splits]}}
                     ).to_dataset_card_data(card_data)
     DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
@@ -114,8 +116,8 @@ def write_card(folder: Path, info: DatasetInfo, splits: list[str], *, pretty_nam
 
 def _class_labels(features, prefix: str = ""):
     for name, feature in features.items():
-        while isinstance(feature, (List, list)) and not isinstance(feature, ClassLabel):
-            feature = feature.feature if isinstance(feature, List) else feature[0]
+        while isinstance(feature, List):
+            feature = feature.feature
         if isinstance(feature, ClassLabel):
             yield prefix + name, feature
         elif isinstance(feature, dict):
