@@ -73,6 +73,10 @@ def test_parquet_export_errors(tmp_path, capsys):
         stream_dataset(tmp_path / "two", "train", rank=0, world_size=3)
     with pytest.raises(ValueError, match="rank 2 is not in a world of 2"):
         stream_dataset(tmp_path / "two", "train", rank=2, world_size=2)
+    (tmp_path / "no_parquet").mkdir()
+    (tmp_path / "no_parquet" / "train.json").write_text("{}")
+    with pytest.raises(ValueError, match="no_parquet holds no parquet files"):
+        stream_dataset(tmp_path / "no_parquet", "train")
 
 
 def test_ranks_read_disjoint_shards_and_resume_exactly(parquet_dir):

@@ -56,6 +56,10 @@ def stream_dataset(
     path = Path(source)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{source} is a file; expected a parquet dataset folder or a Hub dataset repo id")
+    if path.is_dir() and next(path.glob("**/*.parquet"), None) is None:
+        raise ValueError(
+            f"{source} holds no parquet files; write a streamable dataset with `minivlm-hf data scenes --format parquet`"
+        )
     stream = datasets.load_dataset(str(source), split=split, streaming=True, revision=revision, token=token)
     if world_size > 1:
         if stream.num_shards % world_size:
