@@ -2,7 +2,9 @@
 
 - :mod:`.vocab`: shapes, colours, sizes, label maps, the VQA answer vocabulary;
 - :mod:`.scenes`: :func:`load_scenes` / :func:`load_nlvr` (cached ``DatasetDict``s), COCO conversion;
-- :mod:`.formats`: COCO detection, COCO captions (Karpathy split), VQA v2, OSCAR/VinVL feature TSV.
+- :mod:`.formats`: COCO detection, COCO captions (Karpathy split), VQA v2, OSCAR/VinVL feature TSV;
+- :mod:`.parquet`: sharded parquet export with a dataset card, and its upload to a Hub dataset repo;
+- :mod:`.streaming`: :func:`stream_dataset`, a split streamed shard by shard, each rank reading its own shards.
 """
 
 from .._lazy import lazy_attributes
@@ -21,6 +23,8 @@ _LAZY = {
         "iter_feature_tsv", "load_coco_detection", "load_karpathy_captions", "load_vqa_v2", "read_coco_categories",
         "read_feature_tsv", "write_feature_tsv",
     ), "formats"),
+    **dict.fromkeys(("push_dataset_folder", "write_parquet_shards"), "parquet"),
+    "stream_dataset": "streaming",
 }
 __all__ = list(_LAZY)
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
