@@ -147,7 +147,7 @@ def test_detector_recipe_trains_on_a_stream_and_resumes_exactly(tmp_path):
     from minivlm_hf.training.trainers import StopAtStepCallback, parameter_hash
 
     assert _export(tmp_path / "stream", 2) == 0
-    config = tiny_config(tmp_path / "cache", max_steps=2, save_steps=1)
+    config = tiny_config(tmp_path / "cache", max_steps=2, save_steps=1, per_device_train_batch_size=2)
     config["data"]["stream"] = str(tmp_path / "stream")
     config = load_recipe_config(None, config)
     data = RecipeData(config)
