@@ -160,3 +160,33 @@ def test_missing_torchao_is_one_clear_error(monkeypatch):
     for call in (int8_quantization_config, lambda: quantize_int8(_model("vqa"))):
         with pytest.raises(ImportError, match=r"needs torchao>=0\.18 .*pip install 'minivlm-hf\[int8\]'"):
             call()
+
+
+def test_benchmark_int8_part_times_both_int8_paths_against_fp32(tmp_path):
+    from minivlm_hf.benchmark.int8_part import FAST_TORCHAO, TORCH_AO, TORCHAO, TORCHAO_WEIGHT_ONLY
+    from minivlm_hf.benchmark.suite import BenchmarkSettings, run_benchmark
+
+    settings = BenchmarkSettings(parts=("int8",), runs=1, warmup=0, threads=1, tiny=True, memory=False, flops=False,
+                                 gflops_seconds=0.05, json_path=str(tmp_path / "int8.json"))
+    result = run_benchmark(settings, log=lambda message: None)
+    rows = {(f["group"].removeprefix("int8 paths: "), f["variant"]): f for f in result["fast"]}
+    assert {v for g, v in rows if g == "fusion + VQA head from regions"} == {"fp32", TORCH_AO, TORCHAO,
+                                                                             TORCHAO_WEIGHT_ONLY}
+    assert ("image → VQA answer", FAST_TORCHAO) in rows
+    assert all(f["speedup_vs_fp32"] > 0 and len(f["timing"]["runs_s"]) == 1 for f in rows.values())
+    torchao_fusion = rows[("fusion + VQA head from regions", TORCHAO)]["parity"]
+    assert torchao_fusion["max_diff"]["max_abs"] <= RELATIVE_TOLERANCE * torchao_fusion["max_diff"]["max_ref"]
+    captions = [f for (g, _), f in rows.items() if "caption" in g and f["variant"] != "fp32"]
+    assert len(captions) == 3 and all("identical_tokens" in f["parity"] for f in captions)
+    assert json.loads((tmp_path / "int8.json").read_text())["fast"] == result["fast"]
+
+
+def test_parity_with_torchao_refuses_early_without_torchao(tmp_path, monkeypatch):
+    from minivlm_hf.benchmark.parity import run_parity
+
+    (tmp_path / "detector").mkdir()
+    (tmp_path / "detector" / "config.json").write_text("{}")
+    (tmp_path / "demo_config.json").write_text(json.dumps({"common": {}}))
+    monkeypatch.setitem(sys.modules, "torchao", None)
+    with pytest.raises(ImportError, match="needs torchao"):
+        run_parity(tmp_path, int8_torchao=True, cache_dir=tmp_path / "cache", log=lambda message: None)

@@ -6,8 +6,9 @@ project's own evaluation loops and metric functions (``minivlm_hf.training.evalu
 
 - detector (TEE): COCO mAP / mAP@0.5 / mAP@0.75 for fp32, fused BN + channels_last, and + bf16 dense part;
 - VQA, captioning, retrieval, NLVR (fusion models on the demo's precomputed-feature protocol: the fp32 TEE
-  extracts the regions once): every metric for fp32, bf16, int8, and int8 with calibrated outlier input channels
-  scaled into range (calibration on the validation split);
+  extracts the regions once): every metric for fp32, bf16, int8, int8 with calibrated outlier input channels
+  scaled into range (calibration on the validation split), and with ``int8_torchao`` the saveable int8 of
+  transformers' ``TorchAoConfig`` (:func:`minivlm_hf.fast.quantize_int8`; needs torchao);
 - VQA again with the regions extracted by the fast TEE (fused BN + channels_last), i.e. the whole fast path.
 
 Deltas are in points: every metric is a fraction (accuracy, recall, mAP, BLEU) or CIDEr-D on its raw scale, so one
@@ -27,7 +28,7 @@ import torch
 
 from ..fast.int8 import OUTLIER_FFN_CHANNELS, OUTLIER_OTHER_CHANNELS
 
-__all__ = ["run_parity", "TEE_VARIANTS", "FUSION_VARIANTS", "parity_markdown"]
+__all__ = ["run_parity", "TEE_VARIANTS", "FUSION_VARIANTS", "TORCHAO_INT8", "parity_markdown"]
 
 TEE_VARIANTS = {
     "fp32": None,
@@ -42,6 +43,8 @@ FUSION_VARIANTS = {
     INT8_SCALED_CHANNELS: dict(int8=True),  # + int8_calibration: validation batches (see _calibration_batches)
 }
 FUSION_TASKS = ("vqa", "caption", "retrieval", "nlvr")
+#: The saveable int8 model (``minivlm_hf.fast.quantize_int8``), evaluated with ``run_parity(int8_torchao=True)``.
+TORCHAO_INT8 = "int8 torchao (TorchAoConfig, saveable)"
 POINT = 0.01
 _NOT_METRICS = {"num_candidates", "num_groups"}
 
@@ -72,13 +75,14 @@ def _verdict(variant: str, deltas: dict[str, float]) -> bool:
 
 def run_parity(model_dir, *, limit: int | None = None, num_test: int | None = None, cache_dir=None,
                tasks=("detector", *FUSION_TASKS), log: Callable[[str], None] = print,
-               trust_remote_code: bool = False) -> dict[str, Any]:
+               trust_remote_code: bool = False, int8_torchao: bool = False) -> dict[str, Any]:
     """Evaluate fp32 and every fast path on the test split of the demo output ``model_dir`` (see module doc).
     ``limit`` caps the test examples per task (None: the demo's own evaluation settings).
     ``num_test``: a larger test split of the same generator instead of the demo's (its first scenes are the demo's
     test scenes; NLVR pairs grow in the same proportion; retrieval is averaged over ``num_test // num_candidates``
-    groups of the demo's candidate count), so that a delta of one point is not one or two test items."""
-    from ..fast import full_range_activations_are_safe, optimize_for_inference
+    groups of the demo's candidate count), so that a delta of one point is not one or two test items.
+    ``int8_torchao``: also evaluate the saveable torchao int8 model of each fusion task (``TORCHAO_INT8`` rows)."""
+    from ..fast import full_range_activations_are_safe, optimize_for_inference, quantize_int8, require_torchao
     from ..training.data_setup import RecipeData
     from ..training.demo import load_processor, load_with_auto_class, stage_config
     from ..training.recipes import evaluate_stage
@@ -111,6 +115,8 @@ def run_parity(model_dir, *, limit: int | None = None, num_test: int | None = No
     def cfg(stage):
         return stage_config(settings, stage, **overrides)
 
+    if int8_torchao:
+        require_torchao()  # before minutes of data preparation
     start = time.perf_counter()
     data = RecipeData(cfg("data"), progress=False)
     detector, _ = load_with_auto_class("detector", model_dir / "detector", trust_remote_code=trust_remote_code)
@@ -139,6 +145,8 @@ def run_parity(model_dir, *, limit: int | None = None, num_test: int | None = No
             if variant == INT8_SCALED_CHANNELS:
                 options = {**options, "int8_calibration": _calibration_batches(task, cfg(task), data, model)}
             evaluate(task, task, model if options is None else optimize_for_inference(model, **options), variant)
+        if int8_torchao:
+            evaluate(task, task, quantize_int8(model), TORCHAO_INT8)
         if task == "vqa":
             # The whole fast path: regions from the fast TEE (fresh feature extraction), then the int8 fusion model.
             fast_data = RecipeData(cfg("data"), progress=False)

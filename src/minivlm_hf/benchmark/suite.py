@@ -12,6 +12,8 @@ Parts (``--part``; ``all`` = every part but ``parity``, which needs trained mode
                compile), image → answer and image → caption with the fast paths.
 ``batch``      images/s at batch 1, 8, 32 for extraction and image → VQA (fp32 and fast paths).
 ``onnx``       ONNX export of minivlm-base (TEE + fusion/VQA) and ONNX Runtime latency vs PyTorch.
+``int8``       the int8 paths side by side: torch.ao dynamic (inference-only) vs torchao via TorchAoConfig
+               (saveable) vs fp32, fusion from regions, image → answer, image → caption (needs torchao).
 ``parity``     quality of every fast path vs fp32 on the scenes test split (``--model-dir`` = demo output).
 
 Timing rules (see :mod:`.timing`): one process, batch 1 unless stated, warm-up rounds first, then ``runs`` rounds
@@ -43,6 +45,7 @@ from .accounting import (
     total_flops,
 )
 from .fast_parts import FastPathParts
+from .int8_part import Int8Part
 from .machine import machine_info, measure_machine_gflops, measure_peak_memory_isolated
 from .pipelines import (
     FULL,
@@ -60,7 +63,7 @@ from .timing import compare, set_threads
 
 __all__ = ["PARTS", "DEFAULT_PARTS", "BenchmarkSettings", "run_benchmark", "TARGETS"]
 
-PARTS = ("extractor", "vqa", "caption", "retrieval", "decoder", "fast", "batch", "onnx", "parity")
+PARTS = ("extractor", "vqa", "caption", "retrieval", "decoder", "fast", "batch", "onnx", "int8", "parity")
 DEFAULT_PARTS = tuple(p for p in PARTS if p != "parity")
 MIN_RUNS = 10
 FAST_TEE_LABEL = "fast paths (TEE fused BN + channels_last)"
@@ -88,6 +91,7 @@ class BenchmarkSettings:
     parity_limit: int | None = None
     parity_num_test: int | None = None
     trust_remote_code: bool = False  # parity: run the model code shipped in model_dir (explicit opt-in only)
+    parity_int8_torchao: bool = False  # parity: also the saveable torchao int8 models (needs torchao)
     json_path: str | None = None
     seed: int = 0
 
@@ -112,7 +116,7 @@ class BenchmarkSettings:
 # --------------------------------------------------------------------------------------------------------- runner
 
 
-class _Runner(FastPathParts):
+class _Runner(Int8Part, FastPathParts):
     def __init__(self, settings: BenchmarkSettings, log: Callable[[str], None]):
         self.s = settings
         self.log = log
@@ -284,7 +288,8 @@ class _Runner(FastPathParts):
         self.log(f"  parity on the scenes test split of {self.s.model_dir} ...")
         self.result["parity"] = run_parity(self.s.model_dir, limit=self.s.parity_limit,
                                            num_test=self.s.parity_num_test, log=self.log,
-                                           trust_remote_code=self.s.trust_remote_code)
+                                           trust_remote_code=self.s.trust_remote_code,
+                                           int8_torchao=self.s.parity_int8_torchao)
 
     # static facts -----------------------------------------------------------------------------------------------
     def params(self):

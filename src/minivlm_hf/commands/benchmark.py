@@ -4,6 +4,7 @@ fast paths, batched throughput and ONNX Runtime, in one process (see ``minivlm_h
     minivlm-hf benchmark --json bench.json                    # every part but parity (~10 min on 2 cores)
     minivlm-hf benchmark --part extractor                     # TEE vs R101 Faster R-CNN feature extraction only
     minivlm-hf benchmark --part parity --model-dir demo_out   # fast paths vs fp32 on the scenes test split
+    minivlm-hf benchmark --part int8                          # int8 torch.ao vs saveable torchao vs fp32
     minivlm-hf benchmark --tiny --runs 2                      # tiny configs: a smoke run of the whole pipeline
     minivlm-hf benchmark --part startup                       # command-line start-up: imports, --help, one image
 """
@@ -18,9 +19,10 @@ from ._common import non_negative_int, positive_float, positive_int
 PARTS_HELP = (
     "extractor (region extraction), vqa (image → answer), caption (greedy + beam), retrieval (1 image × 100 "
     "captions), decoder (KV cache vs none), fast (fast paths), batch (images/s at batch 1/8/32), onnx (ONNX "
-    "Runtime), parity (fast paths vs fp32 on the test split; needs --model-dir), all (every part but parity, "
-    "plus parity when --model-dir is given), startup (command-line start-up in fresh processes: imports, every "
-    "--help, one-image caption / answer / detect split into import / load / inference / rest; not in all). "
+    "Runtime), int8 (int8 torch.ao vs saveable torchao vs fp32), parity (fast paths vs fp32 on the test split; "
+    "needs --model-dir), all (every part but parity, plus parity when --model-dir is given), startup (command-line "
+    "start-up in fresh processes: imports, every --help, one-image caption / answer / detect split into import / load "
+    "/ inference / rest; not in all). "
     "Comma-separated or repeated."
 )
 STARTUP_PART = "startup"  # runs in subprocesses, apart from the in-process suite
@@ -43,6 +45,9 @@ def register(subparsers) -> None:
     parser.add_argument("--parity-num-test", type=positive_int, default=None,
                         help="parity on a larger test split of the same generator (e.g. 500: retrieval averaged over "
                              "5 groups of 100 candidates, NLVR pairs scaled alike) instead of the demo's")
+    parser.add_argument("--parity-int8-torchao", action="store_true",
+                        help="--part parity: also evaluate the saveable int8 models of transformers' TorchAoConfig "
+                             "(minivlm_hf.fast.quantize_int8; needs torchao)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="--part parity: load the model code shipped in --model-dir (default: the installed package's)")
     parser.add_argument("--tiny", action="store_true", help="tiny random configs, --runs may be < 10 (smoke test)")
@@ -113,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         flops=not args.no_flops, batch_runs=args.batch_runs, batch_sizes=batch_sizes, gflops_seconds=args.gflops_seconds,
         opset=args.opset, model_dir=str(args.model_dir) if args.model_dir else None, parity_limit=args.parity_limit,
         parity_num_test=args.parity_num_test, trust_remote_code=args.trust_remote_code,
+        parity_int8_torchao=args.parity_int8_torchao,
         json_path=str(args.json) if args.json else None,
     )
     run_benchmark(settings)
