@@ -22,9 +22,13 @@ larger than the rest and coarsen the per-tensor activation scale. Calibrated int
 channels scaled into range, 8-bit activations on VNNI / AMX CPUs) keeps every metric within a point. Without
 calibration data prefer bf16 (or fp32) where quality matters. Every parity table and speed-up: docs/results.md.
 
+Saveable int8 (:mod:`.torchao_int8`, needs torchao): ``from_pretrained(..., quantization_config=
+int8_quantization_config())`` or ``quantize_int8(model)`` give an int8 model through transformers' ``TorchAoConfig``
+that ``save_pretrained`` / ``push_to_hub`` keep and ``from_pretrained`` reloads; the copies made here cannot be saved.
+
 Notes:
-- int8 needs ``torch.ao.quantization.quantize_dynamic`` (deprecated upstream in favour of torchao, still working
-  in torch 2.14); the quantised model runs on the CPU only.
+- ``int8=True`` needs ``torch.ao.quantization.quantize_dynamic`` (deprecated upstream in favour of torchao, still
+  working in torch 2.14); the quantised model runs on the CPU only.
 - bf16 is fast only on CPUs with bf16 matmul instructions (AVX512-BF16 / AMX); elsewhere it is emulated and slower.
   ``minivlm_hf.benchmark.machine.machine_info()["bf16_hardware"]`` says which.
 """

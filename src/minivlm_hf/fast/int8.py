@@ -1,4 +1,5 @@
-"""Dynamic int8 quantisation of the fusion transformer's (and heads') ``nn.Linear`` layers (``torch.ao``).
+"""Dynamic int8 quantisation of the fusion transformer's (and heads') ``nn.Linear`` layers (``torch.ao``), for an
+inference-only copy; :mod:`.torchao_int8` gives an int8 model that saves, reloads and pushes.
 
 - :func:`quantize_fusion_int8`: int8 weights with one scale per output channel, activations quantised per call
   (one scale per tensor), int32 accumulation, on torch's default quantized engine (x86 / fbgemm). The TEE inside a
