@@ -21,6 +21,7 @@ from minivlm_hf.training.features import (
     load_feature_table,
     nlvr_images,
     oracle_features,
+    pretraining_examples,
     vqa_examples,
 )
 
@@ -120,6 +121,27 @@ def test_pretraining_masking_and_pollution(tok, table, store):
     assert abs(text_sel / text_tot - 0.15) < 0.04
     assert abs(tag_sel / tag_tot - 0.15) < 0.06
     assert abs(mask_hits / text_sel - 0.8) < 0.1
+
+
+def test_pretraining_corpus_holds_captions_and_question_answer_pairs(tok, table, store):
+    """OSCAR+ / VinVL corpus: every caption and every question with its most common answer; a polluted caption is
+    replaced by text of the same source, so a swap cannot be told by its form."""
+    corpus = pretraining_examples(table)
+    captions, qa = caption_examples(table), vqa_examples(table)
+    assert len(corpus) == len(captions) + len(qa)
+    assert corpus["source"].count("qa") == len(qa)
+    row = corpus[len(captions)]
+    first = qa[0]
+    assert row["source"] == "qa" and row["image_index"] == first["image_index"]
+    majority = max(set(first["answers"]), key=first["answers"].count)
+    assert row["caption"] == f"{first['question']} {majority}"
+    # a batch mixing both sources: every caption swap keeps the source
+    rows = [corpus[i] for i in range(0, 40)] + [corpus[len(captions) + i] for i in range(40)]
+    collator = PreTrainingCollator(tok, regions=store, seed=5)
+    collator(rows)
+    swaps = [(i, j) for i, kind, j in collator.last_swaps if kind == "caption"]
+    assert len(swaps) > 5
+    assert all(rows[i]["source"] == rows[j]["source"] for i, j in swaps)
 
 
 def test_pretraining_without_masked_labels_on_polluted_pairs(tok, table, store):

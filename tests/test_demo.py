@@ -96,6 +96,28 @@ def test_quick_demo_models_reload_and_run_from_pixels(quick_demo):
     assert type(nlvr).__name__ == "MiniVLMForVisualReasoning"
 
 
+def test_quick_demo_no_pretrain_ablation_reuses_the_detector(quick_demo, tmp_path):
+    """--no-pretrain: every fine-tune starts from MiniLM, no pre-training stage; --detector: the TEE is reused."""
+    from minivlm_hf.cli import main
+
+    out = tmp_path / "ablation"
+    assert main(["demo", "--quick", "--no-pretrain", "--no-gallery", "--detector", str(quick_demo / "detector"),
+                 "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["started_from"] == {t: "minilm" for t in ("caption", "vqa", "retrieval", "nlvr")}
+    assert summary["no_pretrain"] is True and summary["detector_from"] == str(quick_demo / "detector")
+    assert not (out / "pretrain").exists() and not (out / "detector").exists()
+    assert "pretrain" not in summary["metrics"] and "detector: train" not in summary["timings"]
+    # the same TEE: the ablation's detector metrics equal the main run's
+    main_summary = json.loads((quick_demo / "summary.json").read_text())
+    assert summary["metrics"]["detector"] == main_summary["metrics"]["detector"]
+    assert main_summary["started_from"] == {"pretrain": "minilm", **{t: "pretrain" for t in
+                                            ("caption", "vqa", "retrieval", "nlvr")}}
+    assert set(main_summary["metrics"]["pretrain"]) >= {"train_loss", "final_masked_lm_loss", "final_contrastive_loss"}
+    assert "caption ← minilm" in (out / "report.md").read_text()
+    assert main(["demo", "--quick", "--detector", str(tmp_path / "none"), "--output-dir", str(tmp_path / "o")]) == 2
+
+
 def test_demo_config_errors(tmp_path, capsys):
     from minivlm_hf.cli import main
 
@@ -111,9 +133,12 @@ def test_demo_stage_settings():
     from minivlm_hf.training.demo import demo_config, init_stage, stage_config
 
     settings = demo_config(quick=False)
-    assert [init_stage(settings, t) for t in ("caption", "vqa", "retrieval", "nlvr")] == [
-        "minilm", "caption", "vqa", "retrieval"]
-    assert init_stage(demo_config(quick=True), "retrieval") == "pretrain"  # the default
+    tasks = ("caption", "vqa", "retrieval", "nlvr")
+    assert [init_stage(settings, t) for t in tasks] == ["minilm", "caption", "vqa", "retrieval"]
+    assert [init_stage(settings, t, no_pretrain=True) for t in tasks] == ["minilm", "caption", "vqa", "retrieval"]
+    quick = demo_config(quick=True)
+    assert [init_stage(quick, t) for t in tasks] == ["pretrain"] * 4  # the default: every fine-tune from pre-training
+    assert [init_stage(quick, t, no_pretrain=True) for t in tasks] == ["minilm"] * 4  # the ablation
     assert stage_config(settings, "retrieval")["evaluation"]["bf16"] == "auto"
     assert stage_config(settings, "vqa")["evaluation"]["bf16"] is False
     vqa = stage_config(settings, "vqa")

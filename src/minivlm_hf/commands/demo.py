@@ -2,6 +2,7 @@
 
     minivlm-hf demo --output-dir demo_out            # full demo (~20 min on 2 CPU cores)
     minivlm-hf demo --quick --output-dir demo_quick  # a few steps per stage (~2-3 min)
+    minivlm-hf demo --no-pretrain --detector demo_out/detector --output-dir demo_no_pretrain  # the ablation
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ def register(subparsers) -> None:
     parser.add_argument("--cache-dir", type=Path, help="where the synthetic datasets are cached")
     parser.add_argument("--config", type=Path,
                         help='JSON overrides of the preset: {"common": {recipe keys}, "stages": {stage: {...}}}')
+    parser.add_argument("--no-pretrain", action="store_true",
+                        help="ablation: every fine-tune starts from the offline MiniLM instead of the pre-trained "
+                             "model (same data, seeds and steps; no pre-training stage)")
+    parser.add_argument("--detector", type=Path, metavar="DIR",
+                        help="reuse a trained TEE (e.g. demo_out/detector) instead of training one, so that two "
+                             "runs compare their fusion stages on the same regions")
     parser.add_argument("--no-gallery", action="store_true", help="skip the PNG gallery")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="reload retrieval / NLVR through the model code saved in their folders (auto_map)")
@@ -54,6 +61,9 @@ def run(args) -> int:
             raise ValueError(f"demo config {args.config} is not valid JSON: {err}") from None
         if not isinstance(overrides, dict) or set(overrides) - {"common", "stages"}:
             raise ValueError(f"demo config {args.config} must be an object with keys 'common' and/or 'stages'")
+    if args.detector is not None and not (args.detector / "config.json").is_file():
+        raise FileNotFoundError(f"--detector {args.detector}: no config.json there (not a trained detector folder)")
     run_demo(args.output_dir, quick=args.quick, cache_dir=args.cache_dir, overrides=overrides,
-             gallery=not args.no_gallery, trust_remote_code=args.trust_remote_code)
+             gallery=not args.no_gallery, trust_remote_code=args.trust_remote_code,
+             no_pretrain=args.no_pretrain, detector_dir=args.detector)
     return 0

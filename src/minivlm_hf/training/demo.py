@@ -164,15 +164,16 @@ def stage_config(settings: dict, stage: str, **extra) -> dict:
     return _merge(config, extra) if extra else config
 
 
-def init_stage(settings: dict, task: str) -> str:
+def init_stage(settings: dict, task: str, no_pretrain: bool = False) -> str:
     """What a fine-tuning task starts from: an earlier fusion stage's model (``pretrain`` unless the preset says
-    otherwise) or ``"minilm"`` (a fresh model with the offline MiniLM text weights, as the pre-training starts)."""
+    otherwise) or ``"minilm"`` (a fresh model with the offline MiniLM text weights, as the pre-training starts).
+    ``no_pretrain`` (the ablation): a task that would start from the pre-training starts from MiniLM instead."""
     source = settings["stages"].get(task, {}).get("init_from_stage", "pretrain")
     order = [MINILM, "pretrain", *FUSION_TASKS]
     if source not in order or order.index(source) >= order.index(task):
         raise ValueError(f"stages.{task}.init_from_stage must be {MINILM!r} or an earlier fusion stage "
                          f"{order[1:order.index(task)]}, got {source!r}")
-    return source
+    return MINILM if no_pretrain and source == "pretrain" else source
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -320,7 +321,12 @@ def _machine_speed() -> dict[str, float]:
 
 
 def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict | None = None,
-             progress: bool = True, gallery: bool = True, log=None, trust_remote_code: bool = False) -> DemoResult:
+             progress: bool = True, gallery: bool = True, log=None, trust_remote_code: bool = False,
+             no_pretrain: bool = False, detector_dir=None) -> DemoResult:
+    """Run the demo into ``output_dir``. ``no_pretrain``: the ablation, every fine-tune that would start from the
+    pre-trained model starts from the offline MiniLM instead (same data, seeds and steps; no pre-training stage).
+    ``detector_dir``: reuse the TEE a run already trained there (e.g. ``demo_out/detector``) instead of training one,
+    so that two runs compare their fusion stages on the same region features."""
     from ..io.atomic import atomic_write_text
     from .data_setup import RecipeData
     from .report import target_rows, write_report
@@ -337,7 +343,9 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
     # The wall clock depends on what this (possibly shared) machine gives now: record its matmul rate at the start
     # and the end so that a slow run can be told from a slow machine (~1 s each).
     speed = {"start": _machine_speed()}
-    steps = ["data", "detector", "features", "pretrain", *FUSION_TASKS, "report"]
+    sources = {task: init_stage(settings, task, no_pretrain) for task in FUSION_TASKS}
+    pretrain = "pretrain" in sources.values()
+    steps = ["data", "detector", "features", *(["pretrain"] if pretrain else []), *FUSION_TASKS, "report"]
 
     def header(name, text):
         log(f"\n[{steps.index(name) + 1}/{len(steps)}] {text}")
@@ -351,17 +359,23 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
         f"{dict((k, len(v)) for k, v in nlvr.items())}")
 
     # -- detector -----------------------------------------------------------------------------------------------------
-    header("detector", "TEE region detector (EfficientNet + BiFPN, two-stage)")
     det_config = stage_config(settings, "detector")
-    with clock("detector: train"):
-        trained = run_stage("detector", det_config, output_dir / "detector", data=data, evaluate=False,
-                            progress=progress)
-    with clock("detector: save + reload (AutoModelForObjectDetection)"):
-        detector, how = load_with_auto_class("detector", output_dir / "detector", trust_remote_code)
-        data.image_processor = load_processor("detector", output_dir / "detector")
-        check = compare_outputs("detector", trained.model, detector, data, det_config)
-    result.reload_checks["detector"] = {"auto_class": how, **check}
-    del trained
+    if detector_dir is None:
+        header("detector", "TEE region detector (EfficientNet + BiFPN, two-stage)")
+        with clock("detector: train"):
+            trained = run_stage("detector", det_config, output_dir / "detector", data=data, evaluate=False,
+                                progress=progress)
+        with clock("detector: save + reload (AutoModelForObjectDetection)"):
+            detector, how = load_with_auto_class("detector", output_dir / "detector", trust_remote_code)
+            data.image_processor = load_processor("detector", output_dir / "detector")
+            check = compare_outputs("detector", trained.model, detector, data, det_config)
+        result.reload_checks["detector"] = {"auto_class": how, **check}
+        del trained
+    else:
+        header("detector", f"TEE region detector reused from {detector_dir}")
+        with clock("detector: load (AutoModelForObjectDetection)"):
+            detector, _ = load_with_auto_class("detector", Path(detector_dir), trust_remote_code)
+            data.image_processor = load_processor("detector", Path(detector_dir))
     with clock("detector: evaluate (test mAP)"):
         test, _ = evaluate_stage("detector", detector, det_config, data, progress=progress)
     metrics["detector"] = {f"test_{k}": v for k, v in test.items()}
@@ -377,25 +391,26 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
             data.nlvr_store(split)
 
     # -- pre-training -------------------------------------------------------------------------------------------------
-    header("pretrain", "fusion pre-training from MiniLM (masked tokens + 3-way contrastive)")
-    pre_config = stage_config(settings, "pretrain")
-    with clock("pretrain: train"):
-        trained = run_stage("pretrain", pre_config, output_dir / "pretrain", data=data, evaluate=False,
-                            progress=progress)
-    with clock("pretrain: reload (AutoModelForPreTraining)"):
-        reloaded, how = load_with_auto_class("pretrain", output_dir / "pretrain", trust_remote_code)
-        check = compare_outputs("pretrain", trained.model, reloaded, data, pre_config)
-    result.reload_checks["pretrain"] = {"auto_class": how, **check}
-    metrics["pretrain"] = {"train_loss": trained.metrics.get("train_loss")}
-    del trained, reloaded
-    gc.collect()
+    if pretrain:
+        header("pretrain", "fusion pre-training from MiniLM (masked tokens + 3-way contrastive)")
+        pre_config = stage_config(settings, "pretrain")
+        with clock("pretrain: train"):
+            trained = run_stage("pretrain", pre_config, output_dir / "pretrain", data=data, evaluate=False,
+                                progress=progress)
+        with clock("pretrain: reload (AutoModelForPreTraining)"):
+            reloaded, how = load_with_auto_class("pretrain", output_dir / "pretrain", trust_remote_code)
+            check = compare_outputs("pretrain", trained.model, reloaded, data, pre_config)
+        result.reload_checks["pretrain"] = {"auto_class": how, **check}
+        metrics["pretrain"] = _pretraining_metrics(trained)
+        del trained, reloaded
+        gc.collect()
 
     # -- fine-tuning ----------------------------------------------------------------------------------------------------
     task_models = {}
     titles = {"caption": "image captioning", "vqa": "visual question answering",
               "retrieval": "image-text retrieval", "nlvr": "NLVR (image-pair reasoning)"}
     for task in FUSION_TASKS:
-        source = init_stage(settings, task)
+        source = sources[task]
         header(task, f"fine-tune {titles[task]} from " + (
             "the offline MiniLM" if source == MINILM else f"the {source} model"))
         init_from = None if source == MINILM else str(output_dir / source)
@@ -432,7 +447,9 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
     result.timings = dict(clock.timings)
     result.timings["total"] = result.total_seconds
     result.metrics = metrics
-    stage_settings = {s: stage_config(settings, s)["training"] for s in ("detector", "pretrain", *FUSION_TASKS)}
+    trained_stages = [*(["detector"] if detector_dir is None else []), *(["pretrain"] if pretrain else []),
+                      *FUSION_TASKS]
+    stage_settings = {s: stage_config(settings, s)["training"] for s in trained_stages}
     caption_eval = stage_config(settings, "caption")["evaluation"]
     d = base["data"]
     report_settings = {
@@ -449,7 +466,8 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
                    f"{'attribute tags' if d.get('tag_attributes') else 'class-name tags'} "
                    f"({'largest box' if d.get('tag_order') == 'area' else 'most confident'} first), "
                    f"VQA loss {base['fusion'].get('vqa_loss', 'bce')}"),
-        "fine-tuning starts from": ", ".join(f"{t} ← {init_stage(settings, t)}" for t in FUSION_TASKS),
+        "fine-tuning starts from": ", ".join(f"{t} ← {sources[t]}" for t in FUSION_TASKS)
+                                   + (" (--no-pretrain ablation)" if no_pretrain else ""),
         "steps × batch @ lr": ", ".join(
             f"{s} {t['max_steps']}×{t['per_device_train_batch_size']} @ {t['learning_rate']:g}"
             + (" bf16" if t.get("bf16") else "")
@@ -474,18 +492,34 @@ def run_demo(output_dir, *, quick: bool = False, cache_dir=None, overrides: dict
                      "`minivlm-hf benchmark --part parity` measures the bf16 deltas.")
     if quick:
         notes.append("--quick: tiny slices and a handful of steps; the metrics only show that every stage runs.")
+    if detector_dir is not None:
+        notes.append(f"The TEE was not trained by this run: it was reused from {detector_dir}.")
     result.report_path = output_dir / "report.md"
     write_report(result.report_path, title="MiniVLM demo report" + (" (quick)" if quick else ""), metrics=metrics,
                  timings=result.timings, settings=report_settings, reload_checks=result.reload_checks,
                  gallery=gallery_name, notes=notes,
-                 curves={s: f"{s}/{CURVES_FILE}" for s in ("detector", "pretrain", *FUSION_TASKS)
+                 curves={s: f"{s}/{CURVES_FILE}" for s in trained_stages
                          if (output_dir / s / CURVES_FILE).is_file()})
-    summary = {"metrics": metrics, "timings": result.timings, "machine_gflops": speed, "reload_checks": {
+    started_from = {"pretrain": MINILM, **sources} if pretrain else dict(sources)
+    summary = {"metrics": metrics, "timings": result.timings, "machine_gflops": speed,
+               "started_from": started_from, "no_pretrain": no_pretrain,
+               "detector_from": str(detector_dir) if detector_dir is not None else "trained", "reload_checks": {
         k: {kk: vv for kk, vv in v.items() if kk != "tokens"} for k, v in result.reload_checks.items()},
         "targets": target_rows(metrics)}
     atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=1, default=float))
     _print_summary(log, result, target_rows(metrics))
     return result
+
+
+def _pretraining_metrics(trained) -> dict:
+    """The pre-training's final loss and its two parts (mean of the last logged values)."""
+    out = {"train_loss": trained.metrics.get("train_loss")}
+    logged = [e for e in trained.trainer.state.log_history if "masked_lm_loss" in e]
+    for key in ("masked_lm_loss", "contrastive_loss"):
+        values = [float(e[key]) for e in logged[-3:] if key in e]
+        if values:
+            out[f"final_{key}"] = sum(values) / len(values)
+    return out
 
 
 def _plot_curves(output_dir: Path, stage: str, test_metrics: dict) -> None:

@@ -252,6 +252,22 @@ def vqa_examples(scenes: datasets.Dataset) -> datasets.Dataset:
     return datasets.Dataset.from_dict(rows)
 
 
+def pretraining_examples(scenes: datasets.Dataset) -> datasets.Dataset:
+    """The pre-training corpus, as OSCAR+ / VinVL build theirs: one row per (image, caption) and one per (image,
+    question + its most common answer), the question-answer text read like a caption (``"what color is the star?
+    red"``). Rows: ``image_index``, ``caption``, ``source`` ("caption" / "qa")."""
+    from collections import Counter
+
+    captions = caption_examples(scenes, per_caption=True)
+    qa = vqa_examples(scenes)
+    texts = [f"{q} {Counter(a).most_common(1)[0][0]}" for q, a in zip(qa["question"], qa["answers"])]
+    return datasets.Dataset.from_dict({
+        "image_index": list(captions["image_index"]) + list(qa["image_index"]),
+        "caption": list(captions["caption"]) + texts,
+        "source": ["caption"] * len(captions) + ["qa"] * len(texts),
+    })
+
+
 def nlvr_images(nlvr: datasets.Dataset) -> tuple[datasets.Dataset, datasets.Dataset]:
     """Split NLVR rows into an image table (each pair's two images once: left images, then right images) and the
     statement table (``left_index``, ``right_index``, ``sentence``, ``label``, ``pair_id``, ``statement_type``)."""
@@ -319,6 +335,7 @@ __all__ = [
     "load_feature_table",
     "nlvr_images",
     "oracle_features",
+    "pretraining_examples",
     "tags_from_detections",
     "vqa_examples",
 ]

@@ -340,7 +340,7 @@ def build_collators(stage: str, config: dict, data: RecipeData, model=None, spli
 
 def stage_datasets(stage: str, data: RecipeData, split: str):
     """The rows a stage trains (``train``) or is validated on."""
-    from .features import caption_examples, vqa_examples
+    from .features import caption_examples, pretraining_examples, vqa_examples
 
     if stage == "detector":
         if split == "train" and data.config["data"].get("stream"):
@@ -352,6 +352,8 @@ def stage_datasets(stage: str, data: RecipeData, split: str):
     if stage == "nlvr":
         return data.nlvr_statements(split)
     table = data.features(split)
+    if stage == "pretrain":
+        return pretraining_examples(table)
     if stage == "vqa":
         return vqa_examples(table)
     if stage == "caption" and split != "train":
