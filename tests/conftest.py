@@ -6,6 +6,7 @@ here, before anything imports transformers: every Hub call of the suite goes to 
 """
 
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -35,6 +36,13 @@ os.environ.update(
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
     }
 )
+
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The run's private HF_HOME (caches of the loopback Hub's files) goes with the run."""
+    shutil.rmtree(_HF_HOME, ignore_errors=True)
+
 
 TESTS_DIR = Path(__file__).parent
 if str(TESTS_DIR) not in sys.path:
