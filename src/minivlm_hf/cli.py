@@ -15,6 +15,7 @@ import argparse
 import atexit
 import gc
 import importlib
+import logging
 import sys
 
 COMMAND_MODULES = [
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     # collections (and still freed by reference counting); freezing only at exit leaves in-process callers alone.
     atexit.unregister(gc.freeze)
     atexit.register(gc.freeze)
+    # With torchao installed (the int8 extra), transformers imports it with any model code, and torchao's
+    # register_constant() calls make torch log two deprecation warnings per command that no user can act on.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as err:
