@@ -41,6 +41,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_hub_upload_arguments(parser: argparse.ArgumentParser) -> None:
+    """The upload options every Hub-publishing command shares (after its own ``--revision`` / ``--create-pr``)."""
+    parser.add_argument("--private", action="store_true", help="create the repo private (ignored if it exists)")
+    parser.add_argument("--commit-message", default=None)
+    parser.add_argument("--token", default=None, help="Hub token with write access (default: HF_TOKEN / login)")
+    parser.add_argument("--endpoint", default=None, help="Hub endpoint URL (default: HF_ENDPOINT)")
+
+
 def add_output_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, default=None, help="write the JSON here instead of stdout")
 

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ._common import non_negative_int, positive_int
+from ._common import add_hub_upload_arguments, non_negative_int, positive_int
 
 
 def _add_common(parser: argparse.ArgumentParser, defaults: tuple[int, int, int], unit: str) -> None:
@@ -72,10 +72,7 @@ def register(subparsers) -> None:
     push.add_argument("folder", type=Path, help="folder written with --format parquet")
     push.add_argument("repo_id", help="namespace/name of the dataset repo")
     push.add_argument("--revision", default=None, help="branch to commit to (default main)")
-    push.add_argument("--private", action="store_true", help="create the repo private (ignored if it exists)")
-    push.add_argument("--commit-message", default=None)
-    push.add_argument("--token", default=None, help="Hub token with write access (default: HF_TOKEN / login)")
-    push.add_argument("--endpoint", default=None, help="Hub endpoint URL (default: HF_ENDPOINT)")
+    add_hub_upload_arguments(push)
     push.set_defaults(func=_run_push)
 
 

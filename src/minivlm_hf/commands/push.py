@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from ._common import add_hub_upload_arguments
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -23,11 +25,8 @@ def register(subparsers) -> None:
     parser.add_argument("folder", type=Path, help="checkpoint folder (save_pretrained / minivlm-hf init output)")
     parser.add_argument("repo_id", help="namespace/name")
     parser.add_argument("--revision", default=None, help="branch to commit to (created from main if needed)")
-    parser.add_argument("--private", action="store_true", help="create the repo private (ignored if it exists)")
     parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
-    parser.add_argument("--commit-message", default=None)
-    parser.add_argument("--token", default=None, help="Hub token with write access (default: HF_TOKEN / login)")
-    parser.add_argument("--endpoint", default=None, help="Hub endpoint URL (default: HF_ENDPOINT)")
+    add_hub_upload_arguments(parser)
     parser.set_defaults(func=run)
 
 

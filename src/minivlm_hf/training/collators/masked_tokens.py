@@ -16,7 +16,8 @@ class PreTrainingCollator(FusionCollator):
     """OSCAR+ pre-training batches: masked text and tag tokens + polluted pairs for the contrastive loss.
 
     Each row is (image, caption): ``caption`` (or one of ``captions``, drawn at random) with the image's regions and
-    tags; a caption is only swapped for one of the same ``source`` (e.g. question-answer text for question-answer). 15% of the text and of the tag tokens are selected (80% [MASK] / 10% random / 10% unchanged) →
+    tags; a caption is only swapped for one of the same ``source`` (e.g. question-answer text for question-answer).
+    15% of the text and of the tag tokens are selected (80% [MASK] / 10% random / 10% unchanged) →
     ``labels`` / ``tag_labels``. Pollution (OSCAR+'s 3-way contrastive task): with probability ``caption_pollution``
     (0.25) the caption is replaced by another image's caption (``contrastive_labels`` 2); with probability
     ``pollution - caption_pollution`` (0.25) the tags are replaced by another image's tags (label 1); otherwise the
