@@ -4,6 +4,7 @@
     minivlm-hf data nlvr   --out DIR [--num-train N] [--num-validation N] [--num-test N] [--seed S]
     minivlm-hf data scenes --format parquet --shards N --output-dir DIR ...
     minivlm-hf data push DIR REPO_ID
+    minivlm-hf data features --detector TEE_DIR --scenes PARQUET_DIR --out DIR     (also under torchrun)
 
 ``--format arrow`` (default) loads back with ``datasets.load_from_disk(DIR)``; ``--format parquet`` writes N parquet
 shards per split in the Hub's layout with a dataset card, which ``datasets.load_dataset(DIR, streaming=True)`` reads
@@ -74,6 +75,35 @@ def register(subparsers) -> None:
     push.add_argument("--revision", default=None, help="branch to commit to (default main)")
     add_hub_upload_arguments(push)
     push.set_defaults(func=_run_push)
+    features = sub.add_parser(
+        "features",
+        help="extract region features of a parquet dataset into parquet shards (data parallel under torchrun)",
+        description=(
+            "Run a trained TEE over every image of a parquet scenes / NLVR dataset (a folder written with --format "
+            "parquet, or a Hub dataset repo) and write the rows with their region features as parquet shards "
+            "(data/<split>/features-r<rank>-<shard>.parquet, one per scene shard) with a dataset card. Under "
+            "`torchrun --nproc_per_node N` or `accelerate launch` each rank extracts its own scene shards (the "
+            "shard count must be a multiple of N) into the same --out folder. The fusion stages train on the "
+            "result with the recipe key data.stream."
+        ),
+    )
+    features.add_argument("--detector", type=Path, required=True, help="folder of a trained detector (train detector)")
+    features.add_argument("--scenes", required=True, help="parquet dataset folder or Hub dataset repo id")
+    features.add_argument("--out", "--output-dir", dest="out", required=True, type=Path, help="feature folder to write")
+    features.add_argument("--split", action="append", dest="splits", metavar="SPLIT",
+                          help="extract this split (repeatable; default every split with rows)")
+    features.add_argument("--batch-size", type=positive_int, default=16, help="images per TEE call (default 16)")
+    features.add_argument("--tag-threshold", type=float, default=0.3,
+                          help="a region becomes a tag at this score (default 0.3, the recipes' data.tag_threshold)")
+    features.add_argument("--tag-attributes", action="store_true", help="'attribute ... class' tags per region")
+    features.add_argument("--tag-attribute-threshold", type=float, default=0.5,
+                          help="attribute probability to name it with --tag-attributes (default 0.5)")
+    features.add_argument("--tag-order", choices=("score", "area"), default="score",
+                          help="tag phrases most confident first (default) or largest box first")
+    features.add_argument("--revision", default=None, help="revision of a Hub dataset repo")
+    features.add_argument("--overwrite", action="store_true", help="replace a feature folder written by this command")
+    features.add_argument("--quiet", action="store_true", help="no progress bar (shown only on a terminal anyway)")
+    features.set_defaults(func=_run_features)
 
 
 # Written into every folder this command saves: --overwrite replaces only a folder that holds it.
@@ -197,4 +227,39 @@ def _run_push(args) -> int:
         commit_message=args.commit_message, token=args.token, endpoint=args.endpoint,
     )
     print(f"pushed {args.folder} to dataset repo {args.repo_id}: {url}")
+    return 0
+
+
+def _run_features(args) -> int:
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        state = PartialState()  # the torchrun / accelerate launch process group (gloo on CPU, NCCL on GPUs)
+        device, rank = state.device, state.process_index
+    else:
+        import torch
+
+        device, rank = torch.device("cuda" if torch.cuda.is_available() else "cpu"), 0
+    if not (args.detector / "config.json").is_file():
+        raise ValueError(f"--detector {args.detector} is not a trained detector folder (no config.json)")
+    from transformers import AutoImageProcessor, AutoModelForObjectDetection
+
+    import minivlm_hf  # noqa: F401 - registers the TEE with the Auto classes
+    from minivlm_hf.training.feature_shards import extract_feature_shards
+
+    detector = AutoModelForObjectDetection.from_pretrained(str(args.detector)).to(device)
+    image_processor = AutoImageProcessor.from_pretrained(str(args.detector))
+    start = time.perf_counter()
+    counts = extract_feature_shards(
+        detector, image_processor, args.scenes, args.out, splits=args.splits, batch_size=args.batch_size,
+        tag_threshold=args.tag_threshold, tag_attributes=args.tag_attributes,
+        attribute_threshold=args.tag_attribute_threshold, tag_order=args.tag_order, overwrite=args.overwrite,
+        revision=args.revision, progress=not args.quiet, detector_name=str(args.detector),
+    )
+    if rank == 0:
+        total = sum(counts.values())
+        print(f"saved region features of {total} rows to {args.out} in {time.perf_counter() - start:.1f}s "
+              f"({', '.join(f'{k} {v}' for k, v in counts.items())})")
     return 0

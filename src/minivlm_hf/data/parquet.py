@@ -94,12 +94,15 @@ def write_parquet_shards(
 
 
 def write_card(
-    folder: Path, info: DatasetInfo, splits: list[str], *, pretty_name: str, task_categories: tuple[str, ...] = ()
+    folder: Path, info: DatasetInfo, splits: list[str], *, pretty_name: str, task_categories: tuple[str, ...] = (),
+    file_pattern: str = "{split}-*",
 ) -> None:
-    """README.md with the YAML ``configs`` / ``dataset_info`` header that ``datasets`` and the Hub read."""
+    """README.md with the YAML ``configs`` / ``dataset_info`` header that ``datasets`` and the Hub read; a split's
+    files are ``data/`` + ``file_pattern`` with the split's name."""
     card_data = DatasetCardData(pretty_name=pretty_name, task_categories=list(task_categories) or None)
-    MetadataConfigs({"default": {"data_files": [{"split": s, "path": f"{DATA_DIR}/{s}-*"} for s in splits]}}
-                    ).to_dataset_card_data(card_data)
+    MetadataConfigs({"default": {"data_files": [
+        {"split": s, "path": f"{DATA_DIR}/{file_pattern.format(split=s)}"} for s in splits]}}
+    ).to_dataset_card_data(card_data)
     DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
     classes = ""
     for name, feature in _class_labels(info.features):
@@ -141,7 +144,8 @@ def push_dataset_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"dataset folder not found: {folder}")
-    shards = sorted(p.relative_to(folder).as_posix() for p in (folder / DATA_DIR).glob("*.parquet"))
+    # data/*.parquet (scenes) or data/<split>/*.parquet (features); the upload pattern's * spans folders too
+    shards = sorted(p.relative_to(folder).as_posix() for p in (folder / DATA_DIR).rglob("*.parquet"))
     if not (folder / CARD_NAME).is_file() or not shards:
         raise ValueError(
             f"{folder} is not a parquet dataset folder (it needs {CARD_NAME} and {DATA_DIR}/*.parquet; write one with "

@@ -55,7 +55,62 @@ def tags_from_detections(labels, scores, mask, id2label: dict, threshold: float,
     return names
 
 
-@torch.no_grad()
+def region_extractor(
+    detector,
+    image_processor,
+    *,
+    tag_threshold: float = 0.2,
+    tag_attributes: bool = False,
+    attribute_threshold: float = 0.5,
+    max_attributes: int = 2,
+    tag_order: str = "score",
+    dtype: str = "float16",
+):
+    """``(extract, schema)``: ``extract(images, prefix="")`` runs the TEE (``TEEForObjectDetection`` or
+    ``TEEModel``, put in eval mode) on a list of images and returns the :data:`REGION_COLUMNS` of each image (keys
+    prefixed with ``prefix``, e.g. ``"left_"`` for NLVR); ``schema`` maps the unprefixed column names to their
+    ``datasets`` features. Shared by the in-memory (:func:`extract_features`) and the sharded
+    (:mod:`~minivlm_hf.training.feature_shards`) extraction, so both produce the same values."""
+    from ..fast.cpu import enable_cpu_fast_paths
+
+    tee = getattr(detector, "tee", detector)
+    tee.eval()
+    enable_cpu_fast_paths(tee)  # NHWC input and the per-image dense part on CPU
+    config = tee.config
+    num_regions, feature_size = config.num_regions, config.box_head_dim
+    id2label = {int(k): v for k, v in config.id2label.items()}
+    attribute_id2label = {int(k): v for k, v in config.attribute_id2label.items()}
+    device = next(tee.parameters()).device
+    np_dtype = np.float16 if dtype == "float16" else np.float32
+
+    @torch.no_grad()
+    def extract(images, prefix: str = "") -> dict:
+        encoded = image_processor(images=images, return_tensors="pt")
+        out = tee(pixel_values=encoded["pixel_values"].to(device), pixel_mask=encoded["pixel_mask"].to(device))
+        n, k = out.region_mask.shape
+        feats = np.zeros((n, num_regions, feature_size), dtype=np_dtype)
+        boxes = np.zeros((n, num_regions, 4), dtype=np.float32)
+        mask = np.zeros((n, num_regions), dtype=bool)
+        scores = np.zeros((n, num_regions), dtype=np.float32)
+        labels = np.zeros((n, num_regions), dtype=np.int32)
+        k = min(k, num_regions)
+        feats[:, :k] = out.region_features[:, :k].float().cpu().numpy()
+        boxes[:, :k] = out.region_boxes[:, :k].float().clamp(0, 1).cpu().numpy()
+        mask[:, :k] = out.region_mask[:, :k].cpu().numpy()
+        scores[:, :k] = out.region_scores[:, :k].float().cpu().numpy()
+        labels[:, :k] = out.region_labels[:, :k].cpu().numpy()
+        attributes = out.attribute_logits[:, :k].float().sigmoid().cpu() if tag_attributes else [None] * n
+        tags = [tags_from_detections(labels[i, :k], scores[i, :k], mask[i, :k], id2label, tag_threshold, attributes[i],
+                                     attribute_id2label, attribute_threshold, max_attributes,
+                                     order=tag_order, boxes=boxes[i, :k])
+                for i in range(n)]
+        columns = dict(region_features=list(feats), region_boxes=list(boxes), region_mask=mask.tolist(),
+                       region_scores=scores.tolist(), region_labels=labels.tolist(), tags=tags)
+        return {prefix + key: value for key, value in columns.items()}
+
+    return extract, region_features_schema(num_regions, feature_size, dtype)
+
+
 def extract_features(
     detector,
     image_processor,
@@ -76,50 +131,18 @@ def extract_features(
     """Run the TEE (``TEEForObjectDetection`` or ``TEEModel``) over ``dataset[image_column]`` and return the dataset
     with the region columns of :data:`REGION_COLUMNS` added (kept in memory; nothing is written next to the source
     dataset, so a cached scenes folder stays intact). ``drop_image`` removes the image column."""
-    from ..fast.cpu import enable_cpu_fast_paths
-
-    tee = getattr(detector, "tee", detector)
-    tee.eval()
-    enable_cpu_fast_paths(tee)  # NHWC input and the per-image dense part on CPU
-    config = tee.config
-    num_regions, feature_size = config.num_regions, config.box_head_dim
-    id2label = {int(k): v for k, v in config.id2label.items()}
-    attribute_id2label = {int(k): v for k, v in config.attribute_id2label.items()}
-    device = next(tee.parameters()).device
     if image_column not in dataset.column_names:
         raise ValueError(f"dataset has no '{image_column}' column (columns: {dataset.column_names})")
+    extract, schema = region_extractor(
+        detector, image_processor, tag_threshold=tag_threshold, tag_attributes=tag_attributes,
+        attribute_threshold=attribute_threshold, max_attributes=max_attributes, tag_order=tag_order, dtype=dtype)
     base = {k: v for k, v in dataset.features.items() if not (drop_image and k == image_column)}
-    features = Features({**base, **region_features_schema(num_regions, feature_size, dtype)})
-    np_dtype = np.float16 if dtype == "float16" else np.float32
+    features = Features({**base, **schema})
 
     def run(batch):
-        encoded = image_processor(images=batch[image_column], return_tensors="pt")
-        out = tee(pixel_values=encoded["pixel_values"].to(device), pixel_mask=encoded["pixel_mask"].to(device))
-        n, k = out.region_mask.shape
-        feats = np.zeros((n, num_regions, feature_size), dtype=np_dtype)
-        boxes = np.zeros((n, num_regions, 4), dtype=np.float32)
-        mask = np.zeros((n, num_regions), dtype=bool)
-        scores = np.zeros((n, num_regions), dtype=np.float32)
-        labels = np.zeros((n, num_regions), dtype=np.int32)
-        k = min(k, num_regions)
-        feats[:, :k] = out.region_features[:, :k].float().cpu().numpy()
-        boxes[:, :k] = out.region_boxes[:, :k].float().clamp(0, 1).cpu().numpy()
-        mask[:, :k] = out.region_mask[:, :k].cpu().numpy()
-        scores[:, :k] = out.region_scores[:, :k].float().cpu().numpy()
-        labels[:, :k] = out.region_labels[:, :k].cpu().numpy()
-        attributes = out.attribute_logits[:, :k].float().sigmoid().cpu() if tag_attributes else [None] * n
-        result = {key: batch[key] for key in base}
-        tags = [tags_from_detections(labels[i, :k], scores[i, :k], mask[i, :k], id2label, tag_threshold, attributes[i],
-                                     attribute_id2label, attribute_threshold, max_attributes,
-                                     order=tag_order, boxes=boxes[i, :k])
-                for i in range(n)]
-        result.update(
-            region_features=list(feats), region_boxes=list(boxes), region_mask=mask.tolist(),
-            region_scores=scores.tolist(), region_labels=labels.tolist(),
-            tags=tags,
-        )
-        return result
+        return {**{key: batch[key] for key in base}, **extract(batch[image_column])}
 
+    tee = getattr(detector, "tee", detector)
     settings = f"{tag_threshold}-{tag_attributes}-{attribute_threshold}-{max_attributes}-{tag_order}"
     fingerprint = hashlib.sha256(f"{dataset._fingerprint}-{id(tee)}-{settings}".encode()).hexdigest()[:16]
     with datasets_progress(progress):  # datasets' bar (with an ETA), on a terminal only
@@ -336,6 +359,7 @@ __all__ = [
     "nlvr_images",
     "oracle_features",
     "pretraining_examples",
+    "region_extractor",
     "tags_from_detections",
     "vqa_examples",
 ]

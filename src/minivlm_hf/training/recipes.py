@@ -20,8 +20,10 @@ Recipe config (JSON; every key optional, defaults in :data:`DEFAULT_CONFIG` and 
                                               # (ground-truth codes, for tests / upper bounds)
         "detector": null,                     # folder of a trained detector (train detector ... output)
         "features_dir": null,                 # reuse / store extracted features here
-        "stream": null,                       # detector stage: train on this parquet dataset folder / Hub dataset
-                                              #   repo (`data scenes --format parquet`), streamed shard by shard
+        "stream": null,                       # train on this parquet dataset folder / Hub dataset repo, streamed
+                                              #   shard by shard: the detector on scenes (`data scenes --format
+                                              #   parquet`), a fusion stage on their region features (`data features`)
+        "stream_shuffle_buffer": 1000,        # fusion streams: rows shuffled through a buffer of this many (0: off)
         "oracle_feature_size": 32, "oracle_num_regions": 10,
         "tag_threshold": 0.3,                 # a region becomes a tag at this detection score
         "tag_attributes": false,              # tags "attribute … class" per region (VinVL style) instead of
@@ -95,7 +97,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "cache_dir": None, "scene_seed": 0, "num_train": 2000, "num_validation": 100, "num_test": 100,
         "nlvr_num_train": 1000, "nlvr_num_validation": 50, "nlvr_num_test": 100, "nlvr_statements_per_pair": 2,
         "min_size": 160, "max_size": 320, "image_size": 256, "fusion_num_train": None, "features": "detector",
-        "detector": None, "features_dir": None, "stream": None,
+        "detector": None, "features_dir": None, "stream": None, "stream_shuffle_buffer": 1000,
         "oracle_feature_size": 32, "oracle_num_regions": 10, "extract_batch_size": 16,
         "tag_threshold": 0.3,
         "tag_attributes": False, "tag_attribute_threshold": 0.5, "tag_order": "score",
@@ -209,7 +211,7 @@ def training_arguments(stage: str, config: dict, output_dir: str | Path) -> Trai
     if values.get("bf16") == "auto":
         values["bf16"] = bf16_available(cpu=values["use_cpu"])
     values["remove_unused_columns"] = False
-    if stage == "detector" and config.get("data", {}).get("stream"):
+    if config.get("data", {}).get("stream"):
         # Each rank reads its own shards of the stream (accelerate shards a datasets IterableDataset by files) instead
         # of rank 0 reading every batch and sending it to the others (accelerate's default for iterable datasets).
         accelerator_config = values.get("accelerator_config") or {}
@@ -314,31 +316,36 @@ def build_collators(stage: str, config: dict, data: RecipeData, model=None, spli
     """The collator of a stage for ``split`` (``train``: with the training randomness; other splits: evaluation
     collators, e.g. the captioning one returns ``image_index`` for :class:`CaptioningTrainer`)."""
     col, seed = config["collator"], config["seed"]
+    streamed = split == "train" and bool(config["data"].get("stream"))  # rows carry their regions
     if stage == "detector":
         flip = col["hflip_probability"] if split == "train" else 0.0
         return C.DetectionCollator(data.image_processor, hflip_probability=flip, seed=seed)
     mcfg = model.config
     common = fusion_collator_settings(mcfg, tag_source=col["tag_source"], seed=seed)
     tok = data.tokenizer
+    if streamed:
+        store = None
+    elif stage in FUSION_STAGES:
+        store = data.nlvr_store(split) if stage == "nlvr" else data.store(split)
     if stage == "pretrain":
         return C.PreTrainingCollator(
-            tok, regions=data.store(split), mask_probability=col["mask_probability"], pollution=col["pollution"],
+            tok, regions=store, mask_probability=col["mask_probability"], pollution=col["pollution"],
             caption_pollution=col["caption_pollution"], mask_polluted=col.get("mask_polluted", True), **common)
     if stage == "caption":
         return C.CaptioningCollator(
-            tok, regions=data.store(split), mask_probability=col["mask_probability"],
+            tok, regions=store, mask_probability=col["mask_probability"],
             max_masked_tokens=col["max_masked_tokens"], return_image_index=split != "train", **common)
     if stage == "vqa":
-        return C.VQACollator(tok, regions=data.store(split), answer2id=mcfg.label2id, **common)
+        return C.VQACollator(tok, regions=store, answer2id=mcfg.label2id, **common)
     if stage == "retrieval":
-        return C.RetrievalCollator(tok, regions=data.store(split), caption_swap=col["caption_swap"],
+        return C.RetrievalCollator(tok, regions=store, caption_swap=col["caption_swap"],
                                    hard_negatives=col["hard_negatives"], **common)
     if stage == "nlvr":
-        return C.NLVRCollator(tok, regions=data.nlvr_store(split), **common)
+        return C.NLVRCollator(tok, regions=store, **common)
     raise ValueError(f"unknown stage {stage!r}; choose from {STAGES}")
 
 
-def stage_datasets(stage: str, data: RecipeData, split: str):
+def stage_datasets(stage: str, data: RecipeData, split: str, model=None):
     """The rows a stage trains (``train``) or is validated on."""
     from .features import caption_examples, pretraining_examples, vqa_examples
 
@@ -349,6 +356,13 @@ def stage_datasets(stage: str, data: RecipeData, split: str):
             # Not split here: the Trainer's accelerator hands each rank its shards (see training_arguments).
             return stream_dataset(data.config["data"]["stream"], "train", rank=0, world_size=1)
         return data.scenes[split]
+    if split == "train" and data.config["data"].get("stream"):
+        from .streamed_examples import stream_task_examples
+
+        d = data.config["data"]
+        shape = (model.config.max_regions, model.config.region_feature_size) if model is not None else None
+        return stream_task_examples(stage, d["stream"], region_shape=shape, seed=data.config["seed"],
+                                    shuffle_buffer=int(d.get("stream_shuffle_buffer", 0) or 0))
     if stage == "nlvr":
         return data.nlvr_statements(split)
     table = data.features(split)
@@ -465,7 +479,7 @@ def run_stage(
 
         enable_cpu_fast_paths(model)  # CPU kernel choices (depthwise convs, NHWC input, few-row Linears)
         train_collator = build_collators(stage, config, data, model, "train")
-        train_set = stage_datasets(stage, data, "train")
+        train_set = stage_datasets(stage, data, "train", model)
         eval_set = eval_collator = None
         if args.eval_strategy != "no":
             eval_set = stage_datasets(stage, data, "validation")

@@ -1,0 +1,113 @@
+"""The fusion stages' training rows read from a stream of feature shards (``minivlm-hf data features``).
+
+:func:`stream_task_examples` opens the ``train`` split of a feature folder or Hub dataset repo as a
+``datasets.IterableDataset`` and turns each image row into the rows of a stage, the same rows the in-memory tables of
+:mod:`~minivlm_hf.training.features` hold, except that every row carries its image's regions itself (the collators
+read ``region_features`` / ``tags`` from the row when there is no ``RegionStore``):
+
+- ``caption`` / ``retrieval``: one row per caption; ``vqa``: one row per question; ``pretrain``: one row per caption
+  and one per question with its most common answer (``source`` "caption" / "qa");
+- ``nlvr``: the statement rows as they are (``left_*`` / ``right_*`` region columns).
+
+The stream is not split here: the ``Trainer``'s accelerator gives each rank its own shards (``dispatch_batches`` off,
+see ``recipes.training_arguments``), and resuming from a checkpoint replays the stream up to the checkpoint's step
+(the optional shuffle buffer is seeded, so the replay is the same stream).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import datasets
+
+from ..data.streaming import stream_dataset
+from .feature_shards import is_feature_dataset
+
+CARRIED = ("region_features", "region_boxes", "region_mask", "tags", "objects", "image_id")
+
+
+def _carried(batch: dict, i: int) -> dict:
+    return {key: batch[key][i] for key in CARRIED if key in batch}
+
+
+def caption_rows(batch: dict) -> dict:
+    rows = []
+    for i, captions in enumerate(batch["captions"]):
+        image = _carried(batch, i)
+        rows += [{**image, "caption": caption, "example_id": f"{image['image_id']}/{k}"}
+                 for k, caption in enumerate(captions)]
+    return _columns(rows)
+
+
+def vqa_rows(batch: dict) -> dict:
+    rows = []
+    for i, questions in enumerate(batch["questions"]):
+        image = _carried(batch, i)
+        rows += [{**image, "question": q, "answers": a, "question_type": t, "question_id": int(qid)}
+                 for q, a, t, qid in zip(questions, batch["answers"][i], batch["question_types"][i],
+                                         batch["question_ids"][i])]
+    return _columns(rows)
+
+
+def pretraining_rows(batch: dict) -> dict:
+    """OSCAR+ / VinVL's corpus (as :func:`~minivlm_hf.training.features.pretraining_examples`): every caption, and
+    every question followed by its most common answer."""
+    rows = []
+    for i, captions in enumerate(batch["captions"]):
+        image = _carried(batch, i)
+        rows += [{**image, "caption": caption, "source": "caption"} for caption in captions]
+        rows += [{**image, "caption": f"{q} {Counter(a).most_common(1)[0][0]}", "source": "qa"}
+                 for q, a in zip(batch["questions"][i], batch["answers"][i])]
+    return _columns(rows)
+
+
+def _columns(rows: list[dict]) -> dict:
+    return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
+
+
+EXPAND = {"caption": caption_rows, "retrieval": caption_rows, "vqa": vqa_rows, "pretrain": pretraining_rows}
+
+
+def stream_task_examples(
+    stage: str,
+    source: str | Path,
+    *,
+    region_shape: tuple[int, int] | None = None,
+    shuffle_buffer: int = 0,
+    seed: int = 0,
+    revision: str | None = None,
+    token: str | None = None,
+) -> datasets.IterableDataset:
+    """The ``train`` rows of fusion ``stage`` streamed from the feature folder / Hub dataset repo ``source``.
+
+    ``region_shape``: the model's ``(max_regions, region_feature_size)``; features of another shape raise an error
+    naming both. ``shuffle_buffer`` > 0 shuffles the rows through a buffer of that many (seeded with ``seed``; the
+    shard order is shuffled too), so the rows of one image do not fill a batch."""
+    if stage not in (*EXPAND, "nlvr"):
+        raise ValueError(f"stage {stage!r} does not train on region features")
+    stream = stream_dataset(source, "train", rank=0, world_size=1, revision=revision, token=token)
+    features = stream.features
+    if features is None or not is_feature_dataset(features):
+        raise ValueError(
+            f"data.stream {source} holds no region features, which the {stage} stage trains on: extract them with "
+            f"`minivlm-hf data features --detector DIR --scenes {source} --out FEATURES` and set data.stream to "
+            "FEATURES"
+        )
+    prefix = "left_" if stage == "nlvr" else ""
+    if f"{prefix}region_features" not in features:
+        kind = "NLVR pairs" if stage == "nlvr" else "scenes"
+        raise ValueError(f"the {stage} stage trains on the features of {kind}; data.stream {source} holds the other "
+                         f"kind (columns: {sorted(features)})")
+    shape = tuple(features[f"{prefix}region_features"].shape)
+    if region_shape is not None and shape != tuple(region_shape):
+        raise ValueError(f"data.stream {source} holds {shape[0]} regions of {shape[1]} features per image, the model "
+                         f"takes {region_shape[0]} of {region_shape[1]}: extract them with the model's detector")
+    if stage in EXPAND:
+        stream = stream.map(EXPAND[stage], batched=True, batch_size=16, remove_columns=list(features))
+    if shuffle_buffer:
+        stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer)
+    return stream
+
+
+__all__ = ["stream_task_examples"]
