@@ -29,7 +29,9 @@ EPILOG = """\
 config JSON (every key optional; see minivlm_hf.training.recipes for all of them and their defaults):
   seed                  int
   data.*                cache_dir, num_train/num_validation/num_test, nlvr_num_*, min_size, max_size, image_size,
-                        features ("detector" | "oracle"), detector (trained TEE folder), features_dir, tag_threshold
+                        features ("detector" | "oracle"), detector (trained TEE folder), features_dir, tag_threshold,
+                        stream (parquet folder / Hub dataset repo to stream: scenes for the detector, the
+                        output of `minivlm-hf data features` for the fusion stages), stream_shuffle_buffer
   detector.*            TEEConfig fields (backbone, num_regions, anchor_sizes, ...) + image_size
   fusion.*              MiniVLMConfig fields (num_hidden_layers, max_text_length, ...) + init_text
                         ("offline-minilm" | null), init_from (a trained fusion folder), with_vision

@@ -86,6 +86,8 @@ def stream_task_examples(
     shard order is shuffled too), so the rows of one image do not fill a batch."""
     if stage not in (*EXPAND, "nlvr"):
         raise ValueError(f"stage {stage!r} does not train on region features")
+    if shuffle_buffer < 0:
+        raise ValueError(f"data.stream_shuffle_buffer must be 0 (no shuffling) or more, got {shuffle_buffer}")
     stream = stream_dataset(source, "train", rank=0, world_size=1, revision=revision, token=token)
     features = stream.features
     if features is None or not is_feature_dataset(features):
