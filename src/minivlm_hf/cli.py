@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "train",
     "demo",
     "benchmark",
+    "compare",
     "export",
     "serve",
 ]
