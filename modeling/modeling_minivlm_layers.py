@@ -149,12 +149,12 @@ class MiniVLMSelfAttention(nn.Module):
         shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
         query, key, value = (t.view(shape).transpose(1, 2) for t in self.project_qkv(hidden_states))
         if cache is not None:
-            # Only the first `cache_commit_length` tokens are stored; the rest (the [MASK] query of captioning) is
-            # transient and attends to the cache without being remembered.
-            n = key.shape[2] if cache_commit_length is None else cache_commit_length
-            cached_key, cached_value = cache.update(key[:, :, :n], value[:, :, :n], self.layer_idx)
-            key = torch.cat([cached_key, key[:, :, n:]], dim=2)
-            value = torch.cat([cached_value, value[:, :, n:]], dim=2)
+            # Only the first `cache_commit_length` tokens are remembered; the rest (the [MASK] query of captioning)
+            # attends with them and is then cropped off: one concatenation per step instead of two.
+            transient = 0 if cache_commit_length is None else key.shape[2] - cache_commit_length
+            key, value = cache.update(key, value, self.layer_idx)
+            if transient:
+                cache.layers[self.layer_idx].crop(-transient)
         output, weights = self._attend(query, key, value, attention_mask, output_attentions)
         return output.reshape(*hidden_states.shape[:-1], -1).contiguous(), weights
 

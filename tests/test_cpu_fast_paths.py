@@ -15,6 +15,7 @@ from fusion_utils import region_inputs, tag_inputs, text_inputs, tiny_fusion_con
 from tee_utils import padded_pair_batch, tiny_tee_config
 
 from minivlm_hf.fast import FewRowsLinear, FP32TrainingDepthwiseConv2d, enable_cpu_fast_paths, optimize_for_inference
+from minivlm_hf.fast import cpu as fast_cpu
 from minivlm_hf.modeling.modeling_minivlm_captioning import MiniVLMForImageCaptioning
 from minivlm_hf.modeling.modeling_minivlm_tee import TEEForObjectDetection, TEEModel
 
@@ -129,7 +130,40 @@ def test_few_rows_linear_matches_nn_linear_and_falls_back_where_it_must(monkeypa
     assert calls == [1]
 
 
-def test_fusion_fast_paths_keep_weights_outputs_and_saved_files(tmp_path):
+@pytest.fixture
+def few_rows_always(monkeypatch):
+    """The few-row path on every Linear, whichever kernel this CPU runs faster."""
+    monkeypatch.setattr(fast_cpu, "few_rows_pays", lambda *args, **kwargs: True)
+
+
+def test_few_row_linears_are_used_only_where_this_cpu_runs_them_faster(monkeypatch):
+    """The choice follows the timing of the two kernels for each weight shape (rows: 2, 5 for the LM head)."""
+    asked = []
+
+    def timings(out_features, in_features, rows, threads):
+        asked.append((out_features, in_features, rows))
+        return (1.0, 0.5) if (out_features, in_features) == (64, 32) else (1.0, 0.9)  # W @ x^T wins clearly
+
+    monkeypatch.setattr(fast_cpu, "_few_rows_timings", timings)
+    assert fast_cpu.few_rows_pays(64, 32) and not fast_cpu.few_rows_pays(32, 64)
+    torch.manual_seed(0)
+    config = tiny_fusion_config()  # hidden 32, FFN 64: only the FFN's up-projections are 32 -> 64
+    model = MiniVLMForImageCaptioning(config).eval()
+    enable_cpu_fast_paths(model)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    fast = {n for n, m in linears.items() if type(m) is FewRowsLinear}
+    assert len(fast) == config.num_hidden_layers
+    assert fast == {n for n, m in linears.items() if (m.out_features, m.in_features) == (64, 32)}
+    assert (config.vocab_size, config.hidden_size, 5) in asked  # the LM head is timed with one row per beam
+
+
+def test_few_rows_timings_measure_both_kernels_on_the_given_shape():
+    plain, transposed = fast_cpu._few_rows_timings(48, 32, 2, torch.get_num_threads())
+    assert 0 < plain < 0.01 and 0 < transposed < 0.01  # seconds per call of a 48 x 32 Linear on 2 rows
+    assert fast_cpu._few_rows_timings(48, 32, 2, torch.get_num_threads()) == (plain, transposed)  # timed once
+
+
+def test_fusion_fast_paths_keep_weights_outputs_and_saved_files(tmp_path, few_rows_always):
     torch.manual_seed(0)
     config = tiny_fusion_config()
     plain = MiniVLMForImageCaptioning(config).eval()
@@ -148,7 +182,7 @@ def test_fusion_fast_paths_keep_weights_outputs_and_saved_files(tmp_path):
         assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "fast" / name).read_bytes()
 
 
-def test_cached_decoding_with_the_fast_paths_keeps_the_tokens_of_reencoding():
+def test_cached_decoding_with_the_fast_paths_keeps_the_tokens_of_reencoding(few_rows_always):
     """The plain, the CPU-fast-path and the fused-QKV captioner decode the same tokens with the cache (few-row
     Linears) as the plain model without it, greedy and with beams."""
     torch.manual_seed(0)
@@ -172,7 +206,7 @@ def test_cached_decoding_with_the_fast_paths_keeps_the_tokens_of_reencoding():
         fused.save_pretrained(out)  # a clear refusal, not a stack trace from the shared-tensor check
 
 
-def test_offloaded_model_decodes_like_the_plain_one_and_keeps_its_hooks(tmp_path):
+def test_offloaded_model_decodes_like_the_plain_one_and_keeps_its_hooks(tmp_path, few_rows_always):
     """Disk offload (`device_map` + `offload_folder`): accelerate's hooks load each weight before its module runs.
     Forward and cached `generate` equal the in-memory model's, before and after `enable_cpu_fast_paths`, which
     leaves the hooked modules alone."""

@@ -5,9 +5,11 @@ The model files stay plain PyTorch (correct under every loading mode: offload, q
 weights, their names and the outputs are unchanged):
 
 - **Few-row Linears** (`FewRowsLinear`): a cached decoding step runs each fusion Linear on two rows (the new token
-  and the [MASK] query). CPU BLAS runs `F.linear`'s `x @ W^T` far below memory speed for a handful of rows; the same
-  dot products as `W @ x^T` on the stored `[out, in]` weight are several times faster (the vocabulary projection
-  included). Used up to 4 rows (16 for the LM head, one per beam); anything else calls `nn.Linear.forward`.
+  and the [MASK] query). On some CPUs (an AMD EPYC in docs/results.md) BLAS runs `F.linear`'s `x @ W^T` far below
+  memory speed for a handful of rows and the same dot products as `W @ x^T` on the stored `[out, in]` weight are
+  several times faster; on others (an Intel Xeon with AMX) `F.linear` is the faster one. `few_rows_pays` times both
+  once per weight shape and process, and a Linear gets the `W @ x^T` path only where it wins. Used up to 4 rows (16
+  for the LM head, one per beam); anything else calls `nn.Linear.forward`.
 - **NHWC TEE input**: oneDNN's convolutions run faster on channels_last activations, with the weights as they are.
 - **Per-image TEE dense part at inference**: a batch's EfficientNet + BiFPN activations overflow the CPU caches, one
   image's mostly fit; per-image convolutions give the same maps.
@@ -23,6 +25,8 @@ The measurements behind each: docs/results.md.
 
 from __future__ import annotations
 
+import functools
+import time
 import types
 
 import torch
@@ -36,6 +40,41 @@ from .tee import find_tees
 FEW_ROWS = 4
 #: The same for the vocabulary projection (one row per beam).
 FEW_ROWS_LM_HEAD = 16
+
+
+#: `W @ x^T` must beat `F.linear` by this factor to be used (the timings are short and the machine may be busy).
+FEW_ROWS_MARGIN = 0.8
+
+
+@functools.lru_cache(maxsize=None)
+def _few_rows_timings(out_features: int, in_features: int, rows: int, threads: int) -> tuple[float, float]:
+    """Best-of-3 seconds per call of `F.linear` and of `W @ x^T` (as `FewRowsLinear` runs it) on `rows` float32 rows
+    of a random `[out_features, in_features]` weight, interleaved so that a busy moment hits both."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(out_features, in_features, generator=generator)
+    bias = torch.randn(out_features, generator=generator)
+    x = torch.randn(rows, in_features, generator=generator)
+    columns = (x.repeat(2, 1) if rows == 1 else x).t()
+    calls = max(1, min(20, 2_000_000 // (out_features * in_features)))  # about 2M multiply-adds per timing
+    candidates = (lambda: nn.functional.linear(x, weight, bias), lambda: torch.addmm(bias.unsqueeze(1), weight, columns))
+    best = [float("inf"), float("inf")]
+    with torch.inference_mode():
+        for candidate in candidates:
+            candidate()  # warm-up: first-call allocations and kernel selection
+        for _ in range(3):
+            for index, candidate in enumerate(candidates):
+                start = time.perf_counter()
+                for _ in range(calls):
+                    candidate()
+                best[index] = min(best[index], (time.perf_counter() - start) / calls)
+    return best[0], best[1]
+
+
+def few_rows_pays(out_features: int, in_features: int, rows: int = 2) -> bool:
+    """Whether this CPU runs a `rows`-row float32 Linear of this shape faster as `W @ x^T` than with `F.linear`
+    (timed once per shape, thread count and process: about a millisecond per shape, 20 for the LM head)."""
+    plain, transposed = _few_rows_timings(out_features, in_features, rows, torch.get_num_threads())
+    return transposed < FEW_ROWS_MARGIN * plain
 
 
 def _plain_is_required(tensor: torch.Tensor) -> bool:
@@ -124,15 +163,27 @@ def _enable_tee(tee: nn.Module) -> int:
     return changed
 
 
+def _few_rows_linear(name: str, module: nn.Module) -> int:
+    """Give a plain float32 CPU `nn.Linear` the few-row path where this CPU runs it faster; 1 if it changed."""
+    if type(module) is not nn.Linear or module.weight.dtype != torch.float32 or module.weight.device.type != "cpu":
+        return 0
+    lm_head = name.endswith("predictions.decoder")
+    # A decoding step feeds 2 rows (new token + [MASK] query); the LM head sees one row per beam.
+    if not few_rows_pays(module.out_features, module.in_features, rows=5 if lm_head else 2):
+        return 0
+    if not _swap_class(module, nn.Linear, FewRowsLinear):
+        return 0
+    if lm_head:
+        module.max_rows = FEW_ROWS_LM_HEAD
+    return 1
+
+
 def _enable_fusion(fusion: nn.Module) -> int:
     changed = 0
     for name, module in fusion.named_modules():
         if name.startswith("vision_model") or ".vision_model." in f".{name}.":
             continue
-        if type(module) is nn.Linear and _swap_class(module, nn.Linear, FewRowsLinear):
-            if name.endswith("predictions.decoder"):
-                module.max_rows = FEW_ROWS_LM_HEAD
-            changed += 1
+        changed += _few_rows_linear(name, module)
     return changed
 
 
@@ -149,12 +200,12 @@ def enable_cpu_fast_paths(model: nn.Module) -> int:
         changed += _enable_fusion(fusion)
     # The task heads around a fusion model (LM head, classifiers) live outside it.
     for name, module in model.named_modules():
-        if name.endswith("predictions.decoder") and _swap_class(module, nn.Linear, FewRowsLinear):
-            module.max_rows = FEW_ROWS_LM_HEAD
-            changed += 1
-        elif name.endswith("predictions.transform.dense") and _swap_class(module, nn.Linear, FewRowsLinear):
-            changed += 1
+        if name.endswith(("predictions.decoder", "predictions.transform.dense")):
+            changed += _few_rows_linear(name, module)
     return changed
 
 
-__all__ = ["FEW_ROWS", "FEW_ROWS_LM_HEAD", "FewRowsLinear", "FP32TrainingDepthwiseConv2d", "enable_cpu_fast_paths"]
+__all__ = [
+    "FEW_ROWS", "FEW_ROWS_LM_HEAD", "FEW_ROWS_MARGIN", "FewRowsLinear", "FP32TrainingDepthwiseConv2d", "enable_cpu_fast_paths",
+    "few_rows_pays",
+]
