@@ -152,3 +152,32 @@ def test_compare_refuses_a_missing_or_invalid_model_dir(tmp_path, capsys):
     (folder / "summary.json").write_text(json.dumps({"metrics": {t: {} for t in
                                                                  ("detector", "caption", "vqa", "retrieval", "nlvr")}}))
     assert "no saved VQA model" in error(folder)
+
+
+def test_compare_goes_on_from_an_interrupted_run(tiny_compare, tmp_path, capsys):
+    """A second run into a folder without compare.json reuses the detector, the region tables and every finished
+    stage (same task metrics); a run of the other size is refused."""
+    import shutil
+
+    from minivlm_hf.cli import main
+
+    demo, out = tiny_compare
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    for name in ("compare.json", "compare.md"):
+        (again / name).unlink()
+    shutil.rmtree(again / "nlvr")  # the last stage did not finish
+    assert main(["compare", "--model-dir", str(demo), "--output-dir", str(again), "--quiet", "--timing-runs", "1"]) == 2
+    assert "holds a detector of another size" in capsys.readouterr().err
+    assert main(["compare", "--model-dir", str(demo), "--output-dir", str(again), "--tiny", "--quiet",
+                 "--timing-runs", "1"]) == 0
+    logged = capsys.readouterr().out
+    assert "reusing the one trained" in logged and "OSCAR-B caption: reusing" in logged
+    assert "OSCAR-B nlvr: from" in logged  # trained again
+    first, second = (json.loads((d / "compare.json").read_text()) for d in (out, again))
+    for a, b in zip(first["rows"], second["rows"]):
+        if a["kind"] == "metric":
+            assert a["oscar_b"] == b["oscar_b"], a["label"]
+    assert second["detector_steps"] == 1
+    assert main(["compare", "--model-dir", str(demo), "--output-dir", str(again), "--tiny"]) == 2
+    assert "already holds a comparison" in capsys.readouterr().err

@@ -134,11 +134,34 @@ def run_fusion_chain(settings: dict, data: BaselineRecipeData, sources: dict, ou
         source = sources.get(stage, MINILM)
         init_from = None if source == MINILM else str(output_dir / source)
         config = baseline_stage_config(settings, stage, fusion_sizes, features_dir, init_from)
+        saved = _finished_stage(output_dir / stage)
+        if saved is not None:  # an interrupted comparison goes on from its last finished stage
+            log(f"  OSCAR-B {stage}: reusing the model trained in {output_dir / stage}")
+            metrics[stage] = saved
+            continue
         log(f"  OSCAR-B {stage}: from " + ("a random BERT-base-shaped model" if source == MINILM else source))
         with clock(f"oscar-b {stage}: train + evaluate"):
             result = run_stage(stage, config, output_dir / stage, data=data, evaluate=stage != "pretrain",
                                progress=progress)
-        metrics[stage] = {k: v for k, v in result.metrics.items() if k.startswith("test_") or k == "train_loss"}
+        metrics[stage] = _stage_metrics(result.metrics)
         del result
         gc.collect()
     return metrics
+
+
+def _stage_metrics(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k.startswith("test_") or k == "train_loss"}
+
+
+def _finished_stage(folder: Path) -> dict | None:
+    """The metrics of a stage an earlier run of the comparison finished in ``folder`` (model saved, then
+    metrics.json written), or None."""
+    import json
+
+    path = folder / "metrics.json"
+    if not ((folder / "config.json").is_file() and path.is_file()):
+        return None
+    try:
+        return _stage_metrics(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None

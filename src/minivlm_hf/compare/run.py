@@ -98,6 +98,9 @@ def run_compare(model_dir, output_dir, *, tiny: bool = False, detector_steps: in
     if (detector_dir / "detector.json").is_file():
         log(f"OSCAR-B detector: reusing the one trained in {detector_dir}")
         detector, det_metrics = load_detector(detector_dir)
+        if detector.size != size:
+            raise ValueError(f"--output-dir {output_dir} holds a detector of another size ({detector.size}); "
+                             f"{'drop' if tiny else 'add'} --tiny or choose a new folder")
         steps = json.loads((detector_dir / "detector.json").read_text()).get("steps", steps)
     else:
         torch.manual_seed(int(det_config["seed"]))
@@ -133,9 +136,13 @@ def run_compare(model_dir, output_dir, *, tiny: bool = False, detector_steps: in
     from ..modeling.modeling_minivlm_tasks import MiniVLMForQuestionAnswering
     from ..training.demo import load_with_auto_class
 
+    from ..fast.cpu import enable_cpu_fast_paths
+
     mini_vqa, _ = load_with_auto_class("vqa", model_dir / "vqa")
     mini_processor = load_processor("vqa", model_dir / "vqa")
     big_vqa = MiniVLMForQuestionAnswering.from_pretrained(str(output_dir / "vqa")).eval()
+    for model in (mini_vqa, big_vqa):
+        enable_cpu_fast_paths(model)  # both sides get the same CPU kernel choices, as in `minivlm-hf benchmark`
     big_processor = load_processor("vqa", output_dir / "vqa")
     scene = data.scenes["test"][0]
     image, question = scene["image"].convert("RGB"), scene["questions"][0]
