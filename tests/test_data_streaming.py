@@ -178,3 +178,31 @@ def test_nlvr_parquet_export_reads_back(tmp_path):
     rows = list(streamed["train"])
     assert len(rows) == 4 and sorted(r["label"] for r in rows) == [0, 0, 1, 1]
     assert "`right_objects.category_id`: 0 = circle" in (folder / "README.md").read_text()
+
+
+def test_webdataset_export_streams_the_same_rows_as_the_parquet_one(parquet_dir, tmp_path):
+    folder = tmp_path / "web"
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in SIZES.items()]
+    assert cli(["data", "scenes", "--format", "webdataset", "--shards", "4", "--output-dir", str(folder), "--quiet",
+                *args]) == 0
+    names = sorted(p.relative_to(folder).as_posix() for p in (folder / "data").iterdir())
+    assert names == [f"data/{s}-{i:05d}-of-00004.tar" for s in ("test", "train", "validation") for i in range(4)]
+    import tarfile
+
+    with tarfile.open(folder / "data" / "train-00000-of-00004.tar") as tar:
+        assert tar.getnames() == ["train_00000000.image.png", "train_00000000.json",
+                                  "train_00000001.image.png", "train_00000001.json"]
+    for split in ("train", "validation", "test"):
+        web, parquet = stream_dataset(folder, split), stream_dataset(parquet_dir, split)
+        assert web.features == parquet.features  # ClassLabel object classes included
+        assert [_plain(r) for r in web] == [_plain(r) for r in parquet]
+    for rank in (0, 1):
+        ids = [r["image_id"] for r in stream_dataset(parquet_dir, "train", rank=rank, world_size=2)]
+        stream = stream_dataset(folder, "train", rank=rank, world_size=2)
+        assert [r["image_id"] for r in stream] == ids
+        iterator = iter(stream)
+        next(iterator)
+        state = json.loads(json.dumps(stream.state_dict()))
+        resumed = stream_dataset(folder, "train", rank=rank, world_size=2)
+        resumed.load_state_dict(state)
+        assert [r["image_id"] for r in resumed] == ids[1:]

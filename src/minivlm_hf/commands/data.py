@@ -2,13 +2,14 @@
 
     minivlm-hf data scenes --out DIR [--num-train N] [--num-validation N] [--num-test N] [--seed S]
     minivlm-hf data nlvr   --out DIR [--num-train N] [--num-validation N] [--num-test N] [--seed S]
-    minivlm-hf data scenes --format parquet --shards N --output-dir DIR ...
+    minivlm-hf data scenes --format parquet|webdataset --shards N --output-dir DIR ...
     minivlm-hf data push DIR REPO_ID
     minivlm-hf data features --detector TEE_DIR --scenes PARQUET_DIR --out DIR     (also under torchrun)
 
 ``--format arrow`` (default) loads back with ``datasets.load_from_disk(DIR)``; ``--format parquet`` writes N parquet
 shards per split in the Hub's layout with a dataset card, which ``datasets.load_dataset(DIR, streaming=True)`` reads
-(and ``data push`` publishes as a dataset repo).
+(and ``data push`` publishes as a dataset repo); ``--format webdataset`` writes N tar shards per split (a PNG and a
+JSON file per row) that ``datasets``' webdataset builder reads, and ``stream_dataset`` streams as the same rows.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from ._common import add_hub_upload_arguments, non_negative_int, positive_int
 def _add_common(parser: argparse.ArgumentParser, defaults: tuple[int, int, int], unit: str) -> None:
     parser.add_argument("--out", "--output-dir", dest="out", required=True, type=Path,
                         help="folder to save the DatasetDict into")
-    parser.add_argument("--format", choices=("arrow", "parquet"), default="arrow",
-                        help="arrow: save_to_disk (default); parquet: sharded parquet files + dataset card (Hub layout)")
+    parser.add_argument("--format", choices=("arrow", "parquet", "webdataset"), default="arrow",
+                        help="arrow: save_to_disk (default); parquet: sharded parquet files + dataset card (Hub "
+                             "layout); webdataset: sharded tar files (PNG + JSON per row) + dataset card")
     parser.add_argument("--shards", type=positive_int, default=1,
-                        help="parquet files per split with --format parquet (default 1; at least the number of ranks "
-                             "that will stream it)")
+                        help="files per split with --format parquet / webdataset (default 1; at least the number of "
+                             "ranks that will stream it)")
     parser.add_argument("--num-train", type=positive_int, default=defaults[0], help=f"{unit} in train (default {defaults[0]})")
     parser.add_argument(
         "--num-validation", type=non_negative_int, default=defaults[1], help=f"{unit} in validation (default {defaults[1]})"
@@ -134,10 +136,10 @@ def _save(dataset, args) -> None:
     from minivlm_hf.io.atomic import atomic_directory
 
     settings = {k: v for k, v in vars(args).items() if k.startswith(("num_", "seed", "min_", "max_", "format"))}
-    if args.format == "parquet":
+    if args.format != "arrow":
         settings["shards"] = args.shards
     with atomic_directory(args.out) as staging:
-        if args.format == "parquet":
+        if args.format != "arrow":
             _write_parquet(dataset, staging, args)
         else:
             save_quietly(dataset, staging)
@@ -160,16 +162,17 @@ def _write_parquet(dataset, folder: Path, args) -> None:
 
     from minivlm_hf.data.parquet import with_object_class_names, write_parquet_shards
     from minivlm_hf.data.vocab import OBJECT_ID2LABEL
+    from minivlm_hf.data.webdataset import write_webdataset_shards
 
     names = [OBJECT_ID2LABEL[i] for i in range(len(OBJECT_ID2LABEL))]
     dataset = datasets.DatasetDict({k: with_object_class_names(v, names) for k, v in dataset.items()})
     pretty_name, description, tasks = _CARD_TEXT[args.data_command]
-    write_parquet_shards(dataset, folder, args.shards, pretty_name=pretty_name, description=description,
-                         task_categories=tasks)
+    write = write_parquet_shards if args.format == "parquet" else write_webdataset_shards
+    write(dataset, folder, args.shards, pretty_name=pretty_name, description=description, task_categories=tasks)
 
 
 def _check_shards(args, counts: dict[str, int]) -> None:
-    if args.format != "parquet":
+    if args.format == "arrow":
         return
     small = {name: n for name, n in counts.items() if 0 < n < args.shards}
     if small:

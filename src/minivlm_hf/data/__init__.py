@@ -4,6 +4,7 @@
 - :mod:`.scenes`: :func:`load_scenes` / :func:`load_nlvr` (cached ``DatasetDict``s), COCO conversion;
 - :mod:`.formats`: COCO detection, COCO captions (Karpathy split), VQA v2, OSCAR/VinVL feature TSV;
 - :mod:`.parquet`: sharded parquet export with a dataset card, and its upload to a Hub dataset repo;
+- :mod:`.webdataset`: the same export as WebDataset tar shards, read back as the same rows;
 - :mod:`.streaming`: :func:`stream_dataset`, a split streamed shard by shard, each rank reading its own shards.
 """
 
@@ -25,6 +26,7 @@ _LAZY = {
     ), "formats"),
     **dict.fromkeys(("push_dataset_folder", "write_parquet_shards"), "parquet"),
     "stream_dataset": "streaming",
+    "write_webdataset_shards": "webdataset",
 }
 __all__ = list(_LAZY)
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -144,8 +144,10 @@ def push_dataset_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"dataset folder not found: {folder}")
-    # data/*.parquet (scenes) or data/<split>/*.parquet (features); the upload pattern's * spans folders too
-    shards = sorted(p.relative_to(folder).as_posix() for p in (folder / DATA_DIR).rglob("*.parquet"))
+    # data/*.parquet (scenes), data/*.tar (webdataset) or data/<split>/*.parquet (features); the upload patterns' *
+    # spans folders too
+    shards = sorted(p.relative_to(folder).as_posix() for pattern in ("*.parquet", "*.tar")
+                    for p in (folder / DATA_DIR).rglob(pattern))
     if not (folder / CARD_NAME).is_file() or not shards:
         raise ValueError(
             f"{folder} is not a parquet dataset folder (it needs {CARD_NAME} and {DATA_DIR}/*.parquet; write one with "
@@ -159,7 +161,7 @@ def push_dataset_folder(
         api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
     info = api.upload_folder(
         repo_id=repo_id, repo_type="dataset", folder_path=folder, revision=revision,
-        allow_patterns=[CARD_NAME, f"{DATA_DIR}/*.parquet"],
-        commit_message=commit_message or f"Upload {len(shards)} parquet shards",
+        allow_patterns=[CARD_NAME, f"{DATA_DIR}/*.parquet", f"{DATA_DIR}/*.tar"],
+        commit_message=commit_message or f"Upload {len(shards)} shards",
     )
     return str(info)

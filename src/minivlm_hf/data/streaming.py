@@ -1,4 +1,4 @@
-"""Stream a sharded parquet dataset (a local folder or a Hub dataset repo) for training on one or many ranks.
+"""Stream a sharded parquet or WebDataset dataset (a local folder or a Hub dataset repo) for training on one or many ranks.
 
 :func:`stream_dataset` opens one split as a ``datasets.IterableDataset`` and hands each rank of a ``torchrun`` /
 ``accelerate launch`` job its own shards (``datasets.distributed.split_dataset_by_node`` with the ``"shards"``
@@ -13,7 +13,8 @@ saved and restored exactly with the dataset's own ``state_dict()`` / ``load_stat
     resumed = stream_dataset("scenes_parquet", "train")
     resumed.load_state_dict(state)                           # continues at row 101
 
-Write such a folder with ``minivlm-hf data scenes --format parquet --shards N``.
+Write such a folder with ``minivlm-hf data scenes --format parquet --shards N`` (or ``--format webdataset``: tar
+shards, whose samples are streamed back as the same rows).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def stream_dataset(
     revision: str | None = None,
     token: str | None = None,
 ) -> datasets.IterableDataset:
-    """The ``split`` of ``source`` (a parquet dataset folder, or a Hub dataset repo id) as an ``IterableDataset`` that
+    """The ``split`` of ``source`` (a parquet / webdataset folder, or a Hub dataset repo id) as an ``IterableDataset`` that
     reads only the shards of ``rank`` out of ``world_size`` (default: the running ``torch.distributed`` job's).
 
     The split's shard count must be a multiple of ``world_size``, so every rank gets the same number of shards
@@ -56,11 +57,16 @@ def stream_dataset(
     path = Path(source)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{source} is a file; expected a parquet dataset folder or a Hub dataset repo id")
-    if path.is_dir() and next(path.glob("**/*.parquet"), None) is None:
+    if path.is_dir() and next(path.glob("**/*.parquet"), next(path.glob("**/*.tar"), None)) is None:
         raise ValueError(
-            f"{source} holds no parquet files; write a streamable dataset with `minivlm-hf data scenes --format parquet`"
+            f"{source} holds no parquet files (nor webdataset .tar ones); write a streamable dataset with "
+            "`minivlm-hf data scenes --format parquet`"
         )
     stream = datasets.load_dataset(str(source), split=split, streaming=True, revision=revision, token=token)
+    from .webdataset import is_webdataset, webdataset_rows
+
+    if is_webdataset(stream.features):
+        stream = webdataset_rows(stream)
     if world_size > 1:
         if stream.num_shards % world_size:
             raise ValueError(
