@@ -146,9 +146,11 @@ def test_caption_stage_trains_on_the_stream_and_resumes_exactly(folders, tmp_pat
 
     config = load_recipe_config(None, _stream_config(folders, tmp_path / "cache", max_steps=4, save_steps=2))
     data = RecipeData(config)
-    full = run_stage("caption", config, tmp_path / "full", data=data, evaluate=False, progress=False)
+    full = run_stage("caption", config, tmp_path / "full", data=data, progress=False)
     assert isinstance(full.trainer.train_dataset, datasets.IterableDataset) and full.metrics["global_step"] == 4
-    assert data._stores == {} and data._scenes is None  # nothing extracted or generated in memory
+    # evaluated on the feature folder's test split: no scenes generated, no regions extracted in memory
+    assert len(full.details["captions"]) == 4 and "test_cider" in full.metrics, sorted(full.metrics)
+    assert data._scenes is None and list(data._features) == ["test"]
     assert full.trainer.args.accelerator_config.dispatch_batches is False
     interrupted = run_stage("caption", config, tmp_path / "resumed", data=data, evaluate=False, progress=False,
                             callbacks=(StopAtStepCallback(2),))

@@ -67,11 +67,11 @@ def write_webdataset_shards(
     for name, split in dataset.items():
         if split.features != first:
             raise ValueError(f"split {name!r} has other features than the first split")
-        raw = split.cast(Features({**split.features, **{k: Image(decode=False) for k in images}}))
         count = num_shards if split.num_rows else 1
         files[name] = []
         row_index = 0
         with _no_progress_bars():
+            raw = split.cast(Features({**split.features, **{k: Image(decode=False) for k in images}}))
             for index in range(count):
                 relative = shard_name(name, index, count)
                 with tarfile.open(folder / relative, "w", format=tarfile.USTAR_FORMAT) as tar:

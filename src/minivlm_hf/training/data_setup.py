@@ -2,7 +2,8 @@
 
 :class:`RecipeData` owns the scenes / NLVR datasets, the tokenizer, the trained detector and its image processor,
 and the precomputed region features of every split (extracted once, optionally saved to ``data.features_dir`` and
-reused from there).
+reused from there). When ``data.stream`` is a feature folder (``minivlm-hf data features``), the held-out splits are
+read from it instead, and the train split is streamed (``streamed_examples``).
 """
 
 from __future__ import annotations
@@ -116,6 +117,27 @@ class RecipeData:
         return int(self.data_config["oracle_feature_size"] if self.oracle else self.detector.config.box_head_dim)
 
     # -- region features ----------------------------------------------------------------------------------------------
+    def streamed_table(self, kind: str, split: str):
+        """``split`` of the feature folder ``data.stream`` (in memory) if it holds features of ``kind`` ("scenes" /
+        "nlvr") and that split; else None (the split is then extracted from the recipe's own data)."""
+        source = self.data_config.get("stream")
+        if not source or split == "train":
+            return None
+        if not hasattr(self, "_stream_kind"):
+            import datasets
+
+            from ..data.streaming import stream_dataset
+
+            columns = stream_dataset(source, "train", rank=0, world_size=1).features or {}
+            self._stream_kind = ("nlvr" if "left_region_features" in columns
+                                 else "scenes" if "region_features" in columns else None)
+            self._stream_splits = datasets.get_dataset_split_names(str(source)) if self._stream_kind else []
+        if self._stream_kind != kind or split not in self._stream_splits:
+            return None
+        import datasets
+
+        return datasets.load_dataset(str(source), split=split)
+
     def _features_path(self, name: str) -> Path | None:
         root = self.data_config.get("features_dir")
         return Path(root) / name if root else None
@@ -144,6 +166,10 @@ class RecipeData:
     def features(self, split: str):
         """The scenes split with region columns (and without the image column)."""
         if split not in self._features:
+            streamed = self.streamed_table("scenes", split)
+            if streamed is not None:
+                self._features[split] = streamed
+                return streamed
             images = self.scenes[split]
             limit = self.data_config.get("fusion_num_train") if split == "train" else None
             if limit is not None and limit < len(images):
@@ -158,6 +184,10 @@ class RecipeData:
 
     def _nlvr_split(self, split: str):
         if split not in self._nlvr_statements:
+            streamed = self.streamed_table("nlvr", split)
+            if streamed is not None:  # statements carrying both images' regions (left_* / right_* columns)
+                self._nlvr_statements[split], self._nlvr_features[split] = streamed, None
+                return None, streamed
             images, statements = nlvr_images(self.nlvr[split])
             self._nlvr_statements[split] = statements
             self._nlvr_features[split] = self._regions_for(f"nlvr_{split}", images)
@@ -168,7 +198,8 @@ class RecipeData:
 
     def nlvr_store(self, split: str) -> RegionStore:
         if split not in self._nlvr_stores:
-            self._nlvr_stores[split] = RegionStore(self._nlvr_split(split)[0])
+            images = self._nlvr_split(split)[0]
+            self._nlvr_stores[split] = RegionStore(images) if images is not None else None
         return self._nlvr_stores[split]
 
     # -- saving -------------------------------------------------------------------------------------------------------
