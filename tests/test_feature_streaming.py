@@ -101,7 +101,7 @@ def test_data_features_errors_and_keeps_existing_folders(folders, tmp_path, caps
 
 def test_stream_task_examples_match_the_in_memory_tables(folders):
     from minivlm_hf.training.features import caption_examples, pretraining_examples, vqa_examples
-    from minivlm_hf.training.streamed_examples import stream_task_examples
+    from minivlm_hf.training.streamed_examples import stage_stream, stream_task_examples
 
     table = datasets.concatenate_datasets([datasets.Dataset.from_parquet(str(p)) for p in sorted(
         (folders / "features" / "data" / "train").glob("*.parquet"))])
@@ -128,6 +128,8 @@ def test_stream_task_examples_match_the_in_memory_tables(folders):
         stream_task_examples("nlvr", folders / "features")
     with pytest.raises(ValueError, match="holds 10 regions of 32 features per image, the model takes 10 of 64"):
         stream_task_examples("vqa", folders / "features", region_shape=(10, 64))
+    with pytest.raises(ValueError, match="the detector stage trains on scenes with images; data.stream .* has none"):
+        stage_stream("detector", {"data": {"stream": str(folders / "features")}})
 
 
 def _stream_config(folders, cache_dir, **training):

@@ -349,20 +349,13 @@ def stage_datasets(stage: str, data: RecipeData, split: str, model=None):
     """The rows a stage trains (``train``) or is validated on."""
     from .features import caption_examples, pretraining_examples, vqa_examples
 
-    if stage == "detector":
-        if split == "train" and data.config["data"].get("stream"):
-            from ..data.streaming import stream_dataset
-
-            # Not split here: the Trainer's accelerator hands each rank its shards (see training_arguments).
-            return stream_dataset(data.config["data"]["stream"], "train", rank=0, world_size=1)
-        return data.scenes[split]
     if split == "train" and data.config["data"].get("stream"):
-        from .streamed_examples import stream_task_examples
+        from .streamed_examples import stage_stream
 
-        d = data.config["data"]
-        shape = (model.config.max_regions, model.config.region_feature_size) if model is not None else None
-        return stream_task_examples(stage, d["stream"], region_shape=shape, seed=data.config["seed"],
-                                    shuffle_buffer=int(d.get("stream_shuffle_buffer", 0) or 0))
+        # Not split here: the Trainer's accelerator hands each rank its shards (see training_arguments).
+        return stage_stream(stage, data.config, model)
+    if stage == "detector":
+        return data.scenes[split]
     if stage == "nlvr":
         return data.nlvr_statements(split)
     table = data.features(split)

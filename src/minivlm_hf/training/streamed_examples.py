@@ -112,4 +112,19 @@ def stream_task_examples(
     return stream
 
 
-__all__ = ["stream_task_examples"]
+def stage_stream(stage: str, config: dict, model=None) -> datasets.IterableDataset:
+    """The training rows of ``stage`` streamed from the recipe's ``data.stream``: scenes for the detector, the
+    stage's rows of a feature folder for a fusion stage (``model``: checks the regions' shape against its config)."""
+    d = config["data"]
+    if stage == "detector":
+        stream = stream_dataset(d["stream"], "train", rank=0, world_size=1)
+        if stream.features is not None and "image" not in stream.features:
+            raise ValueError(f"the detector stage trains on scenes with images; data.stream {d['stream']} has none "
+                             f"(columns: {sorted(stream.features)}): stream `minivlm-hf data scenes --format parquet`")
+        return stream
+    shape = (model.config.max_regions, model.config.region_feature_size) if model is not None else None
+    return stream_task_examples(stage, d["stream"], region_shape=shape, seed=config.get("seed", 0),
+                                shuffle_buffer=int(d.get("stream_shuffle_buffer", 0) or 0))
+
+
+__all__ = ["stage_stream", "stream_task_examples"]
