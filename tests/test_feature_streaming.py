@@ -130,6 +130,8 @@ def test_stream_task_examples_match_the_in_memory_tables(folders):
         stream_task_examples("vqa", folders / "features", region_shape=(10, 64))
     with pytest.raises(ValueError, match="the detector stage trains on scenes with images; data.stream .* has none"):
         stage_stream("detector", {"data": {"stream": str(folders / "features")}})
+    with pytest.raises(ValueError, match=r"extracted with tag_threshold=0.01 but the recipe has data.tag_threshold=0.3"):
+        stage_stream("caption", {"data": {"stream": str(folders / "features"), "tag_threshold": 0.3}})
 
 
 def _stream_config(folders, cache_dir, **training):

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ._common import add_hub_upload_arguments, non_negative_int, positive_int
+from ._common import add_hub_upload_arguments, non_negative_int, positive_int, unit_interval
 
 
 def _add_common(parser: argparse.ArgumentParser, defaults: tuple[int, int, int], unit: str) -> None:
@@ -95,10 +95,10 @@ def register(subparsers) -> None:
     features.add_argument("--split", action="append", dest="splits", metavar="SPLIT",
                           help="extract this split (repeatable; default every split with rows)")
     features.add_argument("--batch-size", type=positive_int, default=16, help="images per TEE call (default 16)")
-    features.add_argument("--tag-threshold", type=float, default=0.3,
+    features.add_argument("--tag-threshold", type=unit_interval, default=0.3,
                           help="a region becomes a tag at this score (default 0.3, the recipes' data.tag_threshold)")
     features.add_argument("--tag-attributes", action="store_true", help="'attribute ... class' tags per region")
-    features.add_argument("--tag-attribute-threshold", type=float, default=0.5,
+    features.add_argument("--tag-attribute-threshold", type=unit_interval, default=0.5,
                           help="attribute probability to name it with --tag-attributes (default 0.5)")
     features.add_argument("--tag-order", choices=("score", "area"), default="score",
                           help="tag phrases most confident first (default) or largest box first")

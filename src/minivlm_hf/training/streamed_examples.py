@@ -112,6 +112,31 @@ def stream_task_examples(
     return stream
 
 
+# manifest key of `data features` -> (recipe key, its default)
+TAG_SETTINGS = {"tag_threshold": ("tag_threshold", 0.3), "tag_attributes": ("tag_attributes", False),
+                "tag_attribute_threshold": ("tag_attribute_threshold", 0.5), "tag_order": ("tag_order", "score")}
+
+
+def check_tag_settings(data_config: dict) -> None:
+    """A local feature folder records the tag settings it was extracted with; the model trained on it tags images
+    at inference with the recipe's, so they must agree."""
+    import json
+
+    from .feature_shards import MANIFEST
+
+    manifest = Path(data_config["stream"]) / MANIFEST
+    if not manifest.is_file():
+        return  # a Hub repo, or a folder written by other tools
+    recorded = json.loads(manifest.read_text())
+    for key, (recipe_key, default) in TAG_SETTINGS.items():
+        if key in recorded and recorded[key] != data_config.get(recipe_key, default):
+            raise ValueError(
+                f"data.stream {data_config['stream']} was extracted with {key}={recorded[key]!r} but the recipe has "
+                f"data.{recipe_key}={data_config.get(recipe_key, default)!r}: set data.{recipe_key} to "
+                f"{recorded[key]!r} (the model tags images as its features were tagged) or extract them again"
+            )
+
+
 def stage_stream(stage: str, config: dict, model=None) -> datasets.IterableDataset:
     """The training rows of ``stage`` streamed from the recipe's ``data.stream``: scenes for the detector, the
     stage's rows of a feature folder for a fusion stage (``model``: checks the regions' shape against its config)."""
@@ -122,6 +147,7 @@ def stage_stream(stage: str, config: dict, model=None) -> datasets.IterableDatas
             raise ValueError(f"the detector stage trains on scenes with images; data.stream {d['stream']} has none "
                              f"(columns: {sorted(stream.features)}): stream `minivlm-hf data scenes --format parquet`")
         return stream
+    check_tag_settings(d)
     shape = (model.config.max_regions, model.config.region_feature_size) if model is not None else None
     return stream_task_examples(stage, d["stream"], region_shape=shape, seed=config.get("seed", 0),
                                 shuffle_buffer=int(d.get("stream_shuffle_buffer", 0) or 0))
