@@ -79,10 +79,10 @@ def register(subparsers) -> None:
     push.set_defaults(func=_run_push)
     features = sub.add_parser(
         "features",
-        help="extract region features of a parquet dataset into parquet shards (data parallel under torchrun)",
+        help="extract region features of a streamable dataset into parquet shards (data parallel under torchrun)",
         description=(
-            "Run a trained TEE over every image of a parquet scenes / NLVR dataset (a folder written with --format "
-            "parquet, or a Hub dataset repo) and write the rows with their region features as parquet shards "
+            "Run a trained TEE over every image of a scenes / NLVR dataset (a folder written with --format parquet "
+            "or webdataset, or a Hub dataset repo) and write the rows with their region features as parquet shards "
             "(data/<split>/features-r<rank>-<shard>.parquet, one per scene shard) with a dataset card. Under "
             "`torchrun --nproc_per_node N` or `accelerate launch` each rank extracts its own scene shards (the "
             "shard count must be a multiple of N) into the same --out folder. The fusion stages train on the "
@@ -90,7 +90,8 @@ def register(subparsers) -> None:
         ),
     )
     features.add_argument("--detector", type=Path, required=True, help="folder of a trained detector (train detector)")
-    features.add_argument("--scenes", required=True, help="parquet dataset folder or Hub dataset repo id")
+    features.add_argument("--scenes", required=True,
+                          help="parquet / webdataset folder (data scenes|nlvr --format ...) or Hub dataset repo id")
     features.add_argument("--out", "--output-dir", dest="out", required=True, type=Path, help="feature folder to write")
     features.add_argument("--split", action="append", dest="splits", metavar="SPLIT",
                           help="extract this split (repeatable; default every split with rows)")

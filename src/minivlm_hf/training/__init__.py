@@ -4,6 +4,8 @@
   NLVR), seeded per batch so that resumed runs are exact;
 - :mod:`.features`: TEE feature extraction (OSCAR style), oracle features, the in-memory ``RegionStore`` and the
   per-task example tables;
+- :mod:`.feature_shards`: the same extraction data parallel into parquet shards (``minivlm-hf data features``);
+- :mod:`.streamed_examples`: the fusion stages' training rows streamed from such shards (``data.stream``);
 - :mod:`.data_setup`: ``RecipeData``, the datasets / tokenizer / detector / features a recipe config describes;
 - :mod:`.recipes`: the recipe config, models, ``run_stage`` (train, save, evaluate, ``metrics.json``);
 - :mod:`.trainers`: ``Trainer`` subclasses for detection and captioning evaluation, metrics, callbacks;

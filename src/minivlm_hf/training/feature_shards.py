@@ -114,7 +114,7 @@ def extract_feature_shards(
     progress: bool = True,
     detector_name: str | None = None,
 ) -> dict[str, int]:
-    """Extract the regions of every image of ``source`` (a parquet scenes / NLVR folder or Hub dataset repo) into the
+    """Extract the regions of every image of ``source`` (a parquet / webdataset scenes or NLVR folder, or a Hub dataset repo) into the
     feature folder ``out``, this rank's share only when ``torch.distributed`` runs (every rank calls it with the same
     arguments). Returns the rows written per split over all ranks.
 
