@@ -185,3 +185,15 @@ def test_two_process_vqa_on_the_stream_reads_disjoint_rows_and_ends_in_sync(fold
     read = [{f for f in files if questions[f] & set(s)} for s in seen]
     assert len(read[0]) == len(read[1]) == 2 and read[0].isdisjoint(read[1])
     assert all(set(s) <= set().union(*(questions[f] for f in r)) for s, r in zip(seen, read))
+
+
+def test_feature_folder_pushed_to_the_hub_streams_the_same_task_rows(hub_server, folders):
+    from minivlm_hf.training.streamed_examples import stream_task_examples
+
+    assert cli(["data", "push", str(folders / "features"), "user/scene-features"]) == 0
+    files = hub_server.list_files("user/scene-features", repo_type="dataset")
+    assert sorted(f for f in files if f.endswith(".parquet")) == sorted(
+        p.relative_to(folders / "features").as_posix() for p in (folders / "features" / "data").rglob("*.parquet"))
+    local = [(r["question_id"], r["region_features"]) for r in stream_task_examples("vqa", folders / "features")]
+    hub = [(r["question_id"], r["region_features"]) for r in stream_task_examples("vqa", "user/scene-features")]
+    assert hub == local and len(hub) > 8
