@@ -25,11 +25,11 @@ import pyarrow.parquet as pq
 from datasets import DatasetInfo, Features
 from datasets.arrow_writer import ParquetWriter
 
-from ..data.parquet import CARD_NAME, DATA_DIR, _no_progress_bars, write_card
+from ..data.parquet import DATA_DIR, _no_progress_bars, write_card
 from ..data.streaming import node_rank_and_world_size, stream_dataset
 from ..io.atomic import atomic_directory, atomic_write_text
 from ..progress import progress_enabled
-from .features import REGION_COLUMNS, region_extractor
+from .features import region_extractor
 
 MANIFEST = "minivlm_features.json"
 # image column -> prefix of its region columns
