@@ -164,9 +164,11 @@ def train_detector(detector: RegionDetector, train_rows, training_args, *, seed:
 
 
 @torch.no_grad()
-def evaluate_detector_map(detector: RegionDetector, scenes, *, batch_size: int = 8, progress: bool = True) -> dict:
+def evaluate_detector_map(detector: RegionDetector, scenes, *, batch_size: int = 1, progress: bool = True) -> dict:
     """COCO mAP on a scenes split with torchvision's own post-processing (score-sorted, per-class NMS, boxes in the
-    original pixels), computed as the TEE's is (``compute_detection_map`` against the same ground-truth boxes)."""
+    original pixels), computed as the TEE's is (``compute_detection_map`` against the same ground-truth boxes).
+    One image per batch by default: a batch is padded to its largest resized image, and the scenes' aspect ratios
+    differ, so on CPU larger batches cost more per image."""
     from ..metrics import compute_detection_map
     from ..progress import progress as progress_bar
 

@@ -34,11 +34,13 @@ def autocast(enabled: bool):
 
 @torch.no_grad()
 def extract_region_table(detector: RegionDetector, images: datasets.Dataset, *, data_config: dict,
-                         iou_threshold: float, batch_size: int = 8, bf16: bool = False, progress: bool = True,
+                         iou_threshold: float, batch_size: int = 1, bf16: bool = False, progress: bool = True,
                          desc: str = "Extracting OSCAR-B regions") -> datasets.Dataset:
     """The region table of ``images`` (the feature-table format the fusion stages read): ``num_regions`` float16
     features per image, normalised boxes, scores, 0-based labels and the tags, by the rule and settings the TEE's
-    tags use (``tags_from_detections`` with the data config's tag threshold, attributes and order)."""
+    tags use (``tags_from_detections`` with the data config's tag threshold, attributes and order). One image per
+    batch by default (see ``evaluate_detector_map``: padding to the batch's largest image costs more than batching
+    saves on CPU)."""
     from ..progress import progress as progress_bar
 
     detector.eval()
@@ -80,7 +82,7 @@ class BaselineRecipeData(RecipeData):
     ``data.features_dir``)."""
 
     def __init__(self, config: dict, detector: RegionDetector, *, iou_threshold: float, bf16: bool,
-                 extract_batch_size: int = 8, progress: bool = True):
+                 extract_batch_size: int = 1, progress: bool = True):
         super().__init__(config, progress=progress)
         self.region_detector = detector
         self.iou_threshold = iou_threshold

@@ -107,9 +107,7 @@ def run_compare(model_dir, output_dir, *, tiny: bool = False, detector_steps: in
         detector = RegionDetector(size, float(det_config["detector"].get("attribute_loss_weight", 0.5)),
                                   int(det_config["detector"].get("roi_batch_size_per_image", 64)))
         det_metrics = {}
-    data = BaselineRecipeData(data_config, detector, iou_threshold=iou, bf16=bf16,
-                              extract_batch_size=min(8, int(data_config["data"]["extract_batch_size"])),
-                              progress=progress)
+    data = BaselineRecipeData(data_config, detector, iou_threshold=iou, bf16=bf16, progress=progress)
     log(f"scenes {dict((k, len(v)) for k, v in data.scenes.items())}")
     if not det_metrics:
         log(f"OSCAR-B detector: Faster R-CNN {size.backbone}-FPN, {steps} steps (the demo's TEE: {demo_steps})")
