@@ -74,6 +74,8 @@ def test_compare_table_has_every_row_and_retention_is_the_ratio(tiny_compare):
     assert "random weights" in markdown and "no BERT-base weights are available offline" in markdown
     assert "trained 1 steps instead of the demo's 2" in markdown
     assert result["detector_steps"] == 1 and result["demo_detector_steps"] == 2
+    assert "| oscar-b detector: train |" in markdown and "| oscar-b vqa: train + evaluate |" in markdown
+    assert result["total_seconds"] >= sum(result["timings"].values())
 
 
 def test_compare_parameters_are_the_models_real_counts(tiny_compare):

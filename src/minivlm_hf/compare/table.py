@@ -59,7 +59,7 @@ def _value(value, unit: str, scale: float) -> str:
     return f"{value * scale:.3f}"
 
 
-def markdown(rows: list[dict], settings: dict, notes: list[str], title: str) -> str:
+def markdown(rows: list[dict], settings: dict, notes: list[str], title: str, timings: dict | None = None) -> str:
     lines = [f"# {title}", "", "| | MiniVLM | OSCAR-B | MiniVLM ÷ OSCAR-B |", "|---|---|---|---|"]
     for row in rows:
         r = row["ratio"]
@@ -69,6 +69,9 @@ def markdown(rows: list[dict], settings: dict, notes: list[str], title: str) -> 
     lines += ["", "For the task metrics, MiniVLM ÷ OSCAR-B is the accuracy MiniVLM retains (the paper's "
               "retention); for the costs, MiniVLM's share of OSCAR-B's.", "", "## Settings", ""]
     lines += [f"- **{key}**: {value}" for key, value in settings.items()]
+    if timings:
+        lines += ["", "## Time per part (wall clock, this run)", "", "| Part | Seconds |", "|---|---|"]
+        lines += [f"| {name} | {seconds:.1f} |" for name, seconds in timings.items()]
     lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
@@ -90,7 +93,7 @@ def write_tables(output_dir: Path, rows: list[dict], settings: dict, notes: list
     from ..io.atomic import atomic_write_text
 
     md, js = output_dir / "compare.md", output_dir / "compare.json"
-    atomic_write_text(md, markdown(rows, settings, notes, title))
+    atomic_write_text(md, markdown(rows, settings, notes, title, extra.get("timings")))
     atomic_write_text(js, json.dumps({"rows": rows, "settings": settings, "notes": notes, **extra}, indent=1,
                                      default=float))
     return md, js
