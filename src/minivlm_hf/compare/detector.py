@@ -219,8 +219,9 @@ def detect_regions(detector: RegionDetector, images: list[Tensor], iou_threshold
             "region_scores": scores, "region_attribute_scores": detector.last_attribute_scores}
 
 
-def save_detector(detector: RegionDetector, folder: Path, metrics: dict | None = None) -> None:
-    """Weights (safetensors) + sizes, so that a later run can reuse the trained detector."""
+def save_detector(detector: RegionDetector, folder: Path, metrics: dict | None = None,
+                  steps: int | None = None) -> None:
+    """Weights (safetensors), sizes, test metrics and training steps, so that a later run can reuse the detector."""
     import json
 
     from safetensors.torch import save_file
@@ -232,7 +233,7 @@ def save_detector(detector: RegionDetector, folder: Path, metrics: dict | None =
     atomic_write_text(folder / "detector.json", json.dumps(
         {"size": asdict(detector.size), "attribute_loss_weight": detector.attribute_loss_weight,
          "roi_batch_size_per_image": detector.roi_batch_size_per_image,
-         "metrics": metrics or {}}, indent=1))
+         "metrics": metrics or {}, "steps": steps}, indent=1))
 
 
 def load_detector(folder: Path) -> tuple[RegionDetector, dict]:

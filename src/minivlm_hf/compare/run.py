@@ -63,7 +63,7 @@ def run_compare(model_dir, output_dir, *, tiny: bool = False, detector_steps: in
     import torch
 
     from ..training.demo import FUSION_TASKS, _Clock, _machine_line, init_stage, load_processor, stage_config
-    from ..training.recipes import _merge, bf16_available, training_arguments
+    from ..training.recipes import STAGE_TRAINING_DEFAULTS, _merge, bf16_available, training_arguments
     from .costs import measure_costs, minivlm_answer_call, oscar_b_answer_call
     from .detector import (FULL_DETECTOR, TINY_DETECTOR, RegionDetector, evaluate_detector_map, load_detector,
                            save_detector, train_detector)
@@ -89,7 +89,7 @@ def run_compare(model_dir, output_dir, *, tiny: bool = False, detector_steps: in
 
     # -- detector -------------------------------------------------------------------------------------------------
     det_config = stage_config(settings, "detector")
-    demo_steps = int(det_config["training"].get("max_steps", 300))
+    demo_steps = int({**STAGE_TRAINING_DEFAULTS["detector"], **det_config["training"]}["max_steps"])
     steps = detector_steps or demo_steps
     det_config = _merge(det_config, {"training": {"max_steps": steps}})
     iou = float(det_config["detector"].get("detection_nms_iou_threshold", 0.5))
@@ -118,8 +118,7 @@ def run_compare(model_dir, output_dir, *, tiny: bool = False, detector_steps: in
         with clock("oscar-b detector: evaluate (test mAP)"), autocast(_eval_bf16(det_config, bf16)):
             det_metrics = {f"test_{k}": v for k, v in evaluate_detector_map(
                 detector, data.scenes[det_config["evaluation"]["split"]], progress=progress).items()}
-        save_detector(detector, detector_dir, det_metrics)
-        _record_steps(detector_dir, steps)
+        save_detector(detector, detector_dir, det_metrics, steps=steps)
     log(f"  OSCAR-B detection mAP@0.5 = {det_metrics['test_map_50']:.3f}, mAP = {det_metrics['test_map']:.3f}")
 
     # -- region tables + fusion chain -----------------------------------------------------------------------------
@@ -131,10 +130,9 @@ def run_compare(model_dir, output_dir, *, tiny: bool = False, detector_steps: in
     metrics.update(run_fusion_chain(settings, data, sources, output_dir, fusion_sizes, log, clock, progress))
 
     # -- costs, side by side --------------------------------------------------------------------------------------
+    from ..fast.cpu import enable_cpu_fast_paths
     from ..modeling.modeling_minivlm_tasks import MiniVLMForQuestionAnswering
     from ..training.demo import load_with_auto_class
-
-    from ..fast.cpu import enable_cpu_fast_paths
 
     mini_vqa, _ = load_with_auto_class("vqa", model_dir / "vqa")
     mini_processor = load_processor("vqa", model_dir / "vqa")
@@ -170,13 +168,6 @@ def run_compare(model_dir, output_dir, *, tiny: bool = False, detector_steps: in
 def _eval_bf16(config: dict, bf16: bool) -> bool:
     choice = config["evaluation"].get("bf16", False)
     return bf16 if choice == "auto" else bool(choice) and bf16
-
-
-def _record_steps(folder: Path, steps: int) -> None:
-    from ..io.atomic import atomic_write_text
-
-    path = folder / "detector.json"
-    atomic_write_text(path, json.dumps({**json.loads(path.read_text()), "steps": steps}, indent=1))
 
 
 def _settings(model_dir, settings, size, fusion_sizes, steps, demo_steps, sources, bf16, costs, total,
