@@ -143,27 +143,29 @@ def _stream_config(folders, cache_dir, **training):
     return config
 
 
-def test_caption_stage_trains_on_the_stream_and_resumes_exactly(folders, tmp_path):
+def test_caption_stage_trains_on_the_stream_and_resumes_exactly_past_a_pass(folders, tmp_path):
     from minivlm_hf.training.data_setup import RecipeData
     from minivlm_hf.training.recipes import load_recipe_config, run_stage
     from minivlm_hf.training.trainers import StopAtStepCallback, parameter_hash
 
-    config = load_recipe_config(None, _stream_config(folders, tmp_path / "cache", max_steps=4, save_steps=2))
+    # 40 caption rows in batches of 8: a pass of the stream is 5 steps; the checkpoint is in the second pass
+    config = load_recipe_config(None, _stream_config(folders, tmp_path / "cache", max_steps=7, save_steps=6,
+                                                     per_device_train_batch_size=8))
     data = RecipeData(config)
     full = run_stage("caption", config, tmp_path / "full", data=data, progress=False)
-    assert isinstance(full.trainer.train_dataset, datasets.IterableDataset) and full.metrics["global_step"] == 4
+    assert isinstance(full.trainer.train_dataset, datasets.IterableDataset) and full.metrics["global_step"] == 7
     # evaluated on the feature folder's test split: no scenes generated, no regions extracted in memory
     assert len(full.details["captions"]) == 4 and "test_cider" in full.metrics, sorted(full.metrics)
     assert data._scenes is None and list(data._features) == ["test"]
     assert full.trainer.args.accelerator_config.dispatch_batches is False
     interrupted = run_stage("caption", config, tmp_path / "resumed", data=data, evaluate=False, progress=False,
-                            callbacks=(StopAtStepCallback(2),))
+                            callbacks=(StopAtStepCallback(6),))
     assert parameter_hash(interrupted.model) != parameter_hash(full.model)
     resumed = run_stage("caption", config, tmp_path / "resumed", data=data, evaluate=False, progress=False,
                         resume_from_checkpoint="auto")
     assert parameter_hash(resumed.model) == parameter_hash(full.model)
     losses = [h["loss"] for h in full.trainer.state.log_history if "loss" in h]
-    assert [h["loss"] for h in resumed.trainer.state.log_history if "loss" in h] == losses and len(losses) == 4
+    assert [h["loss"] for h in resumed.trainer.state.log_history if "loss" in h] == losses and len(losses) == 7
 
 
 def test_two_process_vqa_on_the_stream_reads_disjoint_rows_and_ends_in_sync(folders, tmp_path):

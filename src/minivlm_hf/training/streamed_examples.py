@@ -10,8 +10,11 @@ read ``region_features`` / ``tags`` from the row when there is no ``RegionStore`
 - ``nlvr``: the statement rows as they are (``left_*`` / ``right_*`` region columns).
 
 The stream is not split here: the ``Trainer``'s accelerator gives each rank its own shards (``dispatch_batches`` off,
-see ``recipes.training_arguments``), and resuming from a checkpoint replays the stream up to the checkpoint's step
-(the optional shuffle buffer is seeded, so the replay is the same stream).
+see ``recipes.training_arguments``). For training it repeats without end (``IterableDataset.repeat``): the
+``Trainer`` cannot know how many batches a pass of a stream holds, so it counts a resumed run's steps from the start of
+its first "epoch"; one endless epoch makes that count right however many passes a run makes, and ranks whose shards
+hold different numbers of rows never wait for each other at a pass boundary. Resuming from a checkpoint replays the
+stream up to the checkpoint's step (the shuffle buffer is seeded, so the replay is the same stream).
 """
 
 from __future__ import annotations
@@ -76,10 +79,12 @@ def stream_task_examples(
     region_shape: tuple[int, int] | None = None,
     shuffle_buffer: int = 0,
     seed: int = 0,
+    repeat: bool = False,
     revision: str | None = None,
     token: str | None = None,
 ) -> datasets.IterableDataset:
-    """The ``train`` rows of fusion ``stage`` streamed from the feature folder / Hub dataset repo ``source``.
+    """The ``train`` rows of fusion ``stage`` streamed from the feature folder / Hub dataset repo ``source`` (with
+    ``repeat``: again and again, without end).
 
     ``region_shape``: the model's ``(max_regions, region_feature_size)``; features of another shape raise an error
     naming both. ``shuffle_buffer`` > 0 shuffles the rows through a buffer of that many (seeded with ``seed``; the
@@ -107,6 +112,8 @@ def stream_task_examples(
                          f"takes {region_shape[0]} of {region_shape[1]}: extract them with the model's detector")
     if stage in EXPAND:
         stream = stream.map(EXPAND[stage], batched=True, batch_size=16, remove_columns=list(features))
+    if repeat:  # before the shuffle: its buffer keeps mixing across passes, so each pass comes in another order
+        stream = stream.repeat(None)
     if shuffle_buffer:
         stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer)
     return stream
@@ -138,19 +145,20 @@ def check_tag_settings(data_config: dict) -> None:
 
 
 def stage_stream(stage: str, config: dict, model=None) -> datasets.IterableDataset:
-    """The training rows of ``stage`` streamed from the recipe's ``data.stream``: scenes for the detector, the
-    stage's rows of a feature folder for a fusion stage (``model``: checks the regions' shape against its config)."""
+    """The training rows of ``stage`` streamed from the recipe's ``data.stream``, repeated without end: scenes for
+    the detector, the stage's rows of a feature folder for a fusion stage (``model``: checks the regions' shape
+    against its config)."""
     d = config["data"]
     if stage == "detector":
         stream = stream_dataset(d["stream"], "train", rank=0, world_size=1)
         if stream.features is not None and "image" not in stream.features:
             raise ValueError(f"the detector stage trains on scenes with images; data.stream {d['stream']} has none "
                              f"(columns: {sorted(stream.features)}): stream `minivlm-hf data scenes --format parquet`")
-        return stream
+        return stream.repeat(None)
     check_tag_settings(d)
     shape = (model.config.max_regions, model.config.region_feature_size) if model is not None else None
     return stream_task_examples(stage, d["stream"], region_shape=shape, seed=config.get("seed", 0),
-                                shuffle_buffer=int(d.get("stream_shuffle_buffer", 0) or 0))
+                                shuffle_buffer=int(d.get("stream_shuffle_buffer", 0) or 0), repeat=True)
 
 
 __all__ = ["stage_stream", "stream_task_examples"]
