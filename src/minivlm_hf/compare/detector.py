@@ -152,6 +152,12 @@ def train_detector(detector: RegionDetector, train_rows, training_args, *, seed:
     detector.requires_grad_(True)
     if not progress_enabled(progress):
         training_args.disable_tqdm = True
+    # Batches of images with similar aspect ratios, as torchvision's detection training reference groups them: a batch
+    # is padded to its widest and its tallest resized image, so mixed ratios pay for pixels no image has.
+    ratios = [float(h) / float(w) for h, w in zip(train_rows["height"], train_rows["width"])]
+    train_rows = train_rows.add_column("aspect_ratio", ratios)
+    training_args.train_sampling_strategy = "group_by_length"
+    training_args.length_column_name = "aspect_ratio"
     collator = DetectorCollator(hflip_probability=hflip_probability, seed=seed)
     trainer = Trainer(model=detector, args=training_args, train_dataset=train_rows, data_collator=collator,
                       callbacks=[CollatorEpochCallback(collator)])
