@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     parser.add_argument("--model-dir", type=Path, required=True,
                         help="the output folder of a finished `minivlm-hf demo` run (MiniVLM's side)")
     parser.add_argument("--output-dir", type=Path, required=True,
-                        help="the OSCAR-B models, region tables, compare.md and compare.json")
+                        help="the OSCAR-B models, region tables, compare.md and compare.json; a run interrupted "
+                             "there goes on from its saved detector, region tables and finished stages")
     parser.add_argument("--tiny", action="store_true",
                         help="a ResNet-18 detector at 128-160 px and a 2-layer fusion model (a smoke run)")
     parser.add_argument("--detector-steps", type=positive_int,
