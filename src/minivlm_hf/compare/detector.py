@@ -75,7 +75,6 @@ class RegionDetector(BaselineRegionExtractor):
         self.attribute_loss_weight = float(attribute_loss_weight)
         self.roi_batch_size_per_image = int(roi_batch_size_per_image)
         self.attribute_head = nn.Linear(size.feature_dim, len(ATTRIBUTE_ID2LABEL))
-        self.last_labels_torchvision: Tensor | None = None
         self.last_attribute_scores: Tensor | None = None
 
     def forward(self, images, targets: list[dict] | None = None):
