@@ -126,3 +126,28 @@ def test_tiny_benchmark_runs_every_part(tmp_path, capsys):
     names = {t["name"] for t in result["targets"]}
     assert names == set(TARGETS)
     assert all(t["met"] in (True, False) for t in result["targets"])
+
+
+def test_best_part_times_each_sides_cpu_settings_and_divides_best_by_best(tmp_path, capsys, monkeypatch):
+    from minivlm_hf.benchmark import best_part
+
+    monkeypatch.setattr(best_part, "machine_info", lambda: {"bf16_hardware": True})  # offer bf16 on any CPU
+    out = tmp_path / "best.json"
+    argv = ["benchmark", "--tiny", "--part", "best", "--runs", "2", "--threads", "1", "--no-memory", "--no-flops",
+            "--json", str(out)]
+    assert main(argv) == 0
+    assert "### Best vs best" in capsys.readouterr().out
+    best = json.loads(out.read_text())["best"]
+    assert best["bf16_offered"] and [r["task"].split(",")[0] for r in best["rows"]] == [
+        "image → VQA answer", "image → 4-token caption", "image → 4-token caption"]
+    for row in best["rows"]:
+        assert set(row["minivlm_s"]) == {"fp32", best_part.MINIVLM_FAST_FP32, best_part.MINIVLM_FAST_INT8,
+                                         best_part.MINIVLM_FAST_BF16}
+        assert set(row["baseline_s"]) == {"fp32", best_part.BASELINE_INT8, best_part.BASELINE_BF16}
+        for side in ("minivlm", "baseline"):
+            assert row[f"{side}_best"] == min(row[f"{side}_s"], key=row[f"{side}_s"].get)
+            assert all(len(row["timing"][f"{side}: {name}"]["runs_s"]) == 2 for name in row[f"{side}_s"])
+        assert row["best_ratio"] == pytest.approx(row["minivlm_s"][row["minivlm_best"]]
+                                                  / row["baseline_s"][row["baseline_best"]])
+        assert row["fp32_ratio"] == pytest.approx(row["minivlm_s"]["fp32"] / row["baseline_s"]["fp32"])
+    assert "best" not in parse_parts(["all"], True) and parse_parts(["best"], False) == ("best",)

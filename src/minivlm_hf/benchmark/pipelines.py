@@ -291,15 +291,16 @@ class BaselineSide(_Common):
         gen = torch.Generator().manual_seed(seed)
         self.image = torch.rand(3, *scale.baseline_image, generator=gen)  # RGB in [0, 1]; the detector normalises
 
-    def regions(self, fusion_model: nn.Module) -> dict[str, Tensor]:
-        """Detector → normalised region inputs + tags of ``fusion_model``."""
-        features, boxes = self.extractor(self.image)
+    def regions(self, fusion_model: nn.Module, extractor: nn.Module | None = None) -> dict[str, Tensor]:
+        """Detector (``extractor``, default the side's own) → normalised region inputs + tags of ``fusion_model``."""
+        extractor = extractor if extractor is not None else self.extractor
+        features, boxes = extractor(self.image)
         height, width = self.image.shape[-2:]
-        boxes = (boxes / boxes.new_tensor([width, height, width, height])).clamp(0, 1)
+        boxes = (boxes.float() / boxes.new_tensor([width, height, width, height]).float()).clamp(0, 1)
         mask = torch.ones(features.shape[:2], dtype=torch.bool)
         tag_ids, tag_mask = fusion_model.minivlm.tags_from_regions(
-            self.extractor.last_labels, self.extractor.last_scores, mask,
-            getattr(self.extractor, "last_attribute_scores", None), region_boxes=boxes,
+            extractor.last_labels, extractor.last_scores, mask,
+            getattr(extractor, "last_attribute_scores", None), region_boxes=boxes,
         )
         return {"region_features": features, "region_boxes": boxes, "region_mask": mask, "tag_ids": tag_ids,
                 "tag_attention_mask": tag_mask}

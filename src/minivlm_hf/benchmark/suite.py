@@ -1,7 +1,7 @@
 """The full benchmark behind ``minivlm-hf benchmark``: MiniVLM (minivlm-base) against the OSCAR-B-style baseline,
 the cached decoder, the CPU fast paths, batched throughput and ONNX Runtime, in one process.
 
-Parts (``--part``; ``all`` = every part but ``parity``, which needs trained models):
+Parts (``--part``; ``all`` = every part but ``best`` and ``parity``, which needs trained models):
 
 ``extractor``  region extraction alone: TEE-B0 @512x512 vs Faster R-CNN R101-FPN @600x1000.
 ``vqa``        image → VQA answer, end to end (detector included).
@@ -14,6 +14,8 @@ Parts (``--part``; ``all`` = every part but ``parity``, which needs trained mode
 ``onnx``       ONNX export of minivlm-base (TEE + fusion/VQA) and ONNX Runtime latency vs PyTorch.
 ``int8``       the int8 paths side by side: torch.ao dynamic (inference-only) vs torchao via TorchAoConfig
                (saveable) vs fp32, fusion from regions, image → answer, image → caption (needs torchao).
+``best``       each side with its best CPU settings (bf16 / int8 / channels_last), best vs best: image → answer,
+               image → greedy and beam caption (not in ``all``: about 7 min on 2 cores).
 ``parity``     quality of every fast path vs fp32 on the scenes test split (``--model-dir`` = demo output).
 
 Timing rules (see :mod:`.timing`): one process, batch 1 unless stated, warm-up rounds first, then ``runs`` rounds
@@ -44,6 +46,7 @@ from .accounting import (
     set_lower_bounds,
     total_flops,
 )
+from .best_part import BestPathPart
 from .fast_parts import FastPathParts
 from .int8_part import Int8Part
 from .machine import machine_info, measure_machine_gflops, measure_peak_memory_isolated
@@ -63,8 +66,8 @@ from .timing import compare, set_threads
 
 __all__ = ["PARTS", "DEFAULT_PARTS", "BenchmarkSettings", "run_benchmark", "TARGETS"]
 
-PARTS = ("extractor", "vqa", "caption", "retrieval", "decoder", "fast", "batch", "onnx", "int8", "parity")
-DEFAULT_PARTS = tuple(p for p in PARTS if p != "parity")
+PARTS = ("extractor", "vqa", "caption", "retrieval", "decoder", "fast", "batch", "onnx", "int8", "best", "parity")
+DEFAULT_PARTS = tuple(p for p in PARTS if p not in ("best", "parity"))
 MIN_RUNS = 10
 FAST_TEE_LABEL = "fast paths (TEE fused BN + channels_last)"
 FAST_VQA_LABEL = "fast paths (TEE fused BN + channels_last, fusion int8)"
@@ -116,7 +119,7 @@ class BenchmarkSettings:
 # --------------------------------------------------------------------------------------------------------- runner
 
 
-class _Runner(Int8Part, FastPathParts):
+class _Runner(BestPathPart, Int8Part, FastPathParts):
     def __init__(self, settings: BenchmarkSettings, log: Callable[[str], None]):
         self.s = settings
         self.log = log
@@ -349,7 +352,7 @@ def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = prin
             log("  building models (random weights) ...")
             with torch.inference_mode(False):
                 _ = runner.minivlm
-                if any(p in parts for p in ("extractor", "vqa", "caption", "retrieval")):
+                if any(p in parts for p in ("extractor", "vqa", "caption", "retrieval", "best")):
                     _ = runner.baseline
                     runner.params()
         for part in parts:

@@ -228,6 +228,20 @@ def to_markdown(result: dict[str, Any]) -> str:
                 f"export + verification {o['export_s']:.1f} s; ORT = PyTorch within 1e-4 on the verification inputs: "
                 f"{o['verification_passed']}", "",
                 _md_table(["Task", "PyTorch fp32", "ONNX Runtime", "Speed-up", "max |Δ| of the output"], table), ""]
+    if result.get("best"):
+        table = []
+        for row in result["best"]["rows"]:
+            for side in ("minivlm", "baseline"):
+                for name in row[f"{side}_s"]:
+                    stats = TimingStats(name="x", runs=row["timing"][f"{side}: {name}"]["runs_s"])
+                    best = " (best)" if name == row[f"{side}_best"] else ""
+                    table.append([row["task"], side, name + best, format_stats(stats)])
+        ratios = [[r["task"], f"{r['fp32_ratio']:.2%}", f"{r['best_ratio']:.2%}", r["minivlm_best"], r["baseline_best"]]
+                  for r in result["best"]["rows"]]
+        out += ["### Best vs best (each side with its best CPU settings, same interleaved rounds)", "",
+                _md_table(["Task", "Side", "Variant", "Median (min–max)"], table), "",
+                _md_table(["Task", "MiniVLM / baseline, fp32", "MiniVLM / baseline, best vs best", "MiniVLM best",
+                           "Baseline best"], ratios), ""]
     if result.get("parity"):
         out += ["### Quality parity on the scenes test split", "", result["parity"].get("markdown", ""), ""]
     if result.get("targets"):

@@ -1,10 +1,11 @@
 """``minivlm-hf benchmark``: MiniVLM (minivlm-base) against the OSCAR-B-style baseline, the cached decoder, the CPU
 fast paths, batched throughput and ONNX Runtime, in one process (see ``minivlm_hf.benchmark.suite``).
 
-    minivlm-hf benchmark --json bench.json                    # every part but parity (~10 min on 2 cores)
+    minivlm-hf benchmark --json bench.json                    # every part but best / parity (~10 min on 2 cores)
     minivlm-hf benchmark --part extractor                     # TEE vs R101 Faster R-CNN feature extraction only
     minivlm-hf benchmark --part parity --model-dir demo_out   # fast paths vs fp32 on the scenes test split
     minivlm-hf benchmark --part int8                          # int8 torch.ao vs saveable torchao vs fp32
+    minivlm-hf benchmark --part best                          # each side's best CPU settings, best vs best
     minivlm-hf benchmark --tiny --runs 2                      # tiny configs: a smoke run of the whole pipeline
     minivlm-hf benchmark --part startup                       # command-line start-up: imports, --help, one image
 """
@@ -19,10 +20,11 @@ from ._common import non_negative_int, positive_float, positive_int
 PARTS_HELP = (
     "extractor (region extraction), vqa (image → answer), caption (greedy + beam), retrieval (1 image × 100 "
     "captions), decoder (KV cache vs none), fast (fast paths), batch (images/s at batch 1/8/32), onnx (ONNX "
-    "Runtime), int8 (int8 torch.ao vs saveable torchao vs fp32), parity (fast paths vs fp32 on the test split; "
-    "needs --model-dir), all (every part but parity, plus parity when --model-dir is given), startup (command-line "
-    "start-up in fresh processes: imports, every --help, one-image caption / answer / detect split into import / load "
-    "/ inference / rest; not in all). "
+    "Runtime), int8 (int8 torch.ao vs saveable torchao vs fp32), best (each side with its best CPU settings: "
+    "bf16 / int8 / channels_last, best vs best; not in all), parity (fast paths vs fp32 on the test split; "
+    "needs --model-dir), all (every part but best and parity, plus parity when --model-dir is given), startup "
+    "(command-line start-up in fresh processes: imports, every --help, one-image caption / answer / detect split "
+    "into import / load / inference / rest; not in all). "
     "Comma-separated or repeated."
 )
 STARTUP_PART = "startup"  # runs in subprocesses, apart from the in-process suite
