@@ -57,7 +57,9 @@ PRESETS: dict[str, dict] = {
             "training": {"save_strategy": "no", "logging_steps": 25},
             "evaluation": {"num_candidates": 100, "max_new_tokens": 20},
         },
-        # Fusion lr 1e-4: at 2e-4 the pre-trained attention was disrupted and colour questions were never learned.
+        # Fusion lr 1e-4 unless noted: in an earlier preset, 2e-4 disrupted the MiniLM's pre-trained attention and
+        # colour questions were never learned. Captioning (50% masking) trains at 3e-4;
+        # VQA, which starts from the caption model, at 2e-4.
         # Each task starts from the model that measured best for it at these budgets: caption from MiniLM, VQA from
         # the caption model (captioning teaches the text-to-tag binding), retrieval from VQA, NLVR from retrieval.
         "stages": {
@@ -78,8 +80,9 @@ PRESETS: dict[str, dict] = {
                         "evaluation": {"num_beams": 5, "length_penalty": 2.0},
                         "training": {"max_steps": 500, "per_device_train_batch_size": 48, "learning_rate": 3e-4,
                                      "bf16": "auto"}},
+            # VQA from the caption model at lr 2e-4: 80.8% vs 79.5% at 1e-4 (same detector and caption model).
             "vqa": {"init_from_stage": "caption",
-                    "training": {"max_steps": 600, "per_device_train_batch_size": 48, "learning_rate": 1e-4,
+                    "training": {"max_steps": 600, "per_device_train_batch_size": 48, "learning_rate": 2e-4,
                                  "bf16": "auto"}},
             # Scoring 100 x 100 image-caption pairs is the costliest evaluation, hence bf16 autocast (the same R@k as
             # fp32 in the measured runs). Half the negatives are the batch's most similar caption / its image: hard
