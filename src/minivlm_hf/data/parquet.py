@@ -55,13 +55,9 @@ def with_object_class_names(dataset: datasets.Dataset, names: list[str]) -> data
         return dataset.cast(features)
 
 
-def write_parquet_shards(
-    dataset: datasets.DatasetDict, folder: str | Path, num_shards: int, *, pretty_name: str, description: str,
-    task_categories: tuple[str, ...] = (),
-) -> dict[str, list[str]]:
-    """Write every split of ``dataset`` as ``num_shards`` parquet files under ``folder/data`` and a dataset card;
-    returns ``{split: [relative file names]}``. ``folder`` must be empty or absent (callers stage into a temporary
-    folder and swap it in)."""
+def shard_folder(dataset: datasets.DatasetDict, folder: str | Path, num_shards: int) -> Path:
+    """Check that every non-empty split of ``dataset`` can be cut into ``num_shards`` shards and create
+    ``folder/data``; returns ``folder`` as a ``Path`` (shared by the parquet and webdataset writers)."""
     if num_shards < 1:
         raise ValueError(f"--shards must be at least 1, got {num_shards}")
     too_small = {name: split.num_rows for name, split in dataset.items() if 0 < split.num_rows < num_shards}
@@ -69,6 +65,17 @@ def write_parquet_shards(
         raise ValueError(f"cannot cut {num_shards} shards from splits with fewer rows: {too_small}")
     folder = Path(folder)
     (folder / DATA_DIR).mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_parquet_shards(
+    dataset: datasets.DatasetDict, folder: str | Path, num_shards: int, *, pretty_name: str, description: str,
+    task_categories: tuple[str, ...] = (),
+) -> dict[str, list[str]]:
+    """Write every split of ``dataset`` as ``num_shards`` parquet files under ``folder/data`` and a dataset card;
+    returns ``{split: [relative file names]}``. ``folder`` must be empty or absent (callers stage into a temporary
+    folder and swap it in)."""
+    folder = shard_folder(dataset, folder, num_shards)
     files: dict[str, list[str]] = {}
     info = DatasetInfo(description=description, features=None, splits=datasets.SplitDict(), dataset_size=0,
                        download_size=0)

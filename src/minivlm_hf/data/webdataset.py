@@ -22,7 +22,7 @@ from pathlib import Path
 import datasets
 from datasets import DatasetInfo, Features, Image, Value
 
-from .parquet import DATA_DIR, _no_progress_bars, write_card
+from .parquet import DATA_DIR, _no_progress_bars, shard_folder, write_card
 
 IMAGE_SUFFIX = ".png"
 
@@ -52,13 +52,7 @@ def write_webdataset_shards(
 ) -> dict[str, list[str]]:
     """Write every split of ``dataset`` as ``num_shards`` tar files under ``folder/data`` and a dataset card; returns
     ``{split: [relative file names]}`` (the counterpart of :func:`~minivlm_hf.data.parquet.write_parquet_shards`)."""
-    if num_shards < 1:
-        raise ValueError(f"--shards must be at least 1, got {num_shards}")
-    too_small = {name: split.num_rows for name, split in dataset.items() if 0 < split.num_rows < num_shards}
-    if too_small:
-        raise ValueError(f"cannot cut {num_shards} shards from splits with fewer rows: {too_small}")
-    folder = Path(folder)
-    (folder / DATA_DIR).mkdir(parents=True, exist_ok=True)
+    folder = shard_folder(dataset, folder, num_shards)
     first = next(iter(dataset.values())).features
     images = [k for k, v in first.items() if isinstance(v, Image)]
     info = DatasetInfo(description=description, features=sample_features(first), splits=datasets.SplitDict(),

@@ -5,11 +5,11 @@ The model files stay plain PyTorch (correct under every loading mode: offload, q
 weights, their names and the outputs are unchanged):
 
 - **Few-row Linears** (`FewRowsLinear`): a cached decoding step runs each fusion Linear on two rows (the new token
-  and the [MASK] query). On some CPUs (an AMD EPYC in docs/results.md) BLAS runs `F.linear`'s `x @ W^T` far below
-  memory speed for a handful of rows and the same dot products as `W @ x^T` on the stored `[out, in]` weight are
-  several times faster; on others (an Intel Xeon with AMX) `F.linear` is the faster one. `few_rows_pays` times both
-  once per weight shape and process, and a Linear gets the `W @ x^T` path only where it wins. Used up to 4 rows (16
-  for the LM head, one per beam); anything else calls `nn.Linear.forward`.
+  and the [MASK] query). On some CPUs BLAS runs `F.linear`'s `x @ W^T` far below memory speed for a handful of rows
+  and the same dot products as `W @ x^T` on the stored `[out, in]` weight are several times faster; on others
+  `F.linear` is the faster one. `few_rows_pays` times both once per weight shape and process, and a Linear gets the
+  `W @ x^T` path only where it wins. Used up to 4 rows (16 for the LM head, one per beam); anything else calls
+  `nn.Linear.forward`.
 - **NHWC TEE input**: oneDNN's convolutions run faster on channels_last activations, with the weights as they are.
 - **Per-image TEE dense part at inference**: a batch's EfficientNet + BiFPN activations overflow the CPU caches, one
   image's mostly fit; per-image convolutions give the same maps.
