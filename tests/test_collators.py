@@ -279,6 +279,33 @@ def test_nlvr_collator_pairs(tok):
         assert images[row["left_index"]]["image_id"] == f"{row['pair_id']}_left"
 
 
+def test_nlvr_collator_gt_tags_come_from_each_side_of_the_pair(tok):
+    from minivlm_hf.data.vocab import OBJECT_ID2LABEL
+    from minivlm_hf.modeling.image_processing_minivlm import MiniVLMImageProcessor
+
+    nlvr = build_nlvr(4, 0, 0, seed=2)["train"]
+    images, statements = nlvr_images(nlvr)
+    store = RegionStore(oracle_features(images, feature_size=24, num_regions=8))
+    rows = [{**statements[i], "left_objects": nlvr[i]["left_objects"], "right_objects": nlvr[i]["right_objects"],
+             "left_image": nlvr[i]["left_image"], "right_image": nlvr[i]["right_image"]} for i in range(3)]
+
+    def expected(objects):
+        names = [OBJECT_ID2LABEL[int(c)] for c in objects["category_id"]]
+        return " ".join(dict.fromkeys(names))
+
+    processor = MiniVLMImageProcessor(size={"longest_edge": 96})
+    for collator in (NLVRCollator(tok, regions=store, tag_source="gt"),
+                     NLVRCollator(tok, image_processor=processor, tag_source="gt")):
+        batch = collator([{k: v for k, v in r.items() if collator.regions is not None or "index" not in k}
+                          for r in rows])
+        for b, row in enumerate(rows):
+            for s, side in enumerate(("left", "right")):
+                ids = batch["tag_ids"][b, s][batch["tag_attention_mask"][b, s].bool()].tolist()
+                assert tok.decode(ids, skip_special_tokens=True) == expected(row[f"{side}_objects"])
+    with pytest.raises(ValueError, match="'left_objects'"):
+        NLVRCollator(tok, regions=store, tag_source="gt")([statements[0]])
+
+
 def test_detection_collator_and_flip(scenes):
     from minivlm_hf.modeling.image_processing_minivlm import MiniVLMImageProcessor
 

@@ -59,12 +59,14 @@ def _row_key(row: dict) -> Any:
     return (ident, text)
 
 
-def _tags_of(row: dict, tag_source: str) -> list[str]:
+def _tags_of(row: dict, tag_source: str, prefix: str = "") -> list[str]:
+    """The tags of one image of ``row``; ``prefix`` names the image of a pair (``"left_"`` / ``"right_"``)."""
     if tag_source == "gt":
-        if "objects" not in row:
-            raise ValueError("tag_source='gt' needs rows with the scenes' 'objects' column")
+        column = f"{prefix}objects"
+        if column not in row:
+            raise ValueError(f"tag_source='gt' needs rows with the scenes' {column!r} column")
         names, seen = [], set()
-        for category in row["objects"]["category_id"]:
+        for category in row[column]["category_id"]:
             name = OBJECT_ID2LABEL[int(category)]
             if name not in seen:
                 seen.add(name)
@@ -206,15 +208,15 @@ class FusionCollator(abc.ABC):
             inputs = _stack_regions(feats, boxes, masks)
             tags = [list(r.get(f"{prefix}tags") or []) for r in rows]
             if self.tag_source == "gt":
-                tags = [_tags_of(r, "gt") for r in rows]
+                tags = [_tags_of(r, "gt", prefix) for r in rows]
         elif index_key in first and self.regions is not None:
             inputs, tags = self.regions.gather([int(r[index_key]) for r in rows])
             if self.tag_source == "gt":
-                tags = [_tags_of(r, "gt") for r in rows]
+                tags = [_tags_of(r, "gt", prefix) for r in rows]
         elif f"{prefix}image" in first and self.image_processor is not None:
             encoded = self.image_processor(images=[r[f"{prefix}image"] for r in rows], return_tensors="pt")
             inputs = {"pixel_values": encoded["pixel_values"], "pixel_mask": encoded["pixel_mask"]}
-            tags = [_tags_of(r, "gt") for r in rows] if self.tag_source == "gt" else None
+            tags = [_tags_of(r, "gt", prefix) for r in rows] if self.tag_source == "gt" else None
             return inputs, tags
         else:
             raise ValueError(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from ...modeling.processing_minivlm import vqa_soft_scores
-from .base import REGION_KEYS, FusionCollator, _take_rows
+from .base import REGION_KEYS, FusionCollator, _tags_of, _take_rows
 
 NLVR_SIDES = ("left", "right")
 
@@ -152,7 +152,8 @@ class NLVRCollator(FusionCollator):
             shape = pixels["pixel_values"].shape
             batch["pixel_values"] = pixels["pixel_values"].view(batch_size, 2, *shape[1:])
             batch["pixel_mask"] = pixels["pixel_mask"].view(batch_size, 2, *shape[2:])
-            sides = [(None, None), (None, None)]
+            sides = [(None, [_tags_of(r, "gt", f"{side}_") for r in rows] if self.tag_source == "gt" else None)
+                     for side in NLVR_SIDES]
         else:
             sides = [self.image_inputs(rows, side=side) for side in NLVR_SIDES]
             for key in REGION_KEYS:
