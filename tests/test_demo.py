@@ -134,8 +134,16 @@ def test_demo_stage_settings():
 
     settings = demo_config(quick=False)
     tasks = ("caption", "vqa", "retrieval", "nlvr")
-    assert [init_stage(settings, t) for t in tasks] == ["minilm", "caption", "vqa", "retrieval"]
+    assert [init_stage(settings, t) for t in tasks] == ["pretrain", "caption", "vqa", "retrieval"]
     assert [init_stage(settings, t, no_pretrain=True) for t in tasks] == ["minilm", "caption", "vqa", "retrieval"]
+
+    def root(task, no_pretrain=False):
+        while task not in ("pretrain", "minilm"):
+            task = init_stage(settings, task, no_pretrain)
+        return task
+
+    assert [root(t) for t in tasks] == ["pretrain"] * 4  # the pre-training is the root of every fine-tune
+    assert [root(t, no_pretrain=True) for t in tasks] == ["minilm"] * 4
     quick = demo_config(quick=True)
     assert [init_stage(quick, t) for t in tasks] == ["pretrain"] * 4  # the default: every fine-tune from pre-training
     assert [init_stage(quick, t, no_pretrain=True) for t in tasks] == ["minilm"] * 4  # the ablation
