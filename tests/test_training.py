@@ -272,6 +272,24 @@ def test_bf16_evaluation(tmp_path, cache_dir):
     assert seen == [True, False] and 0.0 <= metrics["accuracy"] <= 1.0
 
 
+def test_saved_models_decode_with_the_cache_after_training_turned_it_off(tmp_path, cache_dir):
+    """The Trainer sets config.use_cache to its training value (False); a trained stage's saved model, and a caption
+    model fine-tuned from it (whose generation_config is built from that config), must decode with the cache."""
+    import json
+
+    from transformers import GenerationConfig
+
+    config = load_recipe_config(None, tiny_config(cache_dir, max_steps=1, save_strategy="no"))
+    data = RecipeData(config)
+    pretrain = run_stage("pretrain", config, tmp_path / "pretrain", data=data, evaluate=False, progress=False)
+    assert pretrain.trainer.args.use_cache is False  # what the Trainer imposed while training
+    assert json.loads((tmp_path / "pretrain" / "config.json").read_text())["use_cache"] is True
+    config["fusion"]["init_from"] = str(tmp_path / "pretrain")
+    run_stage("caption", config, tmp_path / "caption", data=data, evaluate=False, progress=False)
+    assert json.loads((tmp_path / "caption" / "config.json").read_text())["use_cache"] is True
+    assert GenerationConfig.from_pretrained(tmp_path / "caption").use_cache is True
+
+
 def test_caption_recipe_saves_its_decoding_and_retrieval_ranks_with_the_captioner(tmp_path, cache_dir):
     """The caption stage saves its evaluated decoding as the model's generation_config; the retrieval evaluation
     also ranks with the saved captioner's PMI (``evaluation.caption_model``)."""

@@ -525,8 +525,12 @@ def run_stage(
                          trainer=trainer, train_seconds=timing.seconds)
     metrics = {f"train_{k}" if not k.startswith("train") else k: v for k, v in train_output.metrics.items()}
     metrics["global_step"] = trainer.state.global_step
+    # The Trainer sets config.use_cache to its training-time value (TrainingArguments.use_cache, False); the saved
+    # model is for inference, where decoding with the key/value cache is the default.
+    if getattr(model.config, "use_cache", None) is not None:
+        model.config.use_cache = True
     if stage == "caption":  # the saved model decodes as it was evaluated (generation_config.json)
-        model.generation_config.update(**caption_generation_kwargs(config, model))
+        model.generation_config.update(use_cache=True, **caption_generation_kwargs(config, model))
     # Every rank has finished writing into output_dir (e.g. param_hash_rank{R}.json) before rank 0 swaps it.
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():

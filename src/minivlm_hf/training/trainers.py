@@ -127,7 +127,8 @@ class CaptioningTrainer(FusionTrainer):
 
     def __init__(self, *args, generation_kwargs: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.generation_kwargs = {"max_new_tokens": 20, "num_beams": 1, **(generation_kwargs or {})}
+        # use_cache: the Trainer sets config.use_cache to its training value (False), which decoding must not take
+        self.generation_kwargs = {"max_new_tokens": 20, "num_beams": 1, "use_cache": True, **(generation_kwargs or {})}
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         inputs = {k: v for k, v in inputs.items() if k != "image_index"}
