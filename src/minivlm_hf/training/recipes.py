@@ -271,8 +271,8 @@ def build_fusion_model(stage: str, config: dict, data: RecipeData):
         path = Path(init_from)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"fusion.init_from: {path / 'config.json'} does not exist")
-        if stage != "vqa":
-            extra = {"num_labels": 2}  # a VQA source's answer labels do not carry over to another task
+        if stage != "vqa":  # a VQA source's answer labels do not carry over to another task (2 labels, no warning)
+            extra = {"id2label": {0: "LABEL_0", 1: "LABEL_1"}, "label2id": {"LABEL_0": 0, "LABEL_1": 1}}
         # Another task's checkpoint: its own head is dropped or, under the same name, re-initialised.
         model = cls.from_pretrained(str(path), **extra, **fields, ignore_mismatched_sizes=True)
     else:
