@@ -484,6 +484,9 @@ def run_stage(
         all_callbacks.append(C.CollatorEpochCallback(train_collator))
     if config.get("debug", {}).get("param_hash"):
         all_callbacks.append(T.ParamHashCallback(output_dir))
+    # The Trainer overwrites config.use_cache with its training value (TrainingArguments.use_cache, False), even on
+    # configs without the field; the saved model keeps its own (restored below), for inference.
+    inference_use_cache = getattr(model.config, "use_cache", None)
     kwargs = dict(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                   data_collator=train_collator, callbacks=all_callbacks)
     if stage == "detector":
@@ -525,10 +528,10 @@ def run_stage(
                          trainer=trainer, train_seconds=timing.seconds)
     metrics = {f"train_{k}" if not k.startswith("train") else k: v for k, v in train_output.metrics.items()}
     metrics["global_step"] = trainer.state.global_step
-    # The Trainer sets config.use_cache to its training-time value (TrainingArguments.use_cache, False); the saved
-    # model is for inference, where decoding with the key/value cache is the default.
-    if getattr(model.config, "use_cache", None) is not None:
-        model.config.use_cache = True
+    if inference_use_cache is None:
+        vars(model.config).pop("use_cache", None)
+    else:
+        model.config.use_cache = inference_use_cache
     if stage == "caption":  # the saved model decodes as it was evaluated (generation_config.json)
         model.generation_config.update(use_cache=True, **caption_generation_kwargs(config, model))
     # Every rank has finished writing into output_dir (e.g. param_hash_rank{R}.json) before rank 0 swaps it.
