@@ -1,5 +1,6 @@
 """Retrieval ranked with a captioning model's likelihoods (``evaluation.caption_model``): the teacher-forced caption
-log-likelihood equals step-by-step decoding, and the fused ranking is the retrieval margin + weight x PMI."""
+log-likelihood equals step-by-step decoding, and the fused ranking is the retrieval margin + weight x PMI. Gallery
+normalisation (``evaluation.retrieval_sinkhorn``) scales hub captions down."""
 
 import numpy as np
 import pytest
@@ -75,3 +76,44 @@ def test_caption_pmi_ranking_is_margin_plus_weighted_pmi(setup):
     plain, _ = E.evaluate_retrieval(retrieval, collator, examples, num_candidates=4, progress=False)
     assert not any(k.startswith("caption_pmi") for k in plain)
     assert np.isfinite(list(plain.values())).all()
+
+
+def test_sinkhorn_normalization_demotes_a_hub_caption_and_balances_the_gallery():
+    # Caption 0 scores 3 with every image (a hub); captions 1 and 2 score 2.5 with their own image only.
+    margins = torch.tensor([[3.0, 0.0, 0.0], [3.0, 2.5, 0.0], [3.0, 0.0, 2.5]])
+    plain = compute_retrieval_recall(margins.numpy(), [0, 1, 2])
+    normalized = E.sinkhorn_normalize(margins)
+    assert plain["i2t_r1"] == pytest.approx(1 / 3)  # the hub wins images 1 and 2
+    assert compute_retrieval_recall(normalized.numpy(), [0, 1, 2])["i2t_r1"] == 1.0
+    assert normalized.argmax(1).tolist() == [0, 1, 2] and normalized.argmax(0).tolist() == [0, 1, 2]
+    probabilities = normalized.exp()
+    torch.testing.assert_close(probabilities.sum(0), torch.ones(3, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(probabilities.sum(1), torch.ones(3, dtype=torch.float64), atol=1e-6, rtol=0)
+    # Every row / column shift of the input gives the same result: only relative scores matter.
+    shifted = margins + torch.tensor([[1.0], [-2.0], [0.5]]) + torch.tensor([[0.3, -1.0, 4.0]])
+    torch.testing.assert_close(E.sinkhorn_normalize(shifted), normalized, atol=1e-6, rtol=0)
+    # Two images, four texts: each text's column sums to 1, each image's row to 2.
+    wide = E.sinkhorn_normalize(torch.randn(2, 4, generator=torch.Generator().manual_seed(0)), iterations=200).exp()
+    torch.testing.assert_close(wide.sum(0), torch.ones(4, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(wide.sum(1), torch.full((2,), 2.0, dtype=torch.float64), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"\[num_images, num_texts\] matrix, got shape \(3,\)"):
+        E.sinkhorn_normalize(torch.zeros(3))
+
+
+def test_evaluate_retrieval_reports_the_gallery_normalized_ranking(setup):
+    config, collator, table, captioner = setup
+    torch.manual_seed(2)
+    retrieval = MiniVLMForImageTextRetrieval(config).eval()
+    examples = caption_examples(table, per_caption=False)
+    metrics, _ = E.evaluate_retrieval(retrieval, collator, examples, num_candidates=4, progress=False,
+                                      caption_model=captioner, caption_pmi_weight=0.5, sinkhorn=True)
+    images = [int(r["image_index"]) for r in examples]
+    captions = [r["captions"][0] for r in examples]
+    margins = E.retrieval_score_matrix(retrieval, collator, images, captions, progress=False, margins=True).double()
+    likelihoods = E.caption_log_likelihood_matrix(captioner, collator, images, captions, progress=False).double()
+    expected = compute_retrieval_recall(E.sinkhorn_normalize(margins).numpy(), list(range(4)))
+    fused = compute_retrieval_recall(E.sinkhorn_normalize(margins + 0.5 * E.caption_pmi(likelihoods)).numpy(),
+                                     list(range(4)))
+    for key in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_medr"):
+        assert metrics[f"sinkhorn_{key}"] == pytest.approx(expected[key])
+        assert metrics[f"caption_pmi_sinkhorn_{key}"] == pytest.approx(fused[key])

@@ -309,8 +309,12 @@ def test_caption_recipe_saves_its_decoding_and_retrieval_ranks_with_the_captione
     losses = [h["loss"] for h in result.trainer.state.log_history if "loss" in h]
     assert losses and all(math.isfinite(loss) and loss > 0 for loss in losses)
     assert 0.0 <= result.metrics["test_i2t_r1"] <= 1.0
+    assert not any("sinkhorn" in key for key in result.metrics)  # off by default
     ranked = load_recipe_config(None, {**config, "evaluation": {**config["evaluation"], "caption_pmi_weight": 1.0,
-                                                                "caption_model": str(tmp_path / "caption")}})
+                                                                "caption_model": str(tmp_path / "caption"),
+                                                                "retrieval_sinkhorn": True}})
     metrics, _ = evaluate_stage("retrieval", result.model, ranked, data, progress=False)
     assert 0.0 <= metrics["caption_pmi_i2t_r1"] <= 1.0 and metrics["caption_pmi_weight"] == 1.0
+    for prefix in ("sinkhorn_", "caption_pmi_sinkhorn_"):
+        assert 0.0 <= metrics[f"{prefix}i2t_r1"] <= metrics[f"{prefix}i2t_r10"] <= 1.0
     assert metrics["i2t_r1"] == pytest.approx(result.metrics["test_i2t_r1"])

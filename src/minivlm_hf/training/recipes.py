@@ -49,6 +49,7 @@ Recipe config (JSON; every key optional, defaults in :data:`DEFAULT_CONFIG` and 
                      "retrieval_groups": 1,           # retrieval: R@k averaged over this many groups of candidates
                      "caption_model": null,           # retrieval: also rank with this captioning model's PMI (a
                      "caption_pmi_weight": 0.5,       #   folder): margin + weight * PMI, as caption_pmi_* metrics
+                     "retrieval_sinkhorn": false,     # retrieval: also rank gallery-normalised (sinkhorn_* metrics)
                      "length_penalty": 1.0,           # captioning beams: log-probability / length ** this
                      "batch_size": 64, "detection_threshold": 0.0,
                      "bf16": false},                  # evaluate under bf16 autocast ("auto": where it is fast)
@@ -122,6 +123,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "split": "test", "limit": None, "num_candidates": 100, "retrieval_groups": 1, "max_new_tokens": 20,
         "num_beams": 1, "length_penalty": 1.0, "batch_size": 64,
         "detection_threshold": 0.0, "bf16": False, "caption_model": None, "caption_pmi_weight": 0.5,
+        "retrieval_sinkhorn": False,
     },
 }
 
@@ -418,7 +420,8 @@ def _evaluate_stage(stage: str, model, config: dict, data: RecipeData, *, progre
         return E.evaluate_retrieval(model, collator, caption_examples(table, per_caption=False),
                                     num_candidates=ev["num_candidates"], num_groups=ev.get("retrieval_groups", 1),
                                     batch_size=max(bs, 100), progress=progress, caption_model=caption_model,
-                                    caption_pmi_weight=float(ev.get("caption_pmi_weight", 0.5)))
+                                    caption_pmi_weight=float(ev.get("caption_pmi_weight", 0.5)),
+                                    sinkhorn=bool(ev.get("retrieval_sinkhorn", False)))
     raise ValueError(f"unknown stage {stage!r}; choose from {STAGES}")
 
 

@@ -25,6 +25,8 @@ EXTRA_METRICS = (
     ("retrieval", "test_t2i_r1", "Text→image R@1", 100.0, "%"),
     ("retrieval", "test_t2i_r5", "Text→image R@5", 100.0, "%"),
     ("retrieval", "test_t2i_r10", "Text→image R@10", 100.0, "%"),
+    ("retrieval", "test_sinkhorn_i2t_r1", "Image→text R@1, gallery-normalised (Sinkhorn)", 100.0, "%"),
+    ("retrieval", "test_sinkhorn_t2i_r1", "Text→image R@1, gallery-normalised (Sinkhorn)", 100.0, "%"),
     ("nlvr", "test_consistency", "NLVR consistency (both statements of a pair right)", 100.0, "%"),
 )
 
