@@ -26,7 +26,7 @@ STAGE_HELP = {
 }
 
 EPILOG = """\
-config JSON (every key optional; see minivlm_hf.training.recipes for all of them and their defaults):
+config JSON (every key optional; see minivlm_hf.training.recipe_config for all of them and their defaults):
   seed                  int
   data.*                cache_dir, num_train/num_validation/num_test, nlvr_num_*, min_size, max_size, image_size,
                         features ("detector" | "oracle"), detector (trained TEE folder), features_dir, tag_threshold,

@@ -65,7 +65,7 @@ def section_schemas() -> dict[str, dict[str, Any]]:
 
     from ..modeling.configuration_minivlm import MiniVLMConfig
     from ..modeling.configuration_minivlm_tee import TEEConfig
-    from .recipes import DEFAULT_CONFIG
+    from .recipe_config import DEFAULT_CONFIG
 
     schemas: dict[str, dict[str, Any]] = {}
     for section, defaults in DEFAULT_CONFIG.items():
@@ -162,7 +162,7 @@ def _unknown(dotted: str, key: str, known, where: str) -> ValueError:
 def validate_recipe_config(user: dict, where: str) -> None:
     """Raise ``ValueError`` for the first unknown key or wrong-typed value of ``user`` (a partial recipe config);
     ``where`` names its source (the file, or ``--set``)."""
-    from .recipes import DEFAULT_CONFIG
+    from .recipe_config import DEFAULT_CONFIG
 
     schemas = section_schemas()
     for key, value in user.items():
