@@ -142,8 +142,9 @@ def test_best_part_times_each_sides_cpu_settings_and_divides_best_by_best(tmp_pa
         "image → VQA answer", "image → 4-token caption", "image → 4-token caption"]
     for row in best["rows"]:
         assert set(row["minivlm_s"]) == {"fp32", best_part.MINIVLM_FAST_FP32, best_part.MINIVLM_FAST_INT8,
-                                         best_part.MINIVLM_FAST_BF16}
-        assert set(row["baseline_s"]) == {"fp32", best_part.BASELINE_INT8, best_part.BASELINE_BF16}
+                                         best_part.MINIVLM_FAST_BF16, best_part.MINIVLM_FAST_BF16_INT8}
+        assert set(row["baseline_s"]) == {"fp32", best_part.BASELINE_INT8, best_part.BASELINE_BF16,
+                                          best_part.BASELINE_BF16_INT8}
         for side in ("minivlm", "baseline"):
             assert row[f"{side}_best"] == min(row[f"{side}_s"], key=row[f"{side}_s"].get)
             assert all(len(row["timing"][f"{side}: {name}"]["runs_s"]) == 2 for name in row[f"{side}_s"])

@@ -6,9 +6,11 @@ baseline's fastest (random weights, batch 1):
 
 - MiniVLM: fp32; ``optimize_for_inference`` (TEE batch norms folded + channels_last, fused QKV); the same with the
   fusion Linears in int8 (``int8=True``); the same with the TEE and the fusion transformer in bfloat16
-  (``bf16=True, bf16_vision=True``).
+  (``bf16=True, bf16_vision=True``); the TEE in bfloat16 with the fusion Linears in int8 (``int8=True,
+  bf16_vision=True``).
 - Baseline: fp32; the R101 Faster R-CNN on channels_last weights under bf16 autocast with the BERT-base-shaped
-  fusion in bfloat16; the R101 on channels_last weights in fp32 with the fusion Linears in int8.
+  fusion in bfloat16; the R101 on channels_last weights in fp32 with the fusion Linears in int8; the R101 under bf16
+  autocast with the fusion Linears in int8.
 
 Tasks: image → answer, image → greedy caption and image → beam caption (the scale's token and beam counts). bf16 is
 only offered where the CPU has bf16 matmul instructions (elsewhere it is emulated and slow).
@@ -34,8 +36,10 @@ if TYPE_CHECKING:
 MINIVLM_FAST_FP32 = "fast fp32 (TEE fused BN + channels_last, fused QKV)"
 MINIVLM_FAST_INT8 = "fast int8 (TEE fused BN + channels_last, fusion int8)"
 MINIVLM_FAST_BF16 = "fast bf16 (TEE fused BN + channels_last + bf16, fusion bf16)"
+MINIVLM_FAST_BF16_INT8 = "fast bf16 TEE + int8 fusion (TEE fused BN + channels_last + bf16, fusion int8)"
 BASELINE_BF16 = "R101 channels_last + bf16 autocast, fusion bf16"
 BASELINE_INT8 = "R101 channels_last, fusion int8"
+BASELINE_BF16_INT8 = "R101 channels_last + bf16 autocast, fusion int8"
 
 
 def _channels_last_extractor(extractor: torch.nn.Module) -> torch.nn.Module:
@@ -69,20 +73,26 @@ class BestPathPart:
                       MINIVLM_FAST_INT8: optimize_for_inference(model, int8=True)}
             if bf16:
                 models[MINIVLM_FAST_BF16] = optimize_for_inference(model, bf16=True, bf16_vision=True)
+                models[MINIVLM_FAST_BF16_INT8] = optimize_for_inference(model, int8=True, bf16_vision=True)
             return models
 
         def baseline_models(model):
-            models = {"fp32": (b.extractor, model, False),
-                      BASELINE_INT8: (cl_extractor, optimize_for_inference(model, int8=True), False)}
+            int8_model = optimize_for_inference(model, int8=True)
+            models = {"fp32": (b.extractor, model, False), BASELINE_INT8: (cl_extractor, int8_model, False)}
             if bf16:
                 models[BASELINE_BF16] = (cl_extractor, optimize_for_inference(model, bf16=True), True)
+                models[BASELINE_BF16_INT8] = (cl_extractor, int8_model, True)
             return models
 
         def baseline_call(task: Callable, extractor, model, autocast: bool) -> Callable[[], Any]:
+            float_regions = autocast and not _is_bf16(model)  # int8 / fp32 fusion Linears take float32 regions
+
             def run():
                 context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
                 with context:
                     regions = b.regions(model, extractor=extractor)
+                if float_regions:
+                    regions = {k: v.float() if v.is_floating_point() else v for k, v in regions.items()}
                 return task(model, regions)
             return run
 
@@ -111,6 +121,10 @@ class BestPathPart:
         self.result["best"] = {"bf16_offered": bf16, "rows": rows}
 
 
+def _is_bf16(model: torch.nn.Module) -> bool:
+    return any(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
 def _best_row(task: str, timing: dict[str, TimingStats]) -> dict[str, Any]:
     """Each side's variants (median seconds), its fastest, and the best-vs-best and fp32-vs-fp32 time ratios."""
     sides: dict[str, dict[str, float]] = {"minivlm": {}, "baseline": {}}
@@ -128,5 +142,5 @@ def _best_row(task: str, timing: dict[str, TimingStats]) -> dict[str, Any]:
     }
 
 
-__all__ = ["BestPathPart", "BASELINE_BF16", "BASELINE_INT8", "MINIVLM_FAST_BF16", "MINIVLM_FAST_FP32",
-           "MINIVLM_FAST_INT8"]
+__all__ = ["BestPathPart", "BASELINE_BF16", "BASELINE_BF16_INT8", "BASELINE_INT8", "MINIVLM_FAST_BF16",
+           "MINIVLM_FAST_BF16_INT8", "MINIVLM_FAST_FP32", "MINIVLM_FAST_INT8"]
