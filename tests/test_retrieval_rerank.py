@@ -52,15 +52,22 @@ def test_caption_log_likelihood_equals_step_by_step_decoding(setup):
     assert (matrix < 0).all()
 
 
-def test_caption_pmi_ranking_is_margin_plus_weighted_pmi(setup):
+def _retrieval_run(setup, seed: int, **kwargs):
+    """A random retrieval model, ``evaluate_retrieval`` over the 4 images with the captioner, and the pairs' inputs."""
     config, collator, table, captioner = setup
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     retrieval = MiniVLMForImageTextRetrieval(config).eval()
     examples = caption_examples(table, per_caption=False)
-    metrics, details = E.evaluate_retrieval(retrieval, collator, examples, num_candidates=4, progress=False,
-                                            caption_model=captioner, caption_pmi_weight=2.0)
+    metrics, _ = E.evaluate_retrieval(retrieval, collator, examples, num_candidates=4, progress=False,
+                                      caption_model=captioner, **kwargs)
     images = [int(r["image_index"]) for r in examples]
     captions = [r["captions"][0] for r in examples]
+    return retrieval, metrics, examples, images, captions
+
+
+def test_caption_pmi_ranking_is_margin_plus_weighted_pmi(setup):
+    _, collator, _, captioner = setup
+    retrieval, metrics, examples, images, captions = _retrieval_run(setup, 1, caption_pmi_weight=2.0)
     margins = E.retrieval_score_matrix(retrieval, collator, images, captions, progress=False, margins=True)
     probabilities = E.retrieval_score_matrix(retrieval, collator, images, captions, progress=False)
     torch.testing.assert_close(margins.sigmoid(), probabilities, atol=1e-5, rtol=1e-5)  # same ranking
@@ -101,14 +108,8 @@ def test_sinkhorn_normalization_demotes_a_hub_caption_and_balances_the_gallery()
 
 
 def test_evaluate_retrieval_reports_the_gallery_normalized_ranking(setup):
-    config, collator, table, captioner = setup
-    torch.manual_seed(2)
-    retrieval = MiniVLMForImageTextRetrieval(config).eval()
-    examples = caption_examples(table, per_caption=False)
-    metrics, _ = E.evaluate_retrieval(retrieval, collator, examples, num_candidates=4, progress=False,
-                                      caption_model=captioner, caption_pmi_weight=0.5, sinkhorn=True)
-    images = [int(r["image_index"]) for r in examples]
-    captions = [r["captions"][0] for r in examples]
+    _, collator, _, captioner = setup
+    retrieval, metrics, _, images, captions = _retrieval_run(setup, 2, caption_pmi_weight=0.5, sinkhorn=True)
     margins = E.retrieval_score_matrix(retrieval, collator, images, captions, progress=False, margins=True).double()
     likelihoods = E.caption_log_likelihood_matrix(captioner, collator, images, captions, progress=False).double()
     expected = compute_retrieval_recall(E.sinkhorn_normalize(margins).numpy(), list(range(4)))

@@ -248,17 +248,17 @@ def evaluate_retrieval(model, collator: RetrievalScoringCollator, examples, *, n
         scores = margins.sigmoid()
         targets = list(range(len(rows)))
         metrics = compute_retrieval_recall(scores.numpy(), targets)
-        ranked = {"": margins.double()}
+        ranked = {"": margins.double()}  # metric prefix -> score matrix
         if caption_model is not None:
             log_likelihoods = caption_log_likelihood_matrix(caption_model, collator, image_indices, captions,
                                                             batch_size=batch_size, progress=progress)
-            ranked["caption_pmi_"] = margins.double() + caption_pmi_weight * caption_pmi(log_likelihoods.double())
-            metrics.update({f"caption_pmi_{k}": v
-                            for k, v in compute_retrieval_recall(ranked["caption_pmi_"].numpy(), targets).items()})
+            ranked["caption_pmi_"] = ranked[""] + caption_pmi_weight * caption_pmi(log_likelihoods.double())
         if sinkhorn:
-            for prefix, matrix in ranked.items():
-                normalized = compute_retrieval_recall(sinkhorn_normalize(matrix).numpy(), targets)
-                metrics.update({f"{prefix}sinkhorn_{k}": v for k, v in normalized.items()})
+            ranked.update({f"{prefix}sinkhorn_": sinkhorn_normalize(matrix) for prefix, matrix in list(ranked.items())})
+        for prefix, matrix in ranked.items():
+            if prefix:  # the unprefixed metrics rank by P(match), computed above
+                recall = compute_retrieval_recall(matrix.numpy(), targets)
+                metrics.update({f"{prefix}{k}": v for k, v in recall.items()})
         per_group.append({k: float(v) for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))})
         for key, value in (("scores", scores), ("captions", captions), ("image_indices", image_indices)):
             details[key].append(value)
